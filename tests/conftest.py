@@ -1,0 +1,30 @@
+"""Shared fixtures: seeded randomness and float64 scoping."""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def x64_scope(dtype):
+    """A context enabling float64 in JAX for float64 cases, and nothing otherwise."""
+    if np.dtype(dtype) == np.float64:
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
+
+
+def seeded_rng(*key) -> np.random.Generator:
+    """A generator seeded from a readable key, so each case draws its own fixed numbers."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    return seeded_rng(request.node.nodeid)
