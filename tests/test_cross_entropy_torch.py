@@ -32,16 +32,21 @@ IGNORE = {"no-ignore": None, "ignore-default": -100, "ignore-class-1": 1}
 
 def _cases():
     for layout, dtype, reduction, target, weighted, smoothing in itertools.product(
-        LAYOUTS, ("float32", "float64"), ("mean", "sum", "none"), ("index", "probs"),
-        (False, True), (0.0, 0.25),
-    ):  # fmt: skip
+        LAYOUTS,
+        ("float32", "float64"),
+        ("mean", "sum", "none"),
+        ("index", "probs"),
+        (False, True),
+        (0.0, 0.25),
+    ):
         for ignore in IGNORE if target == "index" else ("no-ignore",):
             case_id = (
                 f"{layout}-{dtype}-{reduction}-{target}-{'weight' if weighted else 'noweight'}"
                 f"-ls{smoothing}-{ignore}"
             )
-            yield pytest.param(layout, dtype, reduction, target, weighted, smoothing, ignore,
-                               id=case_id)  # fmt: skip
+            yield pytest.param(
+                layout, dtype, reduction, target, weighted, smoothing, ignore, id=case_id
+            )
 
 
 def make_case(layout, target, weighted, ignore, key):
@@ -85,7 +90,7 @@ def jaxce_values_and_grads(logits, labels, *, dtype, layout, cotangent, weight, 
         out, vjp = jax.vjp(lambda x: f(x, t), x)
     ct = jnp.ones_like(out) if cotangent is None else jnp.asarray(cotangent, out.dtype)
     grads = vjp(ct)
-    back = (lambda a: np.moveaxis(np.asarray(a, np.float64), axis, class_dim))
+    back = lambda a: np.moveaxis(np.asarray(a, np.float64), axis, class_dim)
     result = {"loss": np.asarray(out, np.float64), "grad": back(grads[0])}
     if soft:
         result["grad_labels"] = back(grads[1])
@@ -106,14 +111,24 @@ def test_matches_torch(layout, dtype, reduction, target, weighted, smoothing, ig
     if target == "index":
         options["ignore_index"] = ignore_index
     expected = torch_cross_entropy(
-        logits, labels, dtype=dtype, class_dim=class_dim, cotangent=cotangent, weight=weight,
+        logits,
+        labels,
+        dtype=dtype,
+        class_dim=class_dim,
+        cotangent=cotangent,
+        weight=weight,
         **options,
-    )  # fmt: skip
+    )
     with x64_scope(dtype):
         actual = jaxce_values_and_grads(
-            logits, labels, dtype=dtype, layout=layout, cotangent=cotangent, weight=weight,
+            logits,
+            labels,
+            dtype=dtype,
+            layout=layout,
+            cotangent=cotangent,
+            weight=weight,
             **options,
-        )  # fmt: skip
+        )
     assert set(actual) == set(expected)
     for quantity, value in expected.items():
         kind = "loss" if quantity == "loss" else "grad"
@@ -132,9 +147,11 @@ def test_module_matches_torch_module(dtype, reduction):
     )(torch.tensor(logits), torch.tensor(labels))
     with x64_scope(dtype):
         criterion = loss.CrossEntropyLoss(
-            weight=jnp.asarray(weight, dtype), ignore_index=1, reduction=reduction,
+            weight=jnp.asarray(weight, dtype),
+            ignore_index=1,
+            reduction=reduction,
             label_smoothing=0.1,
-        )  # fmt: skip
+        )
         actual = criterion(jnp.asarray(logits, dtype), jnp.asarray(labels))
         assert actual.dtype == jnp.dtype(dtype)
     assert_close(actual, expected.numpy(), dtype=dtype, quantity="loss")

@@ -1,0 +1,245 @@
+"""Edge cases: empty and all-ignored batches, -inf and huge logits, one class, low precision."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxce import loss
+from tests.conftest import seeded_rng, x64_scope
+from tests.reference import reference_cross_entropy
+from tests.tolerances import assert_close
+from tests.torch_side import torch_cross_entropy
+
+REDUCTIONS = ["mean", "sum", "none"]
+
+
+def _value_and_grad(logits, labels, **options):
+    f = lambda x: loss.cross_entropy(x, labels, **options)
+    out, vjp = jax.vjp(f, logits)
+    return out, vjp(jnp.ones_like(out))[0]
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True], ids=["noweight", "weight"])
+def test_all_ignored_batch_matches_torch(reduction, weighted):
+    logits = seeded_rng("all-ignored").normal(size=(4, 3))
+    labels = np.full((4,), -100)
+    weight = np.array([0.5, 1.0, 2.0]) if weighted else None
+    expected = torch_cross_entropy(
+        logits, labels, dtype="float32", class_dim=1, weight=weight, reduction=reduction
+    )
+    w = None if weight is None else jnp.asarray(weight, jnp.float32)
+    out, grad = _value_and_grad(
+        jnp.asarray(logits, jnp.float32), jnp.asarray(labels), weight=w, reduction=reduction
+    )
+    assert np.isnan(out) if reduction == "mean" else not np.isnan(out).any()
+    assert_close(out, expected["loss"], dtype="float32", quantity="loss")
+    assert_close(grad, expected["grad"], dtype="float32", quantity="grad")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("target", ["index", "probs"])
+def test_empty_batch_matches_torch(reduction, target):
+    logits = np.zeros((0, 3))
+    labels = np.zeros((0,), np.int64) if target == "index" else np.zeros((0, 3))
+    expected = torch_cross_entropy(
+        logits, labels, dtype="float32", class_dim=1, reduction=reduction
+    )
+    jl = jnp.asarray(labels, jnp.int32 if target == "index" else jnp.float32)
+    out, grad = _value_and_grad(jnp.zeros((0, 3), jnp.float32), jl, reduction=reduction)
+    assert out.shape == expected["loss"].shape
+    assert_close(out, expected["loss"], dtype="float32", quantity="loss")
+    assert grad.shape == (0, 3)
+
+
+INF = -np.inf
+INF_CASES = {
+    # name: (logits row, label or probabilities, options)
+    "masked-class-index": ([0.0, INF, 1.0], 0, {}),
+    "masked-class-index-smoothing": ([0.0, INF, 1.0], 0, {"label_smoothing": 0.1}),
+    "target-is-masked": ([0.0, INF, 1.0], 1, {}),
+    "masked-class-weighted": ([0.0, INF, 1.0, 2.0], 3, {"weight": [1.0, 0.0, 2.0, 0.5]}),
+}
+
+
+@pytest.mark.parametrize("case", list(INF_CASES), ids=list(INF_CASES))
+def test_neg_inf_logits_with_indices_match_torch(case):
+    row, label, options = INF_CASES[case]
+    logits, labels = np.array([row, [0.5] * len(row)]), np.array([label, 0])
+    options = dict(options)
+    weight = options.pop("weight", None)
+    expected = torch_cross_entropy(
+        logits,
+        labels,
+        dtype="float32",
+        class_dim=1,
+        weight=None if weight is None else np.array(weight),
+        **options,
+    )
+    w = None if weight is None else jnp.asarray(weight, jnp.float32)
+    out, grad = _value_and_grad(
+        jnp.asarray(logits, jnp.float32), jnp.asarray(labels), weight=w, **options
+    )
+    assert np.isfinite(grad).all(), "gradients stay finite with -inf logits"
+    assert_close(out, expected["loss"], dtype="float32", quantity="loss")
+    assert_close(grad, expected["grad"], dtype="float32", quantity="grad")
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True], ids=["noweight", "weight"])
+def test_neg_inf_logits_with_probabilities_are_finite_where_torch_is_nan(smoothing, weighted):
+    """A deliberate difference: torch computes 0 * -inf = NaN, jaxce uses 0 * log 0 = 0."""
+    logits = np.array([[0.0, INF, 1.0], [INF, 2.0, INF]])
+    probs = np.array([[0.5, 0.0, 0.5], [0.0, 1.0, 0.0]])
+    weight = np.array([1.0, 3.0, 0.5]) if weighted else None
+    torch_out = torch_cross_entropy(logits, probs, dtype="float64", class_dim=1, weight=weight)
+    assert np.isnan(torch_out["loss"]), "torch's behaviour this difference is documented against"
+    w = None if weight is None else jnp.asarray(weight, jnp.float32)
+    x, t = jnp.asarray(logits, jnp.float32), jnp.asarray(probs, jnp.float32)
+    f = lambda x, t: loss.cross_entropy(x, t, weight=w, label_smoothing=smoothing)
+    value, (gx, gt) = jax.value_and_grad(f, argnums=(0, 1))(x, t)
+    ref_f = lambda x, t: reference_cross_entropy(x, t, weight=w, label_smoothing=smoothing)
+    ref_value, (ref_gx, ref_gt) = jax.value_and_grad(ref_f, argnums=(0, 1))(x, t)
+    if smoothing:  # smoothing puts mass on the masked classes: the loss is +inf, as the math says
+        assert value == np.inf and ref_value == np.inf
+    else:
+        assert np.isfinite(value)
+        assert_close(value, ref_value, dtype="float32", quantity="loss")
+    assert np.isfinite(gx).all()
+    assert_close(gx, ref_gx, dtype="float32", quantity="grad", context="logits")
+    assert_close(gt, ref_gt, dtype="float32", quantity="grad", context="labels")
+
+
+@pytest.mark.parametrize("scale", [1e3, 3e4])
+@pytest.mark.parametrize("target", ["index", "probs"])
+def test_large_logits_stay_accurate_in_float32(scale, target):
+    rng = seeded_rng("large", scale, target)
+    logits = (rng.uniform(-1, 1, size=(16, 50)) * scale).astype(np.float32)
+    if target == "index":
+        labels = rng.integers(0, 50, size=16)
+    else:
+        labels = rng.dirichlet(np.ones(50), size=16).astype(np.float32)
+    truth = torch_cross_entropy(
+        logits.astype(np.float64), labels, dtype="float64", class_dim=1, reduction="none"
+    )
+    jl = jnp.asarray(labels)
+    out = loss.cross_entropy(jnp.asarray(logits), jl, reduction="none")
+    grad = jax.grad(lambda x: loss.cross_entropy(x, jl, reduction="sum"))(jnp.asarray(logits))
+    assert np.isfinite(out).all() and np.isfinite(grad).all()
+    assert_close(out, truth["loss"], dtype="float32", quantity="loss")
+    assert_close(grad, truth["grad"], dtype="float32", quantity="grad")
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_single_class_has_zero_loss_and_gradient(smoothing):
+    logits = jnp.asarray(seeded_rng("one-class").normal(size=(5, 1)), jnp.float32)
+    out, grad = _value_and_grad(logits, jnp.zeros(5, jnp.int32), label_smoothing=smoothing)
+    expected = torch_cross_entropy(
+        np.asarray(logits),
+        np.zeros(5, np.int64),
+        dtype="float32",
+        class_dim=1,
+        label_smoothing=smoothing,
+    )
+    assert_close(out, expected["loss"], dtype="float32", quantity="loss")
+    assert_close(grad, expected["grad"], dtype="float32", quantity="grad")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("target", ["index", "probs"])
+def test_low_precision_matches_torch_on_the_same_rounded_inputs(dtype, reduction, target):
+    rng = seeded_rng("lowp", dtype, reduction, target)
+    logits = np.asarray(jnp.asarray(rng.normal(scale=2.0, size=(32, 7)), dtype), np.float64)
+    if target == "index":
+        labels = rng.integers(0, 7, size=32)
+    else:
+        labels = np.asarray(jnp.asarray(rng.dirichlet(np.ones(7), size=32), dtype), np.float64)
+    expected = torch_cross_entropy(
+        logits,
+        labels,
+        dtype=dtype,
+        class_dim=1,
+        reduction=reduction,
+        cotangent=np.ones(32) if reduction == "none" else None,
+    )
+    jl = jnp.asarray(labels, dtype) if target == "probs" else jnp.asarray(labels)
+    out, grad = _value_and_grad(jnp.asarray(logits, dtype), jl, reduction=reduction)
+    assert out.dtype == jnp.dtype(dtype) and grad.dtype == jnp.dtype(dtype)
+    assert_close(out, expected["loss"], dtype=dtype, quantity="loss")
+    assert_close(grad, expected["grad"], dtype=dtype, quantity="grad")
+
+
+def test_float16_mean_over_many_rows_accumulates_in_float32():
+    """torch on CPU returns NaN here (it accumulates in float16); jaxce returns the mean."""
+    rng = seeded_rng("fp16-70k")
+    logits = rng.normal(size=(70_000, 10))
+    labels = rng.integers(0, 10, size=70_000)
+    rounded = np.asarray(jnp.asarray(logits, jnp.float16), np.float64)
+    truth = torch_cross_entropy(rounded, labels, dtype="float64", class_dim=1)["loss"]
+    torch_fp16 = torch_cross_entropy(rounded, labels, dtype="float16", class_dim=1)["loss"]
+    out = loss.cross_entropy(jnp.asarray(logits, jnp.float16), jnp.asarray(labels))
+    assert out.dtype == jnp.float16
+    assert not np.isfinite(torch_fp16), "torch's behaviour this difference is documented against"
+    assert_close(out, truth, dtype="float16", quantity="loss")
+
+
+@pytest.mark.parametrize("label_dtype", ["int8", "uint8", "int16", "int32"])
+def test_any_integer_label_dtype(label_dtype):
+    logits = jnp.asarray(seeded_rng("int-dtypes").normal(size=(6, 4)), jnp.float32)
+    labels = np.array([0, 1, 2, 3, 1, 0])
+    expected = loss.cross_entropy(logits, jnp.asarray(labels, jnp.int32))
+    assert_close(
+        loss.cross_entropy(logits, jnp.asarray(labels, label_dtype)),
+        expected,
+        dtype="float32",
+        quantity="loss",
+    )
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("target", ["index", "probs"])
+def test_where_equals_dropping_the_examples(reduction, target):
+    rng = seeded_rng("where", reduction, target)
+    logits = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
+    if target == "index":
+        labels = jnp.asarray(rng.integers(0, 5, size=8))
+    else:
+        labels = jnp.asarray(rng.dirichlet(np.ones(5), size=8), jnp.float32)
+    keep = np.array([True, False, True, True, False, True, False, True])
+    weight = jnp.asarray(rng.uniform(0.5, 2, size=5), jnp.float32)
+    out = loss.cross_entropy(logits, labels, weight=weight, reduction=reduction, where=keep)
+    kept = loss.cross_entropy(logits[keep], labels[keep], weight=weight, reduction=reduction)
+    if reduction == "none":
+        assert np.all(np.asarray(out)[~keep] == 0)
+        out = np.asarray(out)[keep]
+    assert_close(out, kept, dtype="float32", quantity="loss")
+
+
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+@pytest.mark.parametrize("softcap", [None, 5.0], ids=["nocap", "cap5"])
+@pytest.mark.parametrize("target", ["index", "probs"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_z_loss_and_softcap_match_the_reference(z_loss, softcap, target, dtype):
+    rng = seeded_rng("extensions", z_loss, softcap, target)
+    with x64_scope(dtype):
+        logits = jnp.asarray(rng.normal(scale=4.0, size=(2, 6, 3)), dtype)
+        if target == "index":
+            labels = jnp.asarray(rng.integers(0, 6, size=(2, 3)))
+        else:
+            labels = jnp.asarray(np.moveaxis(rng.dirichlet(np.ones(6), size=(2, 3)), -1, 1), dtype)
+        options = dict(
+            axis=1,
+            z_loss=z_loss,
+            softcap=softcap,
+            label_smoothing=0.1,
+            weight=jnp.asarray(rng.uniform(0.5, 2, size=6), dtype),
+        )
+        value, grad = jax.value_and_grad(lambda x: loss.cross_entropy(x, labels, **options))(logits)
+        ref = lambda x: reference_cross_entropy(x, labels, **options)
+        ref_value, ref_grad = jax.value_and_grad(ref)(logits)
+    assert_close(value, ref_value, dtype=dtype, quantity="loss")
+    assert_close(grad, ref_grad, dtype=dtype, quantity="grad")
