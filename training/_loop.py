@@ -1,0 +1,260 @@
+"""Compiled training and evaluation on a device-resident dataset, sharded over a "data" mesh.
+
+The whole dataset is put on the devices once (uint8 pixels; the training split replicated so any
+device can gather any shuffled row, the test split sharded). An epoch is:
+
+- `Trainer.epoch_order` (compiled): the epoch's shuffle, a permutation drawn on the device from
+  ``(seed, epoch)`` alone, so a resumed run recomputes exactly the same order;
+- `Trainer.run_steps` (compiled once, whatever the range): steps ``[start_step, start_step +
+  num_steps)`` of that epoch in one `lax.fori_loop`: gather the batch, scale the pixels to
+  [0, 1], forward, loss, backward, Adam, record the step's loss. Running an epoch in one call or
+  in several chunks gives bit-identical results (the checkpoint hook relies on it).
+
+The batch dimension is sharded over the mesh's ``"data"`` axis and everything else is
+replicated; one device is the one-device case. Every epoch has ``ceil(N / batch_size)`` steps:
+like the PyTorch DataLoader of the tutorial, the last, partial batch is kept; it is padded to
+the full batch and the padding is masked out of the loss, so its update is the mean over its
+real examples only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import jaxce.loss
+from training import _distributed
+from training._dataset import Dataset
+from training._model import MLP
+
+LOSSES = ("jaxce", "optax")
+_DATA_STREAM = 1  # fold_in tag separating the data-order keys from the init keys
+
+
+class TrainState(NamedTuple):
+    """Everything a training step changes: a pytree of arrays (what a checkpoint saves).
+
+    Attributes:
+      params: the model's parameters, a nested dict of arrays (`nnx.split`'s state as a pure
+        dict; `nnx.merge(graphdef, params)` rebuilds the model). Replicated.
+      opt_state: the optax (Adam) state. Replicated.
+      step_losses: float32 (steps_per_epoch,): the mean loss of each step of the current epoch
+        so far (entries past the last step run are stale). Replicated.
+    """
+
+    params: Any
+    opt_state: Any
+    step_losses: jax.Array
+
+
+class DeviceData(NamedTuple):
+    """A `Dataset` on the devices.
+
+    Attributes:
+      train_images: uint8 (N, 784), replicated.
+      train_labels: int32 (N,), replicated.
+      test_images: uint8 (M', 784), M' = M rounded up to a multiple of the device count; sharded.
+      test_labels: int32 (M',), sharded.
+      test_mask: bool (M',): False on the padding rows; sharded.
+    """
+
+    train_images: jax.Array
+    train_labels: jax.Array
+    test_images: jax.Array
+    test_labels: jax.Array
+    test_mask: jax.Array
+
+
+def make_loss(name: str) -> Callable[..., jax.Array]:
+    """The loss ``f(logits (B, 10), labels (B,), mask (B,), *, reduction) -> scalar``.
+
+    ``"jaxce"`` is `jaxce.loss.cross_entropy` with ``where=mask``; ``"optax"`` is
+    `optax.softmax_cross_entropy_with_integer_labels`, masked and then averaged or summed.
+    ``reduction`` is ``"mean"`` (over the unmasked rows) or ``"sum"``.
+
+    Raises:
+      ValueError: an unknown ``name``.
+    """
+    if name == "jaxce":
+        return lambda logits, labels, mask, *, reduction: jaxce.loss.cross_entropy(
+            logits, labels, where=mask, reduction=reduction
+        )
+    if name == "optax":
+
+        def optax_loss(logits, labels, mask, *, reduction):
+            per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            total = jnp.sum(jnp.where(mask, per_example, 0.0))
+            return total / jnp.maximum(jnp.sum(mask), 1) if reduction == "mean" else total
+
+        return optax_loss
+    raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {name!r}")
+
+
+def put_dataset(dataset: Dataset, mesh: jax.sharding.Mesh) -> DeviceData:
+    """Copies a dataset's arrays to the mesh's devices (see `DeviceData` for the layout).
+
+    Every process passes the same full dataset; each device receives only the rows its sharding
+    gives it, so this works unchanged with several processes.
+    """
+    devices = mesh.devices.size
+    pad = -len(dataset.test_labels) % devices
+    test_images = np.pad(
+        dataset.test_images.reshape(len(dataset.test_images), -1), ((0, pad), (0, 0))
+    )
+    host = {
+        "train_images": (dataset.train_images.reshape(len(dataset.train_images), -1), False),
+        "train_labels": (dataset.train_labels, False),
+        "test_images": (test_images, True),
+        "test_labels": (np.pad(dataset.test_labels, (0, pad)), True),
+        "test_mask": (np.arange(len(test_images)) < len(dataset.test_labels), True),
+    }
+    arrays = {}
+    for name, (array, sharded) in host.items():
+        sharding = (
+            _distributed.batch_sharded(mesh, array.ndim)
+            if sharded
+            else _distributed.replicated(mesh)
+        )
+        arrays[name] = jax.make_array_from_callback(array.shape, sharding, lambda i, a=array: a[i])
+    return DeviceData(**arrays)
+
+
+class Trainer:
+    """The compiled functions that train and evaluate one model on one mesh.
+
+    Args:
+      hidden: the MLP's hidden widths.
+      learning_rate: Adam's learning rate.
+      batch_size: the global batch size; must be a multiple of the mesh's device count.
+      num_train: examples in the training split (fixes the steps per epoch).
+      loss: ``"jaxce"`` or ``"optax"`` (see `make_loss`).
+      mesh: a 1-D mesh with axis ``"data"``; `training._distributed.make_mesh()` when None.
+
+    Raises:
+      ValueError: a batch size that is not a positive multiple of the device count, a
+        non-positive ``num_train`` or learning rate, or an unknown loss.
+    """
+
+    def __init__(
+        self,
+        *,
+        hidden: tuple[int, ...],
+        learning_rate: float,
+        batch_size: int,
+        num_train: int,
+        loss: str = "jaxce",
+        mesh: jax.sharding.Mesh | None = None,
+    ):
+        self.mesh = _distributed.make_mesh() if mesh is None else mesh
+        _distributed.check_batch_size(
+            batch_size, num_devices=self.mesh.devices.size, num_processes=jax.process_count()
+        )
+        if num_train < 1:
+            raise ValueError(f"the training split must not be empty, got {num_train} examples")
+        if not learning_rate > 0:
+            raise ValueError(f"--lr must be positive, got {learning_rate}")
+        self.hidden = tuple(hidden)
+        self.batch_size = batch_size
+        self.num_train = num_train
+        self.steps_per_epoch = math.ceil(num_train / batch_size)
+        self.loss_fn = make_loss(loss)
+        self.tx = optax.adam(learning_rate)
+        self.graphdef, _ = nnx.split(MLP(self.hidden, rngs=nnx.Rngs(0)))
+        self._replicated = _distributed.replicated(self.mesh)
+        self._rows = _distributed.batch_sharded(self.mesh, 1)
+        self._batch = _distributed.batch_sharded(self.mesh, 2)
+        self.epoch_order = jax.jit(self._epoch_order, out_shardings=self._replicated)
+        self.run_steps = jax.jit(self._run_steps, donate_argnums=0, out_shardings=self._replicated)
+        self.evaluate = jax.jit(self._evaluate, out_shardings=self._replicated)
+
+    def init_state(self, seed: int) -> TrainState:
+        """Fresh parameters (from ``seed``), Adam state and loss record, replicated."""
+        _, params = nnx.split(MLP(self.hidden, rngs=nnx.Rngs(seed)))
+        params = nnx.to_pure_dict(params)
+        state = TrainState(
+            params, self.tx.init(params), jnp.zeros(self.steps_per_epoch, jnp.float32)
+        )
+        host = jax.device_get(state)
+        return jax.tree.map(
+            lambda a: jax.make_array_from_callback(a.shape, self._replicated, lambda i: a[i]), host
+        )
+
+    def compile(self, state: TrainState, data: DeviceData) -> float:
+        """Compiles `epoch_order`, `run_steps` and `evaluate` ahead of time for these arguments.
+
+        Afterwards the three attributes are the compiled executables, so no later call compiles
+        (arguments must keep these shapes, dtypes and shardings).
+
+        Returns:
+          The seconds spent tracing and compiling.
+        """
+        start = time.perf_counter()
+        order = jax.ShapeDtypeStruct(
+            (self.steps_per_epoch * self.batch_size,), jnp.int32, sharding=self._replicated
+        )
+        self.epoch_order = self.epoch_order.lower(0, 0).compile()
+        self.run_steps = self.run_steps.lower(state, data, order, 0, 0).compile()
+        self.evaluate = self.evaluate.lower(state.params, data).compile()
+        return time.perf_counter() - start
+
+    def model(self, state: TrainState) -> MLP:
+        """The `MLP` holding ``state``'s parameters."""
+        return nnx.merge(self.graphdef, state.params)
+
+    def _epoch_order(self, seed, epoch) -> jax.Array:
+        """int32 (steps_per_epoch * batch_size,): the epoch's example order, padded by wrapping."""
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _DATA_STREAM), epoch)
+        order = jax.random.permutation(key, self.num_train).astype(jnp.int32)
+        pad = self.steps_per_epoch * self.batch_size - self.num_train
+        return jnp.concatenate([order, order[:pad]])
+
+    def _run_steps(self, state: TrainState, data: DeviceData, order, start_step, num_steps):
+        """Steps ``[start_step, start_step + num_steps)`` of the epoch whose order is ``order``."""
+        batch = self.batch_size
+        positions = jnp.arange(batch, dtype=jnp.int32)
+
+        def loss_of(params, images, labels, mask):
+            logits = nnx.merge(self.graphdef, params)(images)
+            return self.loss_fn(logits, labels, mask, reduction="mean")
+
+        def step(i, state: TrainState) -> TrainState:
+            rows = jax.lax.dynamic_slice_in_dim(order, i * batch, batch)
+            rows = jax.lax.with_sharding_constraint(rows, self._rows)
+            images = data.train_images[rows].astype(jnp.float32) / 255.0
+            images = jax.lax.with_sharding_constraint(images, self._batch)
+            mask = jax.lax.with_sharding_constraint(
+                i * batch + positions < self.num_train, self._rows
+            )
+            loss, grads = jax.value_and_grad(loss_of)(
+                state.params, images, data.train_labels[rows], mask
+            )
+            updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            return TrainState(params, opt_state, state.step_losses.at[i].set(loss))
+
+        return jax.lax.fori_loop(start_step, start_step + num_steps, step, state)
+
+    def _evaluate(self, params, data: DeviceData) -> tuple[jax.Array, jax.Array]:
+        """Mean test loss and test accuracy (float32 scalars) over the real test examples."""
+        images = data.test_images.astype(jnp.float32) / 255.0
+        logits = nnx.merge(self.graphdef, params)(images)
+        mask = data.test_mask
+        count = jnp.sum(mask)
+        total = self.loss_fn(logits, data.test_labels, mask, reduction="sum")
+        correct = jnp.sum((jnp.argmax(logits, -1) == data.test_labels) & mask)
+        return total / count, correct / count
+
+    def epoch_train_loss(self, state: TrainState) -> float:
+        """Mean per-example training loss of a finished epoch (its steps weighted by size)."""
+        losses = np.asarray(jax.device_get(state.step_losses), np.float64)
+        sizes = np.full(self.steps_per_epoch, self.batch_size, np.float64)
+        sizes[-1] = self.num_train - (self.steps_per_epoch - 1) * self.batch_size
+        return float(losses @ sizes / self.num_train)

@@ -1,0 +1,201 @@
+"""One training run, as train.py runs it: load, compile, train and evaluate per epoch, report."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from training._dataset import DATASETS, Dataset
+from training._loop import DeviceData, Trainer, TrainState, put_dataset
+from training._report import History, describe_devices, plot_curves, versions, write_metrics
+from training._tfds import load_tfds
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A training run's settings (train.py's flags); the defaults are the PyTorch tutorial's."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    hidden: tuple[int, ...] = (128,)
+    seed: int = 0
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    strict_checksums: bool = False
+    loss: str = "jaxce"
+    out: str = "runs/latest"
+    chunks: int = 10
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "chunks"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+                )
+        if self.dataset not in DATASETS:
+            raise ValueError(
+                f"--dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}"
+            )
+
+
+def load_data(config: Config, *, log: Callable[[str], None] = print) -> Dataset:
+    """The dataset ``config`` names: from ``--data-dir`` if given, else through tfds.
+
+    Checksum warnings are passed to ``log`` (one readable line each) instead of Python's
+    warning printer.
+    """
+    from training._idx import load_idx_dir
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if config.data_dir is not None:
+            dataset = load_idx_dir(
+                config.data_dir, dataset=config.dataset, strict_checksums=config.strict_checksums
+            )
+        else:
+            dataset = load_tfds(config.dataset)
+    for warning in caught:
+        log(f"warning: {warning.message}")
+    return dataset
+
+
+def chunk_bounds(start_step: int, steps_per_epoch: int, chunks: int) -> list[tuple[int, int]]:
+    """Splits steps ``[start_step, steps_per_epoch)`` into ``(start, num_steps)`` calls.
+
+    The boundaries are those of the whole epoch cut into ``chunks`` near-equal parts, so a run
+    resumed at any step lines up with an uninterrupted one.
+    """
+    size = math.ceil(steps_per_epoch / chunks)
+    bounds = []
+    for begin in range(0, steps_per_epoch, size):
+        end = min(begin + size, steps_per_epoch)
+        if end > start_step:
+            bounds.append((max(begin, start_step), end - max(begin, start_step)))
+    return bounds
+
+
+def run_epoch(
+    trainer: Trainer,
+    state: TrainState,
+    data: DeviceData,
+    *,
+    seed: int,
+    epoch: int,
+    chunks: int,
+    start_step: int = 0,
+    after_chunk: Callable[[TrainState, int], None] | None = None,
+    bar: Any = None,
+) -> TrainState:
+    """Trains epoch ``epoch`` (0-based) from ``start_step`` to its end in ``chunks`` calls.
+
+    Args:
+      trainer, state, data: as `Trainer.run_steps` takes them (``state`` is donated).
+      seed: the run's seed; with ``epoch`` it fixes the example order.
+      epoch: the 0-based epoch index.
+      chunks: the epoch is cut into this many compiled calls (1: one call), for the bar.
+      start_step: the first step to run (0 unless resuming mid-epoch).
+      after_chunk: called with the state and the number of steps done in this epoch after each
+        call (the hook for step checkpoints).
+      bar: a tqdm bar advanced by the steps of each call.
+
+    Returns:
+      The state after the epoch's last step.
+    """
+    order = trainer.epoch_order(seed, epoch)
+    for begin, num_steps in chunk_bounds(start_step, trainer.steps_per_epoch, chunks):
+        state = trainer.run_steps(state, data, order, begin, num_steps)
+        loss = float(state.step_losses[begin + num_steps - 1])  # waits for the call to finish
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            bar.update(num_steps)
+        if after_chunk is not None:
+            after_chunk(state, begin + num_steps)
+    return state
+
+
+def train(config: Config, *, log: Callable[[str], None] = tqdm.write) -> dict[str, Any]:
+    """Runs ``config`` end to end; writes ``metrics.json`` and ``curves.png`` to ``config.out``.
+
+    Returns:
+      The metrics written to ``metrics.json``.
+    """
+    out = Path(config.out)
+    dataset = load_data(config, log=log)
+    log(dataset.describe())
+    trainer = Trainer(
+        hidden=config.hidden,
+        learning_rate=config.lr,
+        batch_size=config.batch_size,
+        num_train=len(dataset.train_labels),
+        loss=config.loss,
+    )
+    data = put_dataset(dataset, trainer.mesh)
+    state = trainer.init_state(config.seed)
+    devices = describe_devices()
+    compile_seconds = trainer.compile(state, data)
+    log(
+        f"{devices['device_count']} x {devices['device_kind']} ({devices['backend']}); "
+        f"{trainer.steps_per_epoch} steps of {config.batch_size} per epoch; "
+        f"compiled in {compile_seconds:.2f} s"
+    )
+    history = History()
+    for epoch in range(config.epochs):
+        with tqdm(
+            total=trainer.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            unit="step",
+            leave=False,
+            dynamic_ncols=True,
+        ) as bar:
+            start = time.perf_counter()
+            state = run_epoch(
+                trainer, state, data, seed=config.seed, epoch=epoch, chunks=config.chunks, bar=bar
+            )
+            train_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        test_loss, test_accuracy = (float(x) for x in trainer.evaluate(state.params, data))
+        history.append(
+            train_loss=trainer.epoch_train_loss(state),
+            test_loss=test_loss,
+            test_accuracy=test_accuracy,
+            epoch_seconds=train_seconds,
+            eval_seconds=time.perf_counter() - start,
+        )
+        log(
+            f"epoch {epoch + 1:>3}/{config.epochs}  train loss {history.train_loss[-1]:.4f}  "
+            f"test loss {test_loss:.4f}  test accuracy {100 * test_accuracy:.2f}%  "
+            f"{train_seconds:.2f} s"
+        )
+    metrics = {
+        "config": dataclasses.asdict(config),
+        "dataset": {
+            "name": dataset.name,
+            "source": dataset.source,
+            "num_train": len(dataset.train_labels),
+            "num_test": len(dataset.test_labels),
+        },
+        "steps_per_epoch": trainer.steps_per_epoch,
+        **history.as_dict(),
+        "compile_seconds": compile_seconds,
+        "final_test_accuracy": history.test_accuracy[-1],
+        "device": devices,
+        "versions": versions(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_metrics(out / "metrics.json", metrics)
+    plot_curves(
+        out / "curves.png", history, title=f"{DATASETS[config.dataset]} MLP {config.hidden}"
+    )
+    log(
+        f"final test accuracy {100 * history.test_accuracy[-1]:.2f}%; wrote {out}/metrics.json "
+        f"and {out}/curves.png"
+    )
+    return metrics

@@ -1,0 +1,106 @@
+"""MNIST and Fashion-MNIST through tensorflow-datasets (download once, then the local cache).
+
+Offline, tfds retries each download for minutes before it gives up. So when the dataset is not
+in the cache yet, `load_tfds` first opens a TCP connection to every host tfds would download
+from, with a short timeout, and fails at once with a message pointing at ``--data-dir``.
+"""
+
+from __future__ import annotations
+
+import socket
+import urllib.parse
+
+import numpy as np
+
+from training._dataset import DataError, Dataset, check_dataset_name
+
+PROBE_TIMEOUT_S = 5.0
+_OFFLINE_HELP = (
+    "Without network, pass --data-dir DIR with the four IDX files (train-images-idx3-ubyte.gz, "
+    "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz), e.g. "
+    "../shared/data/mnist-mini, or /usr/share/datasets/fashion-mnist from Debian's "
+    "dataset-fashion-mnist package with --dataset fashion_mnist."
+)
+
+
+def load_tfds(dataset: str = "mnist", *, data_dir: str | None = None) -> Dataset:
+    """Loads a dataset with tensorflow-datasets, downloading it on first use.
+
+    Args:
+      dataset: ``"mnist"`` or ``"fashion_mnist"`` (tfds names).
+      data_dir: tfds' cache directory; tfds' default (``~/tensorflow_datasets`` or
+        ``$TFDS_DATA_DIR``) when None.
+
+    Returns:
+      A `Dataset`: images uint8 (N, 28, 28), labels int32 (N,).
+
+    Raises:
+      DataError: tensorflow-datasets is not usable, or the dataset is not cached and its
+        download hosts cannot be reached (within `PROBE_TIMEOUT_S` seconds per host).
+      ValueError: an unknown ``dataset``.
+    """
+    check_dataset_name(dataset)
+    try:
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder(dataset, data_dir=data_dir)
+        if not builder.is_prepared():
+            probe_download_hosts(_hosts(builder.url_infos or {}), dataset=dataset)
+        splits = tfds.load(
+            dataset, split=["train", "test"], as_supervised=True, batch_size=8192, data_dir=data_dir
+        )
+        arrays = [_to_numpy(tfds.as_numpy(split)) for split in splits]
+    except ModuleNotFoundError as err:
+        raise DataError(
+            f"the tensorflow-datasets route needs the Python module {err.name!r} ({err}). "
+            "pip install tensorflow-datasets importlib_resources (tfds 4.9 imports "
+            f"importlib_resources without declaring it). {_OFFLINE_HELP}"
+        ) from err
+    (train_images, train_labels), (test_images, test_labels) = arrays
+    return Dataset(
+        name=dataset,
+        source=f"tfds:{dataset} ({builder.data_dir})",
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+    )
+
+
+def _hosts(url_infos) -> list[tuple[str, int]]:
+    hosts = set()
+    for url in url_infos:
+        parts = urllib.parse.urlsplit(url)
+        hosts.add((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)))
+    return sorted(hosts)
+
+
+def probe_download_hosts(
+    hosts: list[tuple[str, int]], *, dataset: str, timeout: float = PROBE_TIMEOUT_S
+) -> None:
+    """Raises DataError unless a TCP connection to every ``(host, port)`` opens within ``timeout``.
+
+    Args:
+      hosts: the download hosts and ports.
+      dataset: named in the message.
+      timeout: seconds allowed per host.
+
+    Raises:
+      DataError: a host cannot be resolved or reached; the message says to use ``--data-dir``.
+    """
+    for host, port in hosts:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as err:
+            raise DataError(
+                f"{dataset} is not in the tensorflow-datasets cache and its download host "
+                f"{host}:{port} cannot be reached ({err}). {_OFFLINE_HELP}"
+            ) from None
+
+
+def _to_numpy(batches) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = zip(*batches, strict=True)
+    images = np.concatenate(images)
+    return images.reshape(images.shape[:3]).astype(np.uint8), np.concatenate(labels).astype(
+        np.int32
+    )
