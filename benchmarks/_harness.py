@@ -1,0 +1,178 @@
+"""Timing, peak-memory and fresh-process plumbing shared by the benchmarks.
+
+Each measured variant runs in its own child process (``python -m benchmarks._child SPEC``), so
+its peak memory is its own: the child reads ``VmHWM`` from ``/proc/self/status`` and resets it
+through ``/proc/self/clear_refs`` between phases (Linux only; elsewhere memory is reported as
+None). The child prints one line ``RESULT_MARKER + json`` that the parent parses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+RESULT_MARKER = "@@benchmark-result@@ "
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one child process measures."""
+
+    variant: str  # a name from benchmarks._variants.VARIANTS
+    setting: str  # "outside" or "in_step" (see benchmarks.loss)
+    n: int
+    c: int
+    repeats: int
+    warmup: int
+    threads: int
+    seed: int = 0
+
+
+def child_env(threads: int) -> dict[str, str]:
+    """The environment of a child: thread counts pinned, quiet logs."""
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        OPENBLAS_NUM_THREADS=str(threads),
+        TORCHINDUCTOR_COMPILE_THREADS="1",
+        JAX_PLATFORMS=env.get("JAX_PLATFORMS", "cpu"),
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    return env
+
+
+def pin_threads(threads: int) -> list[int]:
+    """Restricts this process to ``threads`` CPUs (XLA sizes its pool from the affinity mask)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return []
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    os.sched_setaffinity(0, cpus)
+    return cpus
+
+
+def _status_kib() -> dict[str, int]:
+    try:
+        with open("/proc/self/status") as f:
+            lines = [line.split() for line in f if line.startswith(("VmRSS", "VmHWM"))]
+    except OSError:
+        return {}
+    return {parts[0].rstrip(":"): int(parts[1]) for parts in lines}
+
+
+def rss_mib() -> float | None:
+    """Resident set size of this process now, in MiB (None where /proc is unavailable)."""
+    kib = _status_kib().get("VmRSS")
+    return None if kib is None else kib / 1024
+
+
+def peak_mib() -> float | None:
+    """Peak resident set size (VmHWM) since start or the last ``reset_peak``, in MiB."""
+    kib = _status_kib().get("VmHWM")
+    return None if kib is None else kib / 1024
+
+
+def reset_peak() -> bool:
+    """Resets VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where getrusage is unavailable)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def time_calls(call: Callable[[], object], repeats: int) -> list[float]:
+    """Wall seconds of ``repeats`` calls; ``call`` must block until its work is done."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def warm_up(call: Callable[[], object], calls: int, *, until_no_faults: int = 0) -> int:
+    """Runs ``calls`` calls, then more (``until_no_faults`` in all at most) until two in a row
+    do not fault (more than 256 minor faults, 1 MiB of 4 KiB pages). Returns the calls made.
+
+    Used where calls should reuse their memory: timing before the steady state would count the
+    page faults of first touching it.
+    """
+    made = 0
+    for _ in range(calls):
+        call()
+        made += 1
+    quiet = 0  # consecutive calls without faults; two in a row end the warm-up
+    while made < until_no_faults and quiet < 2:
+        before = minor_faults()
+        call()
+        made += 1
+        quiet = quiet + 1 if minor_faults() - before <= 256 else 0
+    return made
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Robust summary of repeated timings, in milliseconds."""
+
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    iqr_ms: float
+    min_ms: float
+    repeats: int
+
+
+def summarize(times_s: list[float]) -> Stats:
+    """Median, quartiles, IQR and minimum of timings given in seconds."""
+    ms = np.asarray(times_s, dtype=np.float64) * 1e3
+    q1, med, q3 = np.percentile(ms, [25, 50, 75])
+    return Stats(float(med), float(q1), float(q3), float(q3 - q1), float(ms.min()), len(ms))
+
+
+def stats_dict(times_s: list[float]) -> dict:
+    return asdict(summarize(times_s))
+
+
+def emit(result: dict) -> None:
+    """Prints a child's result line for the parent (the only line it parses)."""
+    print(RESULT_MARKER + json.dumps(result), flush=True)
+
+
+def run_child(spec: Spec, *, timeout_s: float) -> dict:
+    """Runs one variant in a fresh interpreter and returns its result dictionary.
+
+    A crash, a timeout or a missing result line becomes ``{"ok": False, "error": ...}`` so one
+    broken variant never stops the suite.
+    """
+    cmd = [sys.executable, "-m", "benchmarks._child", json.dumps(asdict(spec))]
+    env = child_env(spec.threads)
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {timeout_s:.0f} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            return json.loads(line[len(RESULT_MARKER) :])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"ok": False, "error": f"exit code {proc.returncode}: " + " | ".join(tail)}

@@ -1,0 +1,123 @@
+"""Summaries, target checks and the Markdown table of the loss benchmark."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks import _harness as h
+
+# torch eager in each setting: its autograd call outside, its kernels with out= buffers in a step.
+REFERENCE = {"outside": "torch_eager", "in_step": "torch_eager_out"}
+BOUND = "bound_copy"
+LARGE_C = 1000  # the "three large shapes" of the targets: C >= 1000
+
+
+def shape_key(n: int, c: int) -> str:
+    return f"{n}x{c}"
+
+
+def combine(records: list[dict]) -> dict:
+    """Pools the timings of one (shape, setting, variant) over rounds into one result."""
+    ok = [r for r in records if r.get("ok")]
+    if not ok:
+        return {"ok": False, "error": records[-1].get("error", "no result")}
+    times = [t for r in ok for t in r["times_ms"]]
+    compiles = [r["compile_s"] for r in ok if r.get("compile_s") is not None]
+    mems = [r["memory_mib"] for r in ok if r.get("memory_mib")]
+    memory = None
+    if mems:
+        memory = {k: float(np.median([m[k] for m in mems])) for k in mems[0]}
+    return {
+        "ok": True,
+        "time": h.stats_dict([t / 1e3 for t in times]),
+        "compile_s": float(np.median(compiles)) if compiles else None,
+        "memory_mib": memory,
+        "rounds": len(ok),
+        "notes": sorted({r["note"] for r in ok if r.get("note")}),
+    }
+
+
+def _ratios(setting: str, cell: dict[str, dict]) -> dict:
+    med = {v: r["time"]["median_ms"] for v, r in cell.items() if r.get("ok")}
+    out = {
+        "median_ms": med,
+        "iqr_ms": {v: r["time"]["iqr_ms"] for v, r in cell.items() if r.get("ok")},
+        "call_extra_mib": {
+            v: r["memory_mib"]["call_extra"] for v, r in cell.items() if r.get("memory_mib")
+        },
+        "process_peak_mib": {
+            v: r["memory_mib"]["process_peak"] for v, r in cell.items() if r.get("memory_mib")
+        },
+        "compile_s": {v: r["compile_s"] for v, r in cell.items() if r.get("compile_s")},
+        "failed": {v: r["error"] for v, r in cell.items() if not r.get("ok")},
+    }
+    ref = REFERENCE[setting]
+    if ref in med:
+        out["torch_eager_reference"] = ref
+        out["speedup_vs_torch_eager"] = {v: med[ref] / t for v, t in med.items()}
+    if BOUND in med:
+        out["x_bound_copy"] = {v: t / med[BOUND] for v, t in med.items()}
+    if "optax" in med:
+        out["x_optax"] = {v: t / med["optax"] for v, t in med.items()}
+    return out
+
+
+def summarize(combined: dict[tuple[str, str, str], dict]) -> dict:
+    """{shape: {setting: ratios}} from {(shape, setting, variant): combined result}."""
+    cells: dict[str, dict[str, dict[str, dict]]] = {}
+    for (shape, setting, variant), result in combined.items():
+        cells.setdefault(shape, {}).setdefault(setting, {})[variant] = result
+    return {s: {st: _ratios(st, c) for st, c in by.items()} for s, by in cells.items()}
+
+
+def check_targets(summary: dict) -> list[dict]:
+    """The issue's targets, each with its measured value and whether it is met."""
+    rows = []
+    for shape, by_setting in summary.items():
+        large = int(shape.split("x")[1]) >= LARGE_C
+        for setting, r in by_setting.items():
+            speed = r.get("speedup_vs_torch_eager", {}).get("jaxce")
+            rows.append(_target(shape, setting, "jaxce >= 2x faster than torch eager", speed, 2.0))
+            vs_optax = r.get("x_optax", {}).get("jaxce")
+            rows.append(_target(shape, setting, "jaxce time <= optax", vs_optax, 1.0, low=True))
+            if large and setting == "in_step":
+                x_bound = r.get("x_bound_copy", {}).get("jaxce")
+                rows.append(_target(shape, setting, "jaxce <= 3x bound", x_bound, 3.0, low=True))
+    return rows
+
+
+def _target(shape, setting, name, value, threshold, *, low=False) -> dict:
+    met = None if value is None else (value <= threshold if low else value >= threshold)
+    return {"shape": shape, "setting": setting, "target": name, "value": value, "met": met}
+
+
+def markdown(summary: dict, variants: list[str]) -> str:
+    """One table: median ms (IQR) per variant, speed-up vs torch eager and x bound for jaxce."""
+    head = ["shape", "setting", *variants, "jaxce vs torch eager", "jaxce / bound"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for shape, by_setting in summary.items():
+        for setting, r in by_setting.items():
+            cells = []
+            for v in variants:
+                if v in r["median_ms"]:
+                    cells.append(f"{r['median_ms'][v]:.1f} ({r['iqr_ms'][v]:.1f})")
+                else:
+                    cells.append("failed" if v in r["failed"] else "-")
+            speed = r.get("speedup_vs_torch_eager", {}).get("jaxce")
+            bound = r.get("x_bound_copy", {}).get("jaxce")
+            cells.append("-" if speed is None else f"{speed:.2f}x")
+            cells.append("-" if bound is None else f"{bound:.2f}")
+            lines.append("| " + " | ".join([shape, setting, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def memory_markdown(summary: dict, variants: list[str]) -> str:
+    """Peak RSS growth during one call (MiB) per variant: output plus temporaries."""
+    head = ["shape", "setting", *variants]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for shape, by_setting in summary.items():
+        for setting, r in by_setting.items():
+            mem = r["call_extra_mib"]
+            cells = [f"{mem[v]:.0f}" if v in mem else "-" for v in variants]
+            lines.append("| " + " | ".join([shape, setting, *cells]) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""PyTorch variants of the loss benchmark.
+
+- ``torch_eager`` / ``torch_compile`` (setting ``outside``): ``loss = F.cross_entropy(logits,
+  labels)`` (plain or under ``torch.compile``), then ``torch.autograd.grad(loss, logits)``, which
+  returns a new gradient tensor every call.
+- ``torch_eager_out`` (setting ``in_step``): the very ATen kernels autograd runs for that call
+  (``_log_softmax``, ``nll_loss_forward``, ``nll_loss_backward``,
+  ``_log_softmax_backward_data``), each writing into a buffer allocated once. Torch has no
+  in-program buffer reuse on CPU (its allocator hands large blocks back to the OS), so this is the
+  analogue of XLA reusing the gradient buffer inside a training step: eager kernels, no
+  allocation, no page faults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+NAMES = ("torch_eager", "torch_compile", "torch_eager_out")
+_aten = torch.ops.aten
+
+
+def warm_up_framework(threads: int) -> None:
+    torch.set_num_threads(threads)
+    torch.ones(8).sum().item()
+
+
+def make_inputs(n: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, generator=gen, dtype=torch.float32).requires_grad_()
+    labels = torch.randint(0, c, (n,), generator=gen)
+    return logits, labels
+
+
+def _ce(logits, labels):
+    return F.cross_entropy(logits, labels)
+
+
+@dataclass
+class Autograd:
+    """One call: forward, then the gradient as a new tensor."""
+
+    loss_fn: Callable
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+    def call(self) -> None:
+        loss = self.loss_fn(self.logits, self.labels)
+        (grad,) = torch.autograd.grad(loss, self.logits)
+        del grad  # CPU kernels are synchronous: the work is done
+
+
+@dataclass
+class OutBuffers:
+    """One call of the ATen kernels behind F.cross_entropy's forward+backward, out= buffers."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    bufs: list[torch.Tensor] = field(init=False)
+
+    def __post_init__(self):
+        self.logits = self.logits.detach()
+        self.bufs = [torch.empty_like(self.logits) for _ in range(3)]
+        self.one = torch.ones((), dtype=self.logits.dtype)
+
+    def call(self) -> None:
+        lsm, grad_lsm, grad = self.bufs
+        x, y = self.logits, self.labels
+        _aten._log_softmax.out(x, 1, False, out=lsm)
+        _, total = _aten.nll_loss_forward(lsm, y, None, 1, -100)  # 1: mean
+        _aten.nll_loss_backward.grad_input(
+            self.one, lsm, y, None, 1, -100, total, grad_input=grad_lsm
+        )
+        _aten._log_softmax_backward_data.out(grad_lsm, lsm, 1, x.dtype, out=grad)
+
+
+def prepare(name: str, logits, labels) -> Autograd | OutBuffers:
+    """The call of ``name``; torch.compile compiles lazily, on the first call."""
+    if name == "torch_eager_out":
+        return OutBuffers(logits, labels)
+    loss_fn = torch.compile(_ce) if name == "torch_compile" else _ce
+    return Autograd(loss_fn, logits, labels)

@@ -1,0 +1,185 @@
+"""Cross-entropy forward+backward against optax, torch and the memory-bandwidth limit.
+
+``python -m benchmarks.loss [--quick] [--json FILE]``
+
+Every variant computes the float32 mean cross-entropy of (N, C) logits with integer class labels
+and its gradient with respect to the logits. Each (shape, setting, variant) runs in a fresh
+process pinned to ``--threads`` CPUs (XLA sizes its thread pool from the affinity mask; torch
+gets ``torch.set_num_threads``), compiles first (compile time reported apart), warms up, then
+times ``--repeats`` calls; ``--rounds`` repeats the whole sweep interleaved and pools the
+timings. Reported: median and IQR in ms, peak memory (see ``benchmarks._child``), the speed-up
+over torch eager and the time as a multiple of the bandwidth bound of the same setting.
+
+Settings:
+
+- ``outside``: the logits are a program input and every call returns a new gradient array, as
+  when a loss is called on its own. A fresh (N, C) buffer is page-faulted in on every call (the
+  CPU allocators hand large blocks back to the OS), so page faults are part of the time. Torch:
+  ``F.cross_entropy`` + ``torch.autograd.grad``, eager and under ``torch.compile``.
+- ``in_step``: as in a training step, where buffers are reused. JAX: the logits are made inside
+  the compiled step (``logits = x * s`` with a traced scalar ``s``, standing in for the bias add
+  or scale that produces them; XLA fuses it into its first read) and the gradient is written
+  into the donated buffer of the previous step, so nothing is page-faulted after the first call.
+  Torch has no in-program buffer reuse on CPU; its analogue, ``torch_eager_out``, runs the same
+  ATen kernels as the eager autograd call with out= buffers allocated once (no faults either).
+  The harness warms up until two calls in a row take no page faults.
+
+Limits (JAX, same setting, same process rules): ``bound_copy`` reads the logits once and writes
+a same-size array (``x * 2``; in_step ``x * s`` into the donated buffer), the memory-bandwidth
+bound of a loss+gradient; ``bound_exp`` is one ``exp`` over the logits, the cost of the one
+transcendental pass a softmax cannot avoid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from tqdm import tqdm
+
+from benchmarks import _harness as h
+from benchmarks import _report
+
+SHAPES = ((65536, 10), (8192, 1000), (4096, 32768), (1024, 131072))
+QUICK_SHAPES = ((8192, 1000), (1024, 32768))
+SETTINGS = ("outside", "in_step")
+VARIANTS = (
+    "jaxce",
+    "jaxce_autodiff",
+    "jnp_autodiff",
+    "optax",
+    "torch_eager",
+    "torch_compile",
+    "torch_eager_out",
+    "bound_copy",
+    "bound_exp",
+)
+QUICK_VARIANTS = ("jaxce", "optax", "torch_eager", "torch_eager_out", "bound_copy")
+# Variants that exist in one setting only (torch's calls differ between the settings).
+ONLY_IN = {"torch_eager": "outside", "torch_compile": "outside", "torch_eager_out": "in_step"}
+
+
+@dataclass(frozen=True)
+class Config:
+    shapes: tuple[tuple[int, int], ...] = SHAPES
+    settings: tuple[str, ...] = SETTINGS
+    variants: tuple[str, ...] = VARIANTS
+    repeats: int = 10
+    warmup: int = 3
+    rounds: int = 2
+    threads: int = 2
+    timeout_s: float = 600.0
+    json_path: str | None = None
+
+
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        n, c = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape {text!r} is not NxC, e.g. 4096x32768") from None
+    return n, c
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    doc = __doc__.split("\n")[0]
+    p = argparse.ArgumentParser(prog="python -m benchmarks.loss", description=doc)
+    p.add_argument("--quick", action="store_true", help="2 small shapes, 5 variants, <1 minute")
+    p.add_argument("--json", dest="json_path", metavar="FILE", help="write everything here")
+    p.add_argument("--shapes", type=_shape, nargs="+", metavar="NxC")
+    p.add_argument("--settings", nargs="+", choices=SETTINGS)
+    p.add_argument("--variants", nargs="+", choices=VARIANTS)
+    for name in ("repeats", "warmup", "rounds", "threads"):
+        p.add_argument(f"--{name}", type=int, metavar="INT")
+    args = vars(p.parse_args(argv))
+    quick = args.pop("quick")
+    base = Config(QUICK_SHAPES, SETTINGS, QUICK_VARIANTS, 3, 1, 1) if quick else Config()
+    chosen = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items() if v is not None}
+    if chosen.get("threads", 1) < 1:
+        p.error(f"--threads must be >= 1, got {chosen['threads']}")
+    return Config(**{**asdict(base), **chosen})
+
+
+def _machine() -> dict:
+    import jax
+    import torch
+
+    model = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if "model name" in ln), "")
+    return {
+        "cpu": model or platform.processor(),
+        "cpus_available": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "torch": torch.__version__,
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def run(cfg: Config) -> dict:
+    """Runs every job ``cfg.rounds`` times, interleaved, and summarizes."""
+    jobs = [
+        (shape, setting, variant)
+        for shape in cfg.shapes
+        for setting in cfg.settings
+        for variant in cfg.variants
+        if ONLY_IN.get(variant, setting) == setting
+    ]
+    records: dict[tuple[str, str, str], list[dict]] = {}
+    for _, (shape, setting, variant) in tqdm(
+        [(r, job) for r in range(cfg.rounds) for job in jobs], desc="variants", unit="proc"
+    ):
+        spec = h.Spec(variant, setting, *shape, cfg.repeats, cfg.warmup, cfg.threads)
+        result = h.run_child(spec, timeout_s=cfg.timeout_s)
+        key = (_report.shape_key(*shape), setting, variant)
+        records.setdefault(key, []).append(result)
+    combined = {key: _report.combine(recs) for key, recs in records.items()}
+    summary = _report.summarize(combined)
+    return {
+        "summary": summary,
+        "targets": _report.check_targets(summary),
+        "results": [
+            {"shape": k[0], "setting": k[1], "variant": k[2], **combined[k], "raw": records[k]}
+            for k in records
+        ],
+    }
+
+
+def print_report(out: dict, variants: tuple[str, ...]) -> None:
+    """Median table, call memory table and the target lines, to stdout."""
+    print(_report.markdown(out["summary"], list(variants)))
+    print("\ncall_extra memory (MiB):\n" + _report.memory_markdown(out["summary"], list(variants)))
+    for t in out["targets"]:
+        value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
+        print(
+            f"{'MET ' if t['met'] else 'MISS'} {t['shape']:>12} {t['setting']:>8} "
+            f"{t['target']}: {value}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    started = time.time()
+    machine = _machine()
+    out = run(cfg)
+    machine["loadavg_end"] = os.getloadavg()
+    command = "python -m benchmarks.loss " + " ".join(sys.argv[1:] if argv is None else argv)
+    doc = {"command": command.strip(), "config": asdict(cfg), "machine": machine, **out}
+    doc["wall_s"] = time.time() - started
+    print_report(out, cfg.variants)
+    if cfg.json_path:
+        with open(cfg.json_path, "w") as f:
+            json.dump(doc, f, indent=1)
+        print(f"wrote {cfg.json_path}")
+
+
+if __name__ == "__main__":
+    main()
