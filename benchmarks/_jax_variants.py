@@ -4,8 +4,8 @@ Every variant is compiled ahead of time (``jit(...).lower(...).compile()``), so 
 measured apart from the calls. Settings (see ``benchmarks.loss`` for what each one measures):
 
 - ``outside``: ``f(logits, labels) -> (loss, grad)``; the gradient is a new buffer every call.
-- ``in_step``: ``step(x, labels, g, s) -> (loss, g')`` with ``logits = x * s`` made inside the
-  step and ``g`` donated, so the gradient is written into the previous call's buffer.
+- ``in_step``: ``step(logits, labels, g) -> (loss, g')`` with ``g`` donated, so the gradient is
+  written into the previous call's buffer, as inside a training step.
 """
 
 from __future__ import annotations
@@ -71,14 +71,12 @@ def _outside(name: str) -> tuple[Callable, tuple[int, ...]]:
 
 
 def _in_step(name: str) -> tuple[Callable, tuple[int, ...]]:
-    if name in BOUNDS:
-        op = {"bound_copy": lambda z: z, "bound_exp": jnp.exp}[name]
-        return (lambda x, y, g, s: op(x * s)), (2,)  # x * s is the one pass over the logits
-    vg = jax.value_and_grad(LOSSES[name])
+    op = BOUNDS.get(name)
+    vg = None if op else jax.value_and_grad(LOSSES[name])
 
-    def step(x, y, g, s):
-        del g  # donated: its buffer receives the new gradient
-        return vg(x * s, y)
+    def step(x, y, g):
+        del g  # donated: its buffer receives the new gradient (or the bound's output)
+        return op(x) if op else vg(x, y)
 
     return step, (2,)
 
@@ -106,7 +104,7 @@ def prepare(name: str, setting: str, logits, labels) -> tuple[Prepared, float, s
         args = [logits, labels]
     else:
         fn, donate = _in_step(name)
-        args = [logits, labels, jnp.zeros_like(logits), jnp.float32(1.0)]
+        args = [logits, labels, jnp.zeros_like(logits)]
     start = time.perf_counter()
     compiled = jax.jit(fn, donate_argnums=donate, keep_unused=True).lower(*args).compile()
     compile_s = time.perf_counter() - start

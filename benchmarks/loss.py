@@ -16,18 +16,20 @@ Settings:
   when a loss is called on its own. A fresh (N, C) buffer is page-faulted in on every call (the
   CPU allocators hand large blocks back to the OS), so page faults are part of the time. Torch:
   ``F.cross_entropy`` + ``torch.autograd.grad``, eager and under ``torch.compile``.
-- ``in_step``: as in a training step, where buffers are reused. JAX: the logits are made inside
-  the compiled step (``logits = x * s`` with a traced scalar ``s``, standing in for the bias add
-  or scale that produces them; XLA fuses it into its first read) and the gradient is written
-  into the donated buffer of the previous step, so nothing is page-faulted after the first call.
+- ``in_step``: as in a training step, where buffers are reused. JAX: one compiled step reads
+  the logits buffer (as it reads a dense layer's output) and writes the gradient into the donated
+  buffer of the previous step, so nothing is page-faulted after the first call. (A producer such
+  as ``logits = x * s`` inside the step is not used: XLA:CPU does not fuse an elementwise
+  producer into a reduction, so every loss variant would first write it out, a cost of the
+  harness rather than of the loss; a dense layer's dot writes its logits anyway.)
   Torch has no in-program buffer reuse on CPU; its analogue, ``torch_eager_out``, runs the same
   ATen kernels as the eager autograd call with out= buffers allocated once (no faults either).
   The harness warms up until two calls in a row take no page faults.
 
 Limits (JAX, same setting, same process rules): ``bound_copy`` reads the logits once and writes
-a same-size array (``x * 2``; in_step ``x * s`` into the donated buffer), the memory-bandwidth
-bound of a loss+gradient; ``bound_exp`` is one ``exp`` over the logits, the cost of the one
-transcendental pass a softmax cannot avoid.
+a same-size array (``x * 2``; in_step into the donated buffer), the memory-bandwidth bound of a
+loss+gradient; ``bound_exp`` is one ``exp`` over the logits, the cost of the one transcendental
+pass a softmax cannot avoid.
 """
 
 from __future__ import annotations
