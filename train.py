@@ -15,6 +15,7 @@ import time
 
 from training import DATASETS
 from training._loop import LOSSES
+from training._resume import NonFiniteLossError, ResumeError
 from training._run import Config, train
 
 
@@ -68,15 +69,56 @@ def parse_args(argv: list[str] | None = None) -> Config:
         default=defaults.chunks,
         help="compiled calls per epoch, i.e. progress-bar updates (1: one call)",
     )
+    _add_resume_and_multihost_flags(parser, defaults)
     args = vars(parser.parse_args(argv))
     args["hidden"] = tuple(args["hidden"])
     args["out"] = args["out"] or time.strftime("runs/%Y%m%d-%H%M%S")
     return Config(**{f.name: args[f.name] for f in dataclasses.fields(Config)})
 
 
+def _add_resume_and_multihost_flags(parser: argparse.ArgumentParser, defaults: Config) -> None:
+    group = parser.add_argument_group("checkpoints and resume")
+    group.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=defaults.checkpoint_every,
+        metavar="K",
+        help="also checkpoint after every K-th step (0: only after each epoch)",
+    )
+    group.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=defaults.keep_checkpoints,
+        metavar="N",
+        help="keep the newest N checkpoints (default %(default)s)",
+    )
+    group.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its latest good checkpoint",
+    )
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the checkpoints of the run in --out and start over",
+    )
+    group = parser.add_argument_group(
+        "several processes",
+        "Give all three on every process; leave them out on one machine, and under SLURM, "
+        "Open MPI or on a Cloud TPU pod, where jax reads them from the environment.",
+    )
+    group.add_argument("--coordinator-address", metavar="HOST:PORT", help="process 0's address")
+    group.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Parses the flags and trains."""
-    train(parse_args(argv))
+    """Parses the flags and trains; a refused --out, a bad resume or a NaN loss exit with 1."""
+    config = parse_args(argv)
+    try:
+        train(config)
+    except (FileExistsError, ResumeError, NonFiniteLossError) as err:
+        raise SystemExit(f"train.py: error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from training import _distributed
@@ -45,9 +46,14 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def test_kill_point(point: str, step: int) -> None:
-    """SIGKILLs this process when ``JAXCE_TEST_KILL`` is ``<point>:<step>`` (a test hook)."""
-    if os.environ.get(TEST_KILL_ENV) == f"{point}:{step}":
+def test_kill_point(point: str, step: int, *, at_or_after: bool = False) -> None:
+    """SIGKILLs this process when ``JAXCE_TEST_KILL`` is ``<point>:<N>`` and ``step`` is N.
+
+    A test hook. With ``at_or_after``, any ``step >= N`` fires (training calls end only at some
+    steps).
+    """
+    point_of, _, target = os.environ.get(TEST_KILL_ENV, "").partition(":")
+    if point_of == point and (step == int(target) or (at_or_after and step >= int(target))):
         _stderr(f"[test hook] {TEST_KILL_ENV}={point}:{step}: killing process {os.getpid()}")
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -172,6 +178,32 @@ def latest_good(
     return None
 
 
+def read_checkpoint(directory: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """A checkpoint's state as NumPy arrays and its metadata, on one process, without a template.
+
+    For inspecting and comparing checkpoints; training restores through `RunCheckpoints`.
+
+    Args:
+      directory: a ``step_<N>`` directory.
+
+    Returns:
+      ``(state, meta)``: the saved pytree with `numpy.ndarray` leaves, and the JSON metadata.
+
+    Raises:
+      ValueError: the checkpoint fails `verify`.
+    """
+    directory = Path(directory)
+    if (problem := verify(directory)) is not None:
+        raise ValueError(f"checkpoint {directory} is not usable: {problem}")
+    checkpointer = ocp.PyTreeCheckpointer()
+    tree = checkpointer.metadata(directory / "state").item_metadata.tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    state = checkpointer.restore(
+        directory / "state", args=ocp.args.PyTreeRestore(restore_args=restore_args)
+    )
+    return state, ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(directory / "meta")
+
+
 def _remove(paths: list[Path]) -> None:
     # The commit file goes first: a removal cut short leaves an uncommitted, ignored checkpoint.
     for path in sorted(paths, key=lambda p: not p.name.endswith(_COMMIT)):
@@ -202,6 +234,10 @@ class RunCheckpoints:
         self.keep = keep
         self._log = log if _distributed.is_primary() else lambda message: None
         self._checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+    def directory(self, step: int) -> Path:
+        """Where checkpoint ``step`` lives."""
+        return _step_dir(self.root, step)
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> Path:
         """Writes checkpoint ``step`` of ``state`` (a pytree of arrays) and ``meta`` (JSON-able).

@@ -225,4 +225,17 @@ def broadcast_int(value: int) -> int:
     """Process 0's ``value``, on every process (unchanged with one process)."""
     if jax.process_count() == 1:
         return value
-    return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def broadcast_str(text: str, *, max_bytes: int = 4096) -> str:
+    """Process 0's ``text`` (UTF-8, at most ``max_bytes``), on every process."""
+    if jax.process_count() == 1:
+        return text
+    data = text.encode()
+    if len(data) > max_bytes:
+        raise ValueError(f"cannot broadcast {len(data)} bytes, the limit is {max_bytes}")
+    buffer = np.zeros(max_bytes + 1, np.int32)  # [length, bytes...]
+    buffer[0], buffer[1 : len(data) + 1] = len(data), np.frombuffer(data, np.uint8)
+    received = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
+    return bytes(received[1 : received[0] + 1].astype(np.uint8)).decode()
