@@ -1,0 +1,87 @@
+"""matplotlib figures rendered to inline PNG (base64) for the self-contained HTML reports."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from matplotlib.figure import Figure
+
+FLOOR = 1e-18  # where an exact (zero) error is drawn on log axes
+
+
+def to_png_base64(fig) -> str:
+    """Renders ``fig``; returns the PNG as base64 text for a data: URI."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _errors(records, dtype, quantity, pair):
+    out = []
+    for r in records:
+        stats = r.get("errors", {}).get(quantity, {}).get(pair)
+        if r["dtype"] == dtype and stats and stats.get("max_rel") is not None:
+            out.append(max(float(stats["max_rel"]), FLOOR))
+    return np.asarray(out)
+
+
+def error_histograms(records, dtypes, impl_label: str) -> str:
+    """Per dtype (columns) and quantity (rows): distribution of each side's error vs float64."""
+    quantities = ("value", "grad_logits", "grad_target")
+    sides = (
+        ("impl_vs_reference", impl_label, "tab:blue"),
+        ("torch_vs_reference", "torch", "tab:orange"),
+        ("optax_vs_reference", "optax", "tab:green"),
+    )
+    fig = Figure(figsize=(3.4 * len(dtypes), 7.5))
+    axes = fig.subplots(len(quantities), len(dtypes), squeeze=False)
+    bins = np.logspace(np.log10(FLOOR), 1, 39)
+    for i, q in enumerate(quantities):
+        for j, dtype in enumerate(dtypes):
+            ax = axes[i, j]
+            for pair, label, color in sides:
+                errs = _errors(records, dtype, q, pair)
+                if errs.size:
+                    ax.hist(
+                        errs,
+                        bins=bins,
+                        histtype="step",
+                        color=color,
+                        lw=1.5,
+                        label=f"{label} ({errs.size})",
+                    )
+            ax.set_xscale("log")
+            ax.set_title(f"{dtype}: {q}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            ax.legend(fontsize=6)
+            if i == len(quantities) - 1:
+                ax.set_xlabel("max |err| / max |truth|  (1e-18 = exact)", fontsize=7)
+    fig.suptitle("Error against the float64 reference, per case", fontsize=10)
+    return to_png_base64(fig)
+
+
+def closeness_scatter(records, dtypes, impl_label: str) -> str:
+    """Each case's error vs float64: implementation (y) against torch (x); below = closer."""
+    fig = Figure(figsize=(3.4 * len(dtypes), 3.4))
+    axes = fig.subplots(1, len(dtypes), squeeze=False)
+    for j, dtype in enumerate(dtypes):
+        ax = axes[0, j]
+        for q, marker in (("value", "o"), ("grad_logits", "x"), ("grad_target", "+")):
+            a = _errors(records, dtype, q, "impl_vs_reference")
+            b = _errors(records, dtype, q, "torch_vs_reference")
+            if a.size and a.size == b.size:
+                ax.scatter(b, a, s=10, marker=marker, alpha=0.6, label=q)
+        ax.plot([FLOOR, 10], [FLOOR, 10], "k:", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(dtype, fontsize=9)
+        ax.set_xlabel("torch error", fontsize=7)
+        ax.set_ylabel(f"{impl_label} error", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    fig.suptitle(
+        "Who is closer to float64 (points below the diagonal: the implementation)", fontsize=10
+    )
+    return to_png_base64(fig)
