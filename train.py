@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import time
 
-from training import DATASETS
+from training import DATASETS, DataError
 from training._loop import LOSSES
 from training._resume import NonFiniteLossError, ResumeError
 from training._run import Config, train
@@ -113,11 +113,11 @@ def _add_resume_and_multihost_flags(parser: argparse.ArgumentParser, defaults: C
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parses the flags and trains; a refused --out, a bad resume or a NaN loss exit with 1."""
+    """Parses the flags and trains; bad data, a refused --out, a bad resume or a NaN loss exit 1."""
     config = parse_args(argv)
     try:
         train(config)
-    except (FileExistsError, ResumeError, NonFiniteLossError) as err:
+    except (DataError, FileExistsError, ResumeError, NonFiniteLossError) as err:
         raise SystemExit(f"train.py: error: {err}") from None
 
 
