@@ -1,9 +1,11 @@
 """One variant, measured in a fresh process: ``python -m benchmarks._child '<Spec as JSON>'``.
 
-Memory fields (MiB): ``idle`` is the RSS with the framework imported and initialised; ``inputs``
-the RSS growth from creating the inputs; ``call_extra`` the peak RSS growth during the first
-call after compilation (the output and the temporaries); ``process_peak`` the process's peak RSS
-minus ``idle`` (inputs, compilation and calls).
+Memory fields (MiB, host RSS): ``idle`` is the RSS with the framework imported and initialised;
+``inputs`` the RSS growth from creating the inputs; ``call_extra`` the peak RSS growth during the
+first call after compilation (the output and the temporaries); ``process_peak`` the process's
+peak RSS minus ``idle`` (inputs, compilation and calls). On a GPU, ``device_call_extra`` is the
+device's peak use after the first call minus its use before it (JAX cannot reset its peak
+counter, so there it is the larger of that and the earlier peak).
 """
 
 from __future__ import annotations
@@ -36,13 +38,15 @@ def _measure(spec: h.Spec) -> dict:
         prepared, compile_s, note = fw.prepare(spec.variant, spec.setting, logits, labels)
     setup_peak = h.peak_mib()
     can_reset = h.reset_peak()
-    before_call = h.rss_mib()
+    fw.reset_device_peak()
+    before_call, device_before = h.rss_mib(), fw.device_memory()
     first_call_s = h.time_calls(prepared.call, 1)[0]
-    call_peak = h.peak_mib()
+    call_peak, device_after = h.peak_mib(), fw.device_memory()
     until = 30 if spec.setting == "in_step" else 0
     warmup_calls = 1 + h.warm_up(prepared.call, max(spec.warmup - 1, 0), until_no_faults=until)
     faults = h.minor_faults()
-    times = h.time_calls(prepared.call, spec.repeats)
+    cpu: list[float] = []
+    times = h.time_calls(prepared.call, spec.repeats, cpu)
     faults = (h.minor_faults() - faults) / spec.repeats
     stats = h.stats_dict(times)
     if is_torch and spec.variant == "torch_compile":
@@ -56,6 +60,8 @@ def _measure(spec: h.Spec) -> dict:
             "call_extra": call_peak - before_call,
             "process_peak": max(setup_peak, run_peak) - idle,
         }
+    if device_before is not None and device_after is not None:
+        mem = dict(mem or {}, device_call_extra=device_after[1] - device_before[0])
     return {
         "ok": True,
         "cpus": cpus,
@@ -65,6 +71,7 @@ def _measure(spec: h.Spec) -> dict:
         "minor_faults_per_call": faults,
         "time": stats,
         "times_ms": [t * 1e3 for t in times],
+        "cpu_time": h.stats_dict(cpu),
         "memory_mib": mem,
         "note": note,
     }

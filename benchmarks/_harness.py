@@ -44,7 +44,6 @@ def child_env(threads: int) -> dict[str, str]:
         MKL_NUM_THREADS=str(threads),
         OPENBLAS_NUM_THREADS=str(threads),
         TORCHINDUCTOR_COMPILE_THREADS="1",
-        JAX_PLATFORMS=env.get("JAX_PLATFORMS", "cpu"),
         TF_CPP_MIN_LOG_LEVEL="2",
     )
     return env
@@ -99,13 +98,19 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def time_calls(call: Callable[[], object], repeats: int) -> list[float]:
-    """Wall seconds of ``repeats`` calls; ``call`` must block until its work is done."""
+def time_calls(call: Callable[[], object], repeats: int, cpu: list | None = None) -> list[float]:
+    """Wall seconds of ``repeats`` calls; ``call`` must block until its work is done.
+
+    ``cpu``, when given, receives the CPU seconds of each call (all threads of the process),
+    which other processes on the machine disturb less than wall time.
+    """
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         call()
         times.append(time.perf_counter() - start)
+        if cpu is not None:
+            cpu.append(time.process_time() - start_cpu)
     return times
 
 

@@ -56,6 +56,18 @@ def warm_up_framework() -> None:
     jnp.ones(8).block_until_ready()
 
 
+def device_memory() -> tuple[float, float] | None:
+    """(bytes in use, peak bytes in use) of the first device in MiB; None on CPU."""
+    stats = jax.local_devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return stats["bytes_in_use"] / 2**20, stats["peak_bytes_in_use"] / 2**20
+
+
+def reset_device_peak() -> None:
+    """JAX cannot reset the peak: the child compares it with the use before the call."""
+
+
 def make_inputs(n: int, c: int, seed: int) -> tuple[jax.Array, jax.Array]:
     kx, ky = jax.random.split(jax.random.key(seed))
     logits = jax.random.normal(kx, (n, c), jnp.float32)

@@ -30,6 +30,7 @@ def combine(records: list[dict]) -> dict:
     return {
         "ok": True,
         "time": h.stats_dict([t / 1e3 for t in times]),
+        "cpu_median_ms": float(np.median([r["cpu_time"]["median_ms"] for r in ok])),
         "compile_s": float(np.median(compiles)) if compiles else None,
         "memory_mib": memory,
         "rounds": len(ok),
@@ -42,6 +43,8 @@ def _ratios(setting: str, cell: dict[str, dict]) -> dict:
     out = {
         "median_ms": med,
         "iqr_ms": {v: r["time"]["iqr_ms"] for v, r in cell.items() if r.get("ok")},
+        "min_ms": {v: r["time"]["min_ms"] for v, r in cell.items() if r.get("ok")},
+        "cpu_median_ms": {v: r["cpu_median_ms"] for v, r in cell.items() if "cpu_median_ms" in r},
         "call_extra_mib": {
             v: r["memory_mib"]["call_extra"] for v, r in cell.items() if r.get("memory_mib")
         },

@@ -20,7 +20,25 @@ import torch
 import torch.nn.functional as F
 
 NAMES = ("torch_eager", "torch_compile", "torch_eager_out")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _aten = torch.ops.aten
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def device_memory() -> tuple[float, float] | None:
+    """(bytes in use, peak since the last reset) on the GPU in MiB; None on CPU."""
+    if DEVICE != "cuda":
+        return None
+    return torch.cuda.memory_allocated() / 2**20, torch.cuda.max_memory_allocated() / 2**20
+
+
+def reset_device_peak() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
 
 
 def warm_up_framework(threads: int) -> None:
@@ -30,8 +48,9 @@ def warm_up_framework(threads: int) -> None:
 
 def make_inputs(n: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, c, generator=gen, dtype=torch.float32).requires_grad_()
-    labels = torch.randint(0, c, (n,), generator=gen)
+    logits = torch.randn(n, c, generator=gen, dtype=torch.float32).to(DEVICE).requires_grad_()
+    labels = torch.randint(0, c, (n,), generator=gen).to(DEVICE)
+    _sync()
     return logits, labels
 
 
@@ -50,7 +69,8 @@ class Autograd:
     def call(self) -> None:
         loss = self.loss_fn(self.logits, self.labels)
         (grad,) = torch.autograd.grad(loss, self.logits)
-        del grad  # CPU kernels are synchronous: the work is done
+        _sync()
+        del grad
 
 
 @dataclass
@@ -64,7 +84,7 @@ class OutBuffers:
     def __post_init__(self):
         self.logits = self.logits.detach()
         self.bufs = [torch.empty_like(self.logits) for _ in range(3)]
-        self.one = torch.ones((), dtype=self.logits.dtype)
+        self.one = torch.ones((), dtype=self.logits.dtype, device=self.logits.device)
 
     def call(self) -> None:
         lsm, grad_lsm, grad = self.bufs
@@ -75,6 +95,7 @@ class OutBuffers:
             self.one, lsm, y, None, 1, -100, total, grad_input=grad_lsm
         )
         _aten._log_softmax_backward_data.out(grad_lsm, lsm, 1, x.dtype, out=grad)
+        _sync()
 
 
 def prepare(name: str, logits, labels) -> Autograd | OutBuffers:
