@@ -41,11 +41,17 @@ def _class_vector(vector: jax.Array, axis: int, ndim: int) -> jax.Array:
     return vector.reshape(shape)
 
 
-def _shifted(opts: Options, logits: jax.Array, ct) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Returns (s, m, lse0): shifted (soft-capped) logits, row max and shifted log-sum-exp."""
+def capped(opts: Options, logits: jax.Array, ct) -> jax.Array:
+    """The logits in the compute dtype, soft-capped when ``opts.softcap`` is set."""
     xs = logits.astype(ct)
     if opts.softcap is not None:
         xs = opts.softcap * jnp.tanh(xs / opts.softcap)
+    return xs
+
+
+def _shifted(opts: Options, logits: jax.Array, ct) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns (s, m, lse0): shifted (soft-capped) logits, row max and shifted log-sum-exp."""
+    xs = capped(opts, logits, ct)
     m = jnp.max(xs, axis=opts.axis, keepdims=True)
     m = lax.stop_gradient(jnp.where(m == -jnp.inf, 0, m))  # a row of only -inf logits
     s = xs - m
@@ -92,17 +98,31 @@ def _index_forward(opts: Options, logits, labels, weight, mask):
     eps, num_classes = opts.label_smoothing, logits.shape[opts.axis]
     s, m, lse0 = _shifted(opts, logits, ct)
     t = _index_terms(opts, s, lse0, labels, weight, ct)
-    loss = t.nll if weight is None else jnp.where(t.w_y == 0, 0, t.w_y * t.nll)
+    smooth = None
     if eps:
         wb = None if weight is None else _class_vector(weight.astype(ct), opts.axis, s.ndim)
         d = _neg_log_p(lse0, s, wb)
         smooth = jnp.sum(d if wb is None else wb * d, axis=opts.axis, keepdims=True)
+    keep = jnp.expand_dims(mask, opts.axis)
+    loss = index_loss(opts, num_classes, t, m, lse0, smooth, keep, weighted=weight is not None)
+    return jnp.squeeze(loss, opts.axis), (m, lse0)
+
+
+def index_loss(opts: Options, num_classes: int, t, m, lse0, smooth, keep, *, weighted: bool):
+    """Per-row loss from row terms (class axis kept, size 1) over all ``num_classes`` classes.
+
+    ``smooth`` is ``sum_c w_c * (-log p_c)`` over every class (unused when there is no label
+    smoothing); ``keep`` (bool) zeroes rows. Shared with the chunked and sharded variants,
+    which assemble the same row terms from blocks of classes.
+    """
+    eps = opts.label_smoothing
+    loss = jnp.where(t.w_y == 0, 0, t.w_y * t.nll) if weighted else t.nll
+    if eps:
         loss = (1 - eps) * loss + (eps / num_classes) * smooth
     if opts.z_loss:
         loss = loss + opts.z_loss * t.w_y * jnp.square(lse0 + m)
     loss = jnp.where(t.in_range, loss, jnp.nan)
-    loss = jnp.where(jnp.expand_dims(mask, opts.axis), loss, 0)
-    return jnp.squeeze(loss, opts.axis), (m, lse0)
+    return jnp.where(keep, loss, 0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -119,15 +139,30 @@ def _index_rows_fwd(opts, logits, labels, weight, mask):
 def _index_rows_bwd(opts, res, g):
     logits, labels, weight, mask, m, lse0 = res
     ct = compute_dtype(logits.dtype)
-    eps, num_classes, axis = opts.label_smoothing, logits.shape[opts.axis], opts.axis
-    s = logits.astype(ct)
-    if opts.softcap is not None:
-        s = opts.softcap * jnp.tanh(s / opts.softcap)
-    s = s - m
+    s = capped(opts, logits, ct) - m
     t = _index_terms(opts, s, lse0, labels, weight, ct)
-    p = jnp.exp(s - lse0)
-    wb = None if weight is None else _class_vector(weight.astype(ct), axis, s.ndim)
+    num_classes = logits.shape[opts.axis]
     w_sum = num_classes if weight is None else jnp.sum(weight.astype(ct))
+    keep = jnp.expand_dims(mask, opts.axis)
+    g = jnp.expand_dims(g, opts.axis).astype(ct)
+    dx, dw = index_grad(opts, num_classes, w_sum, s, m, lse0, t, weight, g, keep)
+    dw = None if dw is None else dw.astype(weight.dtype)
+    return dx.astype(logits.dtype), None, dw, None
+
+
+def index_grad(opts: Options, num_classes: int, w_sum, s, m, lse0, t, weight, g, keep):
+    """Gradients w.r.t. a block of (capped) logits and its class weights, from row terms.
+
+    ``s`` holds the shifted logits of a block of classes along ``opts.axis`` (all classes, or a
+    chunk or shard of them); ``t.onehot`` and ``weight`` cover that block, while ``m``,
+    ``lse0``, ``t.nll``, ``t.w_y``, ``num_classes`` and ``w_sum`` (the summed class weight)
+    describe the whole class axis. Row arrays keep the class axis with size 1. Returns
+    ``(dx, dw)`` in the compute dtype: ``dx`` with NaN on kept rows whose label is out of
+    range, ``dw`` the per-class weight gradient of the block (None without weights).
+    """
+    eps, axis = opts.label_smoothing, opts.axis
+    p = jnp.exp(s - lse0)
+    wb = None if weight is None else _class_vector(weight.astype(s.dtype), axis, s.ndim)
     coef_y = (1 - eps) * t.w_y
     coef = coef_y + (eps / num_classes) * w_sum  # sum over classes of the target q
     if opts.z_loss:
@@ -135,10 +170,8 @@ def _index_rows_bwd(opts, res, g):
     q = jnp.where(t.onehot, coef_y, 0)
     if eps:
         q = q + (eps / num_classes) * (1.0 if wb is None else wb)
-    keep = jnp.expand_dims(mask, axis)
-    g = jnp.expand_dims(g, axis).astype(ct)
     dx = g * (coef * p - q) * _softcap_slope(opts, s, m)
-    dx = jnp.where(keep, jnp.where(t.in_range, dx, jnp.nan), 0).astype(logits.dtype)
+    dx = jnp.where(keep, jnp.where(t.in_range, dx, jnp.nan), 0)
     dw = None
     if weight is not None:
         row = g * ((1 - eps) * t.nll + opts.z_loss * jnp.square(lse0 + m))
@@ -147,8 +180,8 @@ def _index_rows_bwd(opts, res, g):
             per_class = per_class + (eps / num_classes) * g * _neg_log_p(lse0, s, wb)
         per_class = jnp.where(keep & t.in_range, per_class, 0)
         others = tuple(i for i in range(s.ndim) if i != axis)
-        dw = jnp.sum(per_class, axis=others).astype(weight.dtype)
-    return dx, None, dw, None
+        dw = jnp.sum(per_class, axis=others)
+    return dx, dw
 
 
 index_rows.defvjp(_index_rows_fwd, _index_rows_bwd)
@@ -191,10 +224,7 @@ def _soft_rows_bwd(opts, res, g):
     logits, labels, weight, mask, m, lse0, q_sum = res
     ct = compute_dtype(logits.dtype, labels.dtype)
     axis = opts.axis
-    s = logits.astype(ct)
-    if opts.softcap is not None:
-        s = opts.softcap * jnp.tanh(s / opts.softcap)
-    s = s - m
+    s = capped(opts, logits, ct) - m
     tt, wb, q = _soft_target(opts, logits, labels, weight, ct)
     p = jnp.exp(s - lse0)
     coef = q_sum
