@@ -111,6 +111,8 @@ class RunCheckpointing:
     def cuts(self, epoch: int) -> list[int]:
         """Steps of ``epoch`` after which a step checkpoint is due (ends of training calls)."""
         every = self.config.checkpoint_every
+        if not every:
+            return []
         first = epoch * self.steps_per_epoch
         return [s - first for s in range(first + 1, first + self.steps_per_epoch) if not s % every]
 

@@ -1,0 +1,231 @@
+"""Kill-and-resume, corrupt checkpoints, the run-directory guard and the NaN stop, end to end.
+
+Each run is a real ``train.py`` subprocess on ../shared/data/mnist-mini (8000 examples, batch
+64: 125 steps per epoch) with a tiny model, 2 epochs, a checkpoint every 40 steps and 25
+training calls per epoch. Kills are real SIGKILLs, placed deterministically by the
+``JAXCE_TEST_KILL`` test hook (see `training._checkpoint`). A resumed run must end with
+bit-identical parameters, optimizer state and metrics to an uninterrupted one (CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import SHARED_DATA
+from training._checkpoint import TEST_KILL_ENV, read_checkpoint
+from training._resume import NonFiniteLossError, ResumeError, RunCheckpointing
+from training._run import Config, chunk_bounds
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST_MINI = SHARED_DATA / "mnist-mini"
+needs_data = pytest.mark.skipif(
+    not MNIST_MINI.is_dir(), reason="needs ../shared/data/mnist-mini (the 8k/2k MNIST subset)"
+)
+FLAGS = ["--epochs", "2", "--hidden", "16", "--checkpoint-every", "40", "--chunks", "25"]
+FINAL = "step_00000250"
+COMPARED = ("train_loss", "test_loss", "test_accuracy", "final_test_accuracy")
+
+
+def train_py(out, *flags, env=None, devices: int = 1, timeout: int = 300):
+    """Runs train.py on mnist-mini in a fresh process; returns the CompletedProcess."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    clean.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), **(env or {}))
+    return subprocess.run(
+        [sys.executable, "train.py", "--data-dir", str(MNIST_MINI), "--out", str(out), *flags],
+        cwd=ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def output(proc) -> str:
+    return proc.stdout + proc.stderr
+
+
+def ok(proc) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def assert_same_run(out: Path, reference: Path) -> None:
+    """Bit-identical metrics and final checkpoint (parameters, Adam state, step losses)."""
+    for key in COMPARED:
+        assert metrics(out)[key] == metrics(reference)[key], key
+    state, meta = read_checkpoint(out / "checkpoints" / FINAL)
+    ref_state, ref_meta = read_checkpoint(reference / "checkpoints" / FINAL)
+    assert jax.tree.structure(state) == jax.tree.structure(ref_state)
+    jax.tree.map(np.testing.assert_array_equal, state, ref_state)
+    for key in ("train_loss", "test_loss", "test_accuracy"):  # not the timings
+        assert meta["history"][key] == ref_meta["history"][key], key
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted run."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    ok(train_py(out, *FLAGS))
+    return out
+
+
+@pytest.mark.slow
+@needs_data
+@pytest.mark.parametrize(
+    ("kills", "resumed_from", "skipped"),
+    [
+        pytest.param(
+            ["step:100", "ckpt-write:160"],
+            ["step_00000080", "step_00000125"],
+            [None, "step_00000160"],
+            id="mid-epoch-then-inside-orbax-write",
+        ),
+        pytest.param(
+            ["ckpt-commit:125"], ["step_00000120"], ["step_00000125"], id="before-commit-file"
+        ),
+    ],
+)
+def test_sigkill_then_resume_is_bit_identical(tmp_path, reference, kills, resumed_from, skipped):
+    out = tmp_path / "run"
+    proc = train_py(out, *FLAGS, env={TEST_KILL_ENV: kills[0]})
+    for i, kill in enumerate(kills):
+        assert proc.returncode == -9, proc.stderr[-4000:]
+        assert f"[test hook] {TEST_KILL_ENV}={kill}" in proc.stderr
+        env = {TEST_KILL_ENV: kills[i + 1]} if i + 1 < len(kills) else {}
+        proc = train_py(out, *FLAGS, "--resume", env=env)
+        assert f"resuming from {out / 'checkpoints' / resumed_from[i]}:" in output(proc)
+        if skipped[i]:
+            assert f"skipping checkpoint {out / 'checkpoints' / skipped[i]}" in output(proc)
+    ok(proc)
+    assert_same_run(out, reference)
+
+
+@pytest.mark.slow
+@needs_data
+def test_corrupt_newest_checkpoint_is_skipped_and_resume_is_bit_identical(tmp_path, reference):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    data = max((out / "checkpoints" / FINAL).rglob("d/*"), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[:100])
+    proc = ok(train_py(out, *FLAGS, "--resume"))
+    assert f"skipping checkpoint {out / 'checkpoints' / FINAL}: file " in output(proc)
+    assert "expected" in output(proc)
+    assert f"resuming from {out / 'checkpoints' / 'step_00000240'}:" in output(proc)
+    assert_same_run(out, reference)
+
+
+@pytest.mark.slow
+@needs_data
+def test_existing_run_is_not_clobbered(tmp_path, reference):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    proc = train_py(out, *FLAGS)
+    assert proc.returncode == 1
+    assert f"train.py: error: --out {out} already holds a run" in proc.stderr
+    assert "--resume" in proc.stderr and "--overwrite" in proc.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+    assert metrics(out) == metrics(reference)
+
+
+@pytest.mark.slow
+@needs_data
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path):
+    # Adam's first step moves every weight by ~lr = 1e30, so step 2's logits overflow: NaN.
+    out = tmp_path / "run"
+    proc = train_py(
+        out, "--epochs", "1", "--hidden", "16", "--lr", "1e30", "--checkpoint-every", "1"
+    )
+    assert proc.returncode == 1
+    last_good = out / "checkpoints" / "step_00000001"
+    assert (
+        "train.py: error: training loss is nan at epoch 1, step 2/125 (global step 2); stopped "
+        f"without saving it, the last good checkpoint is {last_good}." in proc.stderr
+    )
+    assert sorted(p.name for p in last_good.parent.iterdir()) == [
+        "step_00000001",
+        "step_00000001.commit.json",
+    ]
+    state, meta = read_checkpoint(last_good)
+    assert meta["global_step"] == 1 and np.isfinite(state["step_losses"][0])
+    assert not (out / "metrics.json").exists()
+
+
+# Unit tests of the pieces train.py puts together (no subprocess).
+
+
+def _checkpointing(tmp_path, **config) -> RunCheckpointing:
+    return RunCheckpointing(
+        Config(out=str(tmp_path), **config), steps_per_epoch=125, num_train=8000, log=print
+    )
+
+
+@pytest.mark.parametrize(
+    ("losses", "epoch", "done", "message"),
+    [
+        pytest.param(
+            {36: np.nan},
+            1,
+            40,
+            r"loss is nan at epoch 2, step 37/125 \(global step 162\)",
+            id="nan",
+        ),
+        pytest.param(
+            {3: np.inf, 9: np.nan}, 0, 10, r"loss is inf at epoch 1, step 4/125 ", id="first-of-two"
+        ),
+        pytest.param({0: -np.inf}, 0, 1, r"loss is -inf at epoch 1, step 1/125", id="neg-inf"),
+    ],
+)
+def test_non_finite_loss_is_reported_with_its_step(tmp_path, losses, epoch, done, message):
+    step_losses = np.ones(125, np.float32)
+    for index, value in losses.items():
+        step_losses[index] = value
+    checkpointing = _checkpointing(tmp_path)
+    checkpointing.last_saved = "somewhere/step_00000120"
+    with pytest.raises(NonFiniteLossError, match=message + ".*somewhere/step_00000120"):
+        checkpointing.after_chunk(SimpleNamespace(step_losses=step_losses), done, epoch=epoch)
+
+
+def test_losses_past_the_steps_run_are_not_checked(tmp_path):
+    step_losses = np.full(125, np.nan, np.float32)
+    step_losses[:10] = 1.0  # stale entries after step 10 are from the previous epoch or zero
+    _checkpointing(tmp_path).after_chunk(SimpleNamespace(step_losses=step_losses), 10, epoch=0)
+
+
+@pytest.mark.parametrize(
+    ("every", "epoch", "expected"),
+    [(0, 0, []), (40, 0, [40, 80, 120]), (40, 1, [35, 75, 115]), (125, 0, []), (50, 1, [25, 75])],
+    ids=["off", "epoch-1", "epoch-2", "epoch-length", "offset"],
+)
+def test_checkpoint_cuts_follow_the_global_step(tmp_path, every, epoch, expected):
+    assert _checkpointing(tmp_path, checkpoint_every=every).cuts(epoch) == expected
+
+
+def test_chunk_bounds_include_the_cuts():
+    assert chunk_bounds(0, 10, 2, cuts=[3]) == [(0, 3), (3, 2), (5, 5)]
+    assert chunk_bounds(4, 10, 2, cuts=[3, 7]) == [(4, 1), (5, 2), (7, 3)]
+    assert chunk_bounds(0, 10, 1, cuts=[0, 10, 12]) == [(0, 10)]
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    saved = {"config": {**vars(Config()), "lr": 0.01}, "num_train": 8000, "epoch": 1}
+    with pytest.raises(ResumeError, match=r"written with --lr 0\.01, this run has 0\.001"):
+        _checkpointing(tmp_path)._check_compatible(saved)
+    with pytest.raises(ResumeError, match=r"trained on 8000 examples, this run's .* has 60000"):
+        RunCheckpointing(
+            Config(out=str(tmp_path)), steps_per_epoch=938, num_train=60000, log=print
+        )._check_compatible({**saved, "config": vars(Config())})
