@@ -36,14 +36,23 @@ FINAL = "step_00000250"
 COMPARED = ("train_loss", "test_loss", "test_accuracy", "final_test_accuracy")
 
 
+def train_command(out, *flags) -> list[str]:
+    return [sys.executable, "train.py", "--data-dir", str(MNIST_MINI), "--out", str(out), *flags]
+
+
+def cpu_env(devices: int = 1, **extra: str) -> dict[str, str]:
+    """This environment without JAX/XLA settings, on ``devices`` CPU devices, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), **extra)
+    return env
+
+
 def train_py(out, *flags, env=None, devices: int = 1, timeout: int = 300):
     """Runs train.py on mnist-mini in a fresh process; returns the CompletedProcess."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-    clean.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), **(env or {}))
     return subprocess.run(
-        [sys.executable, "train.py", "--data-dir", str(MNIST_MINI), "--out", str(out), *flags],
+        train_command(out, *flags),
         cwd=ROOT,
-        env=clean,
+        env=cpu_env(devices, **(env or {})),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -63,6 +63,19 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("float64", "second_order"): Tolerance(
         1e-9, 1e-12, "float64 Hessian entries, p_i(1 - p_j) cancellation near p = 1."
     ),
+    ("float32", "data_parallel_loss"): Tolerance(
+        1e-5,
+        1e-6,
+        "train.py on 1 device vs the batch sharded over 4 devices or 2 processes: the gradient's "
+        "per-device partial sums are added in another order (a few ulp per step); after 250 Adam "
+        "steps the epoch losses differed by <= 1e-7 relative (measured), so 100x margin.",
+    ),
+    ("float32", "data_parallel_accuracy"): Tolerance(
+        0.0,
+        1e-3,
+        "Test accuracy over 2000 examples under the same resharding: one prediction whose top two "
+        "logits tie within rounding may flip (5e-4); none did in the measured runs.",
+    ),
 }
 
 
