@@ -54,7 +54,10 @@ def test_kill_point(point: str, step: int, *, at_or_after: bool = False) -> None
     """
     point_of, _, target = os.environ.get(TEST_KILL_ENV, "").partition(":")
     if point_of == point and (step == int(target) or (at_or_after and step >= int(target))):
-        _stderr(f"[test hook] {TEST_KILL_ENV}={point}:{step}: killing process {os.getpid()}")
+        _stderr(
+            f"[test hook] {TEST_KILL_ENV}={point}:{target}: killing process {os.getpid()} "
+            f"at step {step}"
+        )
         os.kill(os.getpid(), signal.SIGKILL)
 
 
