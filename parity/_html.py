@@ -55,7 +55,7 @@ def loss_html(payload: dict) -> str:
         f"</code>{' (dirty)' if env['git_dirty'] else ''}.</p>",
         "<p>Errors are max |err| / max |truth| per case (normwise relative); <i>impl</i> is the "
         "implementation under test, <i>ref</i> the float64 reference rounded to the dtype.</p>",
-        "<h2>Per dtype (worst case)</h2>",
+        "<h2>Per dtype (worst case; intentional differences excluded)</h2>",
     ]
     rows = []
     for dtype, d in s["per_dtype"].items():

@@ -1,0 +1,301 @@
+"""Training parity: the 784-128-10 ReLU MLP in Flax NNX (jaxce loss) and in torch, step by step.
+
+Both start from the same float32 weights (drawn once in numpy, torch's default init law
+U(+-1/sqrt(fan_in))), see the same float32 batches in the same order (a seeded permutation per
+epoch, last partial batch dropped) and take Adam steps (lr 1e-3, betas 0.9/0.999, eps 1e-8).
+JAX runs with matmul precision "highest"; torch with TF32 off, float32 matmul precision
+"highest" and one thread (deterministic, and fast on a shared 2-core machine).
+
+Which Adam on the JAX side. torch computes the bias corrections 1 - beta^t in float64 (Python
+floats). optax.adam computes them in float32 from float32(0.999) = 0.99900001287, so at t = 1
+its 1 - beta2^t is off by 1.3e-5 relative (cancellation), about 100x float32's epsilon; Adam
+turns that into a systematic update difference that has nothing to do with the loss. The
+parity run therefore uses optax's Adam with the corrections computed as -expm1(t * log(beta))
+(accurate to a few float32 ulp), and also runs optax.adam unchanged and reports its curve
+separately (not a pass/fail criterion).
+
+Tolerance, derived. The two runs are the same algorithm in float32; each differs from the exact
+(float64) trajectory only by rounding, and Adam carries every rounding difference forward
+(its update is scale-free, so a perturbation of a near-zero gradient moves a weight by O(lr)).
+We measure that growth instead of guessing it: torch is also run in float64 from the same
+weights and batches, and E_k = max_{j<=k} |L32_torch(j) - L64_torch(j)| is the largest loss
+error float32 rounding has produced in torch by step k (a running max, because a parameter
+perturbation shows up in later losses with either sign). By the triangle inequality,
+|L_jax - L_torch| <= |L_jax - L64| + |L_torch - L64|, and with both float32 pipelines making
+rounding errors of the same size that is <= 2 E_k; a factor 2 on top allows for the two error
+sequences peaking at different steps. Step k passes when
+
+    |L_jax(k) - L_torch(k)| <= 4 * E_k + 4 * ulp32(L_torch(k)),
+
+the second term being the resolution of a float32 loss (before any step both losses come from
+the same weights). The final parameters pass when, per tensor, max |P_jax - P_torch| <=
+4 * max |P_torch - P64| + 4 * ulp32(max |P_torch|). Measured on mnist-mini (seeds 0-3, 1000
+steps), max_k |L_jax - L_torch| / E_k stayed below 2.2.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+from flax import nnx
+from tqdm import tqdm
+
+from jaxce.loss import cross_entropy
+from parity._env import environment
+from parity._train_report import ADAM_NOTE, DERIVATION, summary_line, write_reports
+from training._idx import load_idx_dir
+from training._model import MLP
+
+LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
+SIZES = (784, 128, 10)
+NAMES = ("w1", "b1", "w2", "b2")  # torch's layout: w (out, in)
+
+
+class Setup(NamedTuple):
+    images: np.ndarray  # float32 (N, 784) in [0, 1]
+    labels: np.ndarray  # int64 (N,)
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    init: dict  # NAMES -> float32 arrays, torch layout
+    batches: list  # one index array per step
+    data_warnings: list
+
+
+class Run(NamedTuple):
+    losses: np.ndarray  # float64 (steps,), the loss of each step before its update
+    params: dict  # NAMES -> float64 arrays, torch layout
+    test_accuracy: float
+    seconds: float
+
+
+def make_setup(data_dir, *, steps: int, batch_size: int, seed: int) -> Setup:
+    """Loads the IDX data, draws the initial weights and the batch order."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load_idx_dir(data_dir)
+    if len(ds.train_labels) < batch_size:
+        raise ValueError(
+            f"--batch-size {batch_size} exceeds the {len(ds.train_labels)} "
+            f"training images in {data_dir}; pass a smaller one."
+        )
+    rng = np.random.default_rng(seed)
+    init = {}
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(SIZES)):
+        bound = 1.0 / math.sqrt(fan_in)
+        init[f"w{i + 1}"] = rng.uniform(-bound, bound, (fan_out, fan_in)).astype(np.float32)
+        init[f"b{i + 1}"] = rng.uniform(-bound, bound, fan_out).astype(np.float32)
+    order_rng, per_epoch, batches = (
+        np.random.default_rng(seed + 1),
+        len(ds.train_labels) // batch_size,
+        [],
+    )
+    while len(batches) < steps:
+        perm = order_rng.permutation(len(ds.train_labels))
+        batches += [perm[i * batch_size : (i + 1) * batch_size] for i in range(per_epoch)]
+
+    def pixels(images):
+        return images.reshape(len(images), -1).astype(np.float32) / np.float32(255.0)
+
+    return Setup(
+        pixels(ds.train_images),
+        ds.train_labels.astype(np.int64),
+        pixels(ds.test_images),
+        ds.test_labels.astype(np.int64),
+        init,
+        batches[:steps],
+        [str(w.message) for w in caught],
+    )
+
+
+def adam_accurate_bias(learning_rate: float) -> optax.GradientTransformation:
+    """optax.adam with 1 - beta^t computed as -expm1(t log beta): a few ulp, like torch's."""
+    (b1, b2), log_b1, log_b2 = BETAS, math.log(BETAS[0]), math.log(BETAS[1])
+
+    def init_fn(params):
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return (jnp.zeros([], jnp.int32), zeros, zeros)
+
+    def update_fn(grads, state, params=None):
+        count, mu, nu = state
+        count = count + 1
+        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, mu, grads)
+        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, nu, grads)
+        t = count.astype(jnp.float32)
+        c1, c2 = -jnp.expm1(t * log_b1), -jnp.expm1(t * log_b2)
+        updates = jax.tree.map(
+            lambda m, v: -learning_rate * (m / c1) / (jnp.sqrt(v / c2) + EPS), mu, nu
+        )
+        return updates, (count, mu, nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def run_flax(setup: Setup, tx: optax.GradientTransformation, *, label: str, progress: bool) -> Run:
+    """Trains training._model.MLP((128,)) with the jaxce loss; one compiled step per batch."""
+    start = time.perf_counter()
+    model = MLP((128,), rngs=nnx.Rngs(0))
+    for i, layer in enumerate(model.layers):
+        layer.kernel[...] = jnp.asarray(setup.init[f"w{i + 1}"].T)
+        layer.bias[...] = jnp.asarray(setup.init[f"b{i + 1}"])
+    graphdef, state = nnx.split((model, nnx.Optimizer(model, tx, wrt=nnx.Param)))
+
+    @jax.jit
+    def step(state, x, y):
+        model, opt = nnx.merge(graphdef, state)
+        loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(x), y))(model)
+        opt.update(model, grads)
+        return nnx.state((model, opt)), loss
+
+    losses = []
+    for b in tqdm(setup.batches, desc=label, disable=not progress, leave=False):
+        state, loss = step(state, setup.images[b], setup.labels[b].astype(np.int32))
+        losses.append(loss)
+    model, _ = nnx.merge(graphdef, state)
+    logits = jax.jit(lambda m, x: m(x))(model, setup.test_images)
+    params = {}
+    for i, layer in enumerate(model.layers):
+        params[f"w{i + 1}"] = np.asarray(layer.kernel[...], np.float64).T
+        params[f"b{i + 1}"] = np.asarray(layer.bias[...], np.float64)
+    accuracy = float(np.mean(np.argmax(np.asarray(logits), -1) == setup.test_labels))
+    return Run(
+        np.asarray(jax.device_get(losses), np.float64),
+        params,
+        accuracy,
+        time.perf_counter() - start,
+    )
+
+
+def run_torch(setup: Setup, dtype: torch.dtype, *, label: str, progress: bool) -> Run:
+    """The same network and steps in torch (nn.Linear, F.cross_entropy, torch.optim.Adam)."""
+    start = time.perf_counter()
+    layers = [torch.nn.Linear(i, o, dtype=dtype) for i, o in itertools.pairwise(SIZES)]
+    net = torch.nn.Sequential(layers[0], torch.nn.ReLU(), layers[1])
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            layer.weight.copy_(torch.from_numpy(setup.init[f"w{i + 1}"]).to(dtype))
+            layer.bias.copy_(torch.from_numpy(setup.init[f"b{i + 1}"]).to(dtype))
+    opt = torch.optim.Adam(net.parameters(), lr=LR, betas=BETAS, eps=EPS)
+    images = torch.from_numpy(setup.images).to(dtype)  # float32 -> float64 is exact
+    labels = torch.from_numpy(setup.labels)
+    losses = []
+    for b in tqdm(setup.batches, desc=label, disable=not progress, leave=False):
+        idx = torch.from_numpy(b)
+        loss = torch.nn.functional.cross_entropy(net(images[idx]), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        pred = net(torch.from_numpy(setup.test_images).to(dtype)).argmax(-1).numpy()
+    params = {}
+    for i, layer in enumerate(layers):
+        params[f"w{i + 1}"] = layer.weight.detach().to(torch.float64).numpy()
+        params[f"b{i + 1}"] = layer.bias.detach().to(torch.float64).numpy()
+    return Run(
+        np.asarray(losses),
+        params,
+        float(np.mean(pred == setup.test_labels)),
+        time.perf_counter() - start,
+    )
+
+
+def ulp32(x) -> np.ndarray:
+    """The spacing of float32 numbers at |x|."""
+    return np.spacing(np.abs(np.asarray(x, np.float32))).astype(np.float64)
+
+
+def step_tolerance(torch32: Run, torch64: Run) -> np.ndarray:
+    """4 * E_k + 4 * ulp32(L_torch(k)); see the module docstring."""
+    envelope = np.maximum.accumulate(np.abs(torch32.losses - torch64.losses))
+    return 4.0 * envelope + 4.0 * ulp32(torch32.losses)
+
+
+def param_check(jax_run: Run, torch32: Run, torch64: Run) -> dict:
+    """Per tensor: max |jax - torch|, its tolerance and the float32-vs-float64 errors."""
+    out = {}
+    for name in NAMES:
+        j, t, t64 = jax_run.params[name], torch32.params[name], torch64.params[name]
+        tol = 4.0 * float(np.max(np.abs(t - t64))) + 4.0 * float(ulp32(np.max(np.abs(t))))
+        diff = float(np.max(np.abs(j - t)))
+        out[name] = {
+            "max_abs_jax_vs_torch": diff,
+            "tolerance": tol,
+            "ok": diff <= tol,
+            "max_abs_jax_vs_float64": float(np.max(np.abs(j - t64))),
+            "max_abs_torch_vs_float64": float(np.max(np.abs(t - t64))),
+            "max_abs_value": float(np.max(np.abs(t))),
+        }
+    return out
+
+
+def run_training_parity(config) -> int:
+    """``python -m parity train``: four runs, the verdict, the reports; 0 only if all pass."""
+    jax.config.update("jax_default_matmul_precision", "highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    torch.set_num_threads(1)
+    setup = make_setup(
+        config.data_dir, steps=config.steps, batch_size=config.batch_size, seed=config.seed
+    )
+    kw = {"progress": config.progress}
+    runs = {
+        "jax": run_flax(setup, adam_accurate_bias(LR), label="flax+jaxce", **kw),
+        "torch": run_torch(setup, torch.float32, label="torch float32", **kw),
+        "torch_float64": run_torch(setup, torch.float64, label="torch float64", **kw),
+        "jax_optax_adam": run_flax(setup, optax.adam(LR), label="flax optax.adam", **kw),
+    }
+    payload = build_training_payload(config, setup, runs)
+    write_reports(payload, Path(config.out))
+    print(f"reports: {Path(config.out) / 'report.json'}, report.md, report.html")
+    print(summary_line(payload))
+    return 0 if payload["summary"]["failed"] == 0 else 1
+
+
+def build_training_payload(config, setup: Setup, runs: dict) -> dict:
+    tol = step_tolerance(runs["torch"], runs["torch_float64"])
+    diff = np.abs(runs["jax"].losses - runs["torch"].losses)
+    ok = diff <= tol
+    params = param_check(runs["jax"], runs["torch"], runs["torch_float64"])
+    passed = int(ok.sum()) + sum(p["ok"] for p in params.values())
+    failing = np.flatnonzero(~ok)
+    summary = {
+        "steps": len(diff),
+        "passed": passed,
+        "failed": len(diff) + len(params) - passed,
+        "max_abs_loss_diff": float(diff.max()),
+        "argmax_step": int(diff.argmax()),
+        "max_ratio": float(np.max(diff / tol)),
+        "first_failing_step": int(failing[0]) if failing.size else None,
+        "max_torch32_vs_64": float(
+            np.max(np.abs(runs["torch"].losses - runs["torch_float64"].losses))
+        ),
+        "max_abs_loss_diff_optax_adam": float(
+            np.max(np.abs(runs["jax_optax_adam"].losses - runs["torch"].losses))
+        ),
+        "test_accuracy": {k: r.test_accuracy for k, r in runs.items()},
+        "seconds": {k: round(r.seconds, 2) for k, r in runs.items()},
+        "train_examples": len(setup.labels),
+        "test_examples": len(setup.test_labels),
+    }
+    curves = {k: r.losses.tolist() for k, r in runs.items()}
+    return {
+        "kind": "training-parity",
+        "summary": summary,
+        "config": config.as_json(),
+        "environment": environment(),
+        "parameters": params,
+        "derivation": DERIVATION,
+        "adam_note": ADAM_NOTE,
+        "data_warnings": setup.data_warnings,
+        "curves": {**curves, "tolerance": tol.tolist(), "step_ok": ok.tolist()},
+    }
