@@ -16,6 +16,7 @@ class LossConfig:
     quick: bool
     seed: int
     impl: str
+    only: str | None
     progress: bool
 
     def as_json(self) -> dict:
@@ -63,9 +64,14 @@ def parse_loss(argv: list[str]) -> LossConfig:
         help="the function under test, with jaxce.loss.cross_entropy's signature "
         "(default %(default)s)",
     )
+    p.add_argument(
+        "--only",
+        metavar="GLOB",
+        help="run only the cases whose id matches this shell pattern, e.g. 'grid/float16/*'",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     a = p.parse_args(argv)
-    return LossConfig(a.out, a.quick, a.seed, a.impl, a.progress)
+    return LossConfig(a.out, a.quick, a.seed, a.impl, a.only, a.progress)
 
 
 def parse_train(argv: list[str]) -> TrainConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +84,13 @@ def run_loss_parity(config) -> int:
     jax.config.update("jax_enable_x64", True)  # the float64 cases; float32 stays float32
     impl_fn = load_impl(config.impl)
     cases = build_matrix(quick=config.quick, seed=config.seed)
+    if config.only is not None:
+        cases = [c for c in cases if fnmatch.fnmatchcase(c.id, config.only)]
+        if not cases:
+            raise ValueError(
+                f"--only {config.only!r} matches no case id; ids look like "
+                f"'grid/float32/NC/index/weight/mean' (see report.json)."
+            )
     start = time.perf_counter()
     records = run_matrix(cases, impl_fn, progress=config.progress)
     payload = build_payload(

@@ -132,7 +132,7 @@ def markdown(payload: dict) -> str:
         "",
         "## Final parameters",
         "",
-        "| " + " | ".join(PARAM_HEADER) + " |",
+        "| " + " | ".join(h.replace("|", "\\|") for h in PARAM_HEADER) + " |",
         "|" + "---|" * len(PARAM_HEADER),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in _param_rows(payload)]

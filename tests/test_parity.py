@@ -1,0 +1,97 @@
+"""`python -m parity --quick`: the quick matrix passes and writes the three reports."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from parity._cases import INTENTIONAL, build_matrix
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("parity")
+    proc = subprocess.run(
+        [sys.executable, "-m", "parity", "--quick", "--no-progress", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    return proc, out
+
+
+@pytest.mark.slow
+def test_quick_matrix_passes_with_summary_line(quick_run):
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    match = re.fullmatch(r"(\d+) passed, 0 failed, (\d+) intentional differences", last)
+    assert match, f"last line {last!r}"
+    report = json.loads((out / "report.json").read_text())
+    summary = report["summary"]
+    assert summary["line"] == last
+    assert int(match.group(1)) == summary["passed"] > 0
+    assert summary["passed"] + summary["intentional"] == summary["cases"]
+    assert summary["cases"] == len(build_matrix(quick=True, seed=0))
+
+
+@pytest.mark.slow
+def test_report_json_records_every_case_and_the_environment(quick_run):
+    _, out = quick_run
+    report = json.loads((out / "report.json").read_text())
+    env = report["environment"]
+    for key in (
+        "jax",
+        "torch",
+        "numpy",
+        "jax_device",
+        "jax_default_matmul_precision",
+        "torch_float32_matmul_precision",
+        "git_commit",
+    ):
+        assert env[key] is not None, key
+    assert report["config"]["seed"] == 0 and report["config"]["quick"] is True
+    ids = [r["id"] for r in report["cases"]]
+    assert ids == [c.id for c in build_matrix(quick=True, seed=0)]
+    for r in report["cases"]:
+        assert set(r["errors"]) >= {"value", "grad_logits"}, r["id"]
+        assert ("grad_target" in r["errors"]) == (r["target"] == "prob"), r["id"]
+        for pairs in r["errors"].values():
+            assert {"impl_vs_torch", "impl_vs_reference", "torch_vs_reference"} <= set(pairs)
+    assert all(row["reason"] for row in report["tolerances"])
+
+
+@pytest.mark.slow
+def test_intentional_differences_are_listed_not_passed(quick_run):
+    _, out = quick_run
+    report = json.loads((out / "report.json").read_text())
+    intentional = [r for r in report["cases"] if r["status"] == "intentional"]
+    assert {r["intentional"] for r in intentional} == set(INTENTIONAL)
+    for r in intentional:  # torch disagrees, jaxce is the one closer to float64
+        assert not r["errors"]["value"]["impl_vs_torch"]["ok"], r["id"]
+        assert r["errors"]["value"]["impl_vs_reference"]["ok"], r["id"]
+        assert r["closer"]["value"] == "impl", r["id"]
+    md = (out / "report.md").read_text()
+    for key, why in INTENTIONAL.items():
+        assert f"**{key}**: {why}" in md
+
+
+@pytest.mark.slow
+def test_markdown_and_self_contained_html(quick_run):
+    _, out = quick_run
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    md = (out / "report.md").read_text()
+    assert f"**{summary['line']}**" in md
+    assert "| float16 |" in md and "## Tolerances" in md
+    page = (out / "report.html").read_text()
+    assert summary["line"] in page
+    assert page.count("src='data:image/png;base64,") == 2
+    assert not re.search(r"(src|href)=['\"]?https?:", page), "no external resources"
