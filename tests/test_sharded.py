@@ -1,0 +1,290 @@
+"""jaxce.loss.sharded_cross_entropy against the unsharded cross_entropy, on 4 forced CPU devices.
+
+The sharded cases need 4 devices, which must be set before JAX initialises: one subprocess
+(``XLA_FLAGS=--xla_force_host_platform_device_count=4``) runs every case through
+``child_main`` and prints one JSON line; the parametrized tests recompute each case unsharded
+here, from the same seeded inputs, and compare values and gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
+
+from jaxce import loss
+from tests.conftest import seeded_rng, x64_scope
+from tests.tolerances import assert_close
+
+MARKER = "@@sharded-results@@ "
+ROOT = Path(__file__).resolve().parents[1]
+
+# id -> (options, dtype, layout). Layouts: "model4" splits classes over 4 devices; "data2xmodel2"
+# also splits the rows over a data axis; "tuple_axis" splits classes over both axes of a 2x2 mesh.
+CASES = {
+    "plain": (dict(), "float32", "model4"),
+    "weight": (dict(weight=True), "float32", "model4"),
+    "ignore_weight": (dict(weight=True, ignored=True), "float32", "model4"),
+    "custom_ignore_index": (dict(ignore_index=5), "float32", "model4"),
+    "smoothing": (dict(label_smoothing=0.2), "float32", "model4"),
+    "smoothing_weight_ignore_sum": (
+        dict(label_smoothing=0.3, weight=True, ignored=True, reduction="sum"),
+        "float32",
+        "model4",
+    ),
+    "zloss_softcap_none": (
+        dict(z_loss=1e-2, softcap=2.5, label_smoothing=0.1, reduction="none"),
+        "float32",
+        "model4",
+    ),
+    "where": (dict(where=True, weight=True), "float32", "model4"),
+    "padded_vocab_smoothing": (dict(padded=3, label_smoothing=0.2), "float32", "model4"),
+    "all_ignored": (dict(all_ignored=True), "float32", "model4"),
+    "bfloat16": (dict(weight=True, label_smoothing=0.1), "bfloat16", "model4"),
+    "float64_everything": (
+        dict(weight=True, ignored=True, label_smoothing=0.25, z_loss=1e-3, softcap=4.0),
+        "float64",
+        "model4",
+    ),
+    "data_and_model_axes_none": (
+        dict(weight=True, label_smoothing=0.1, reduction="none", batch=(4, 3)),
+        "float32",
+        "data2xmodel2",
+    ),
+    "tuple_mesh_axis": (dict(label_smoothing=0.1, weight=True), "float32", "tuple_axis"),
+}
+NUM_CLASSES = 16
+ROWS = 9
+
+
+def case_inputs(case_id: str) -> dict:
+    """The seeded numpy inputs of a case (identical in the subprocess and here)."""
+    options, dtype, _ = CASES[case_id]
+    rng = seeded_rng("sharded", case_id)
+    batch = options.get("batch", (ROWS,))
+    logits = rng.normal(size=(*batch, NUM_CLASSES)) * 3
+    labels = rng.integers(0, NUM_CLASSES, size=batch)
+    weight = rng.uniform(0.2, 2.0, size=NUM_CLASSES) if options.get("weight") else None
+    if options.get("padded"):  # a padded vocabulary: the last classes never win
+        pad = options["padded"]
+        logits[..., -pad:] = -np.inf
+        labels = labels % (NUM_CLASSES - pad)
+        weight = np.ones(NUM_CLASSES) if weight is None else weight
+        weight[-pad:] = 0.0
+    if options.get("ignored"):
+        labels.reshape(-1)[::3] = -100
+    if options.get("all_ignored"):
+        labels[:] = -100
+    where = rng.random(size=batch) > 0.3 if options.get("where") else None
+    cotangent = rng.normal(size=batch) if options.get("reduction") == "none" else 1.0
+    return dict(
+        logits=logits, labels=labels, weight=weight, where=where, cotangent=cotangent, dtype=dtype
+    )
+
+
+def loss_options(case_id: str) -> dict:
+    keys = ("ignore_index", "reduction", "label_smoothing", "z_loss", "softcap")
+    return {k: v for k, v in CASES[case_id][0].items() if k in keys}
+
+
+def _jax_arrays(inputs: dict) -> dict:
+    dtype = jnp.dtype(inputs["dtype"])
+    arrays = {"x": jnp.asarray(inputs["logits"], dtype), "y": jnp.asarray(inputs["labels"])}
+    if inputs["weight"] is not None:
+        arrays["w"] = jnp.asarray(inputs["weight"], dtype)
+    if inputs["where"] is not None:
+        arrays["where"] = jnp.asarray(inputs["where"])
+    return arrays
+
+
+def _value_and_grads(fn, arrays: dict, cotangent):
+    """Loss, d/d logits and d/d weight (None without weight) of ``fn(arrays)``."""
+    diff = {k: v for k, v in arrays.items() if k in ("x", "w")}
+    out, vjp = jax.vjp(lambda d: fn({**arrays, **d}), diff)
+    (grads,) = vjp(jnp.asarray(cotangent, out.dtype) * jnp.ones_like(out))
+    return out, grads["x"], grads.get("w")
+
+
+def _sharded_fn(case_id: str, mesh):
+    options, _, layout = CASES[case_id]
+    rows = "data" if layout == "data2xmodel2" else None
+    classes = ("data", "model") if layout == "tuple_axis" else "model"
+    nbatch = len(options.get("batch", (ROWS,)))
+    specs = {
+        "x": P(rows, *[None] * (nbatch - 1), classes),
+        "y": P(rows),
+        "w": P(classes),
+        "where": P(rows),
+    }
+    out_spec = P(rows) if options.get("reduction") == "none" else P()
+
+    def body(a):
+        return loss.sharded_cross_entropy(
+            a["x"], a["y"], mesh_axis=classes, weight=a.get("w"), where=a.get("where"),
+            **loss_options(case_id),
+        )  # fmt: skip
+
+    def fn(a):
+        in_specs = ({k: specs[k] for k in a},)
+        return jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_spec)(a)
+
+    return fn
+
+
+def child_main() -> None:
+    """Runs every case sharded (4 devices) and prints the results as one JSON line."""
+    assert jax.device_count() == 4, f"expected 4 forced CPU devices, got {jax.device_count()}"
+    auto = (AxisType.Auto,)
+    meshes = {
+        "model4": jax.make_mesh((4,), ("model",), auto),
+        "data2xmodel2": jax.make_mesh((2, 2), ("data", "model"), auto * 2),
+        "tuple_axis": jax.make_mesh((2, 2), ("data", "model"), auto * 2),
+    }
+    results = {}
+    for case_id, (_, dtype, layout) in CASES.items():
+        inputs = case_inputs(case_id)
+        with x64_scope(dtype):
+            fn = _sharded_fn(case_id, meshes[layout])
+            arrays = _jax_arrays(inputs)
+            cotangent = inputs["cotangent"]
+            step = jax.jit(lambda a, fn=fn, ct=cotangent: _value_and_grads(fn, a, ct))
+            out = step(arrays)
+            results[case_id] = [
+                None if v is None else np.asarray(v, np.float64).tolist() for v in out
+            ]
+            if case_id == "weight":
+                hlo = step.lower(arrays).compile().as_text()
+                results["collectives"] = {
+                    "all-gather": hlo.count(" all-gather("),
+                    "all-reduce": hlo.count(" all-reduce("),
+                    "all-to-all": hlo.count(" all-to-all("),
+                }
+    print(MARKER + json.dumps(results), flush=True)
+
+
+@pytest.fixture(scope="module")
+def sharded_results() -> dict:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env["JAX_PLATFORMS"] = "cpu"
+    code = "from tests.test_sharded import child_main; child_main()"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=600, check=False,
+    )  # fmt: skip
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARKER)]
+    if proc.returncode != 0 or not lines:
+        pytest.fail(f"sharded subprocess failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len(MARKER) :])
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_sharded_matches_unsharded(case_id, sharded_results):
+    inputs = case_inputs(case_id)
+    dtype = inputs["dtype"]
+    with x64_scope(dtype):
+        arrays = _jax_arrays(inputs)
+
+        def unsharded(a):
+            return loss.cross_entropy(
+                a["x"], a["y"], weight=a.get("w"), where=a.get("where"), **loss_options(case_id)
+            )
+
+        expected = _value_and_grads(unsharded, arrays, inputs["cotangent"])
+    got_loss, got_dx, got_dw = sharded_results[case_id]
+    assert_close(got_loss, expected[0], dtype=dtype, quantity="loss", context=case_id)
+    assert_close(got_dx, expected[1], dtype=dtype, quantity="grad", context=f"{case_id} dx")
+    assert (got_dw is None) == (expected[2] is None)
+    if got_dw is not None:
+        assert_close(got_dw, expected[2], dtype=dtype, quantity="grad", context=f"{case_id} dw")
+
+
+def test_only_two_collectives_and_no_gather(sharded_results):
+    """Forward+backward: one pmax and one tuple psum (both all-reduces), nothing gathered."""
+    assert sharded_results["collectives"] == {"all-gather": 0, "all-reduce": 2, "all-to-all": 0}
+
+
+def test_smoothing_differs_from_a_per_shard_average(sharded_results):
+    """Guards the Megatron-LM#737 mistake: a per-shard smoothing term is not the global one."""
+    inputs = case_inputs("smoothing")
+    x = inputs["logits"].astype(np.float64)
+    lse = np.log(np.exp(x).sum(-1))
+    nll = lse - np.take_along_axis(x, inputs["labels"][:, None], -1)[:, 0]
+    eps, shards = 0.2, np.split(x, 4, axis=-1)
+    exact = np.mean((1 - eps) * nll + eps * (lse - x.mean(-1)))
+    per_shard = np.mean((1 - eps) * nll + eps * (lse - shards[0].mean(-1)))  # rank 0's view
+    assert_close(sharded_results["smoothing"][0], exact, dtype="float32", quantity="loss")
+    assert abs(per_shard - exact) > 1e-3
+
+
+def _one_device_mesh():
+    return jax.make_mesh((1,), ("model",), (AxisType.Auto,))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        pytest.param(dict(mesh_axis="data"), ValueError, ["shard_map", "'data'"], id="unbound"),
+        pytest.param(dict(mesh_axis=3), TypeError, ["mesh_axis", "3"], id="axis_type"),
+        pytest.param(
+            dict(mesh_axis="model", weight=jnp.ones(7)),
+            ValueError,
+            ["weight", "shard"],
+            id="weight",
+        ),
+        pytest.param(
+            dict(mesh_axis="model", reduction="avg"), ValueError, ["reduction", "'avg'"], id="red"
+        ),
+        pytest.param(
+            dict(mesh_axis="model", label_smoothing=1.5), ValueError, ["label_smoothing"], id="eps"
+        ),
+    ],
+)
+def test_errors_name_the_argument(kwargs, error, words):
+    logits, labels = jnp.zeros((3, 4)), jnp.array([0, 1, 2])
+    fn = jax.shard_map(
+        lambda x, y: loss.sharded_cross_entropy(x, y, **kwargs),
+        mesh=_one_device_mesh(), in_specs=(P(None, "model"), P()), out_specs=P(),
+    )  # fmt: skip
+    with pytest.raises(error) as info:
+        fn(logits, labels)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_outside_shard_map_raises():
+    with pytest.raises(ValueError, match=r"inside jax\.shard_map"):
+        loss.sharded_cross_entropy(jnp.zeros((3, 4)), jnp.array([0, 1, 2]), mesh_axis="model")
+
+
+@pytest.mark.parametrize(
+    "logits_spec, check_vma",
+    [
+        pytest.param(P(), True, id="replicated_logits"),
+        pytest.param(P(None, "model"), False, id="check_vma_off"),
+    ],
+)
+def test_logits_must_vary_over_the_mesh_axis(logits_spec, check_vma):
+    fn = jax.shard_map(
+        lambda x, y: loss.sharded_cross_entropy(x, y, mesh_axis="model"),
+        mesh=_one_device_mesh(), in_specs=(logits_spec, P()), out_specs=P(), check_vma=check_vma,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="check_vma=True"):
+        fn(jnp.zeros((3, 4)), jnp.array([0, 1, 2]))
+
+
+def test_probability_labels_raise():
+    fn = jax.shard_map(
+        lambda x, y: loss.sharded_cross_entropy(x, y, mesh_axis="model"),
+        mesh=_one_device_mesh(), in_specs=(P(None, "model"), P(None, "model")), out_specs=P(),
+    )  # fmt: skip
+    with pytest.raises(TypeError, match="class indices"):
+        fn(jnp.zeros((3, 4)), jnp.full((3, 4), 0.25))
