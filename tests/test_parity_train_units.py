@@ -26,8 +26,8 @@ def test_accurate_bias_correction_matches_float64_adam_where_optax_adam_does_not
 
 def test_step_tolerance_is_four_envelopes_plus_four_ulps():
     t32 = Run(np.array([2.0, 1.5, 1.0]), {}, 0.0, 0.0)
-    t64 = Run(np.array([2.0 + 1e-7, 1.5, 1.0 - 3e-7]), {}, 0.0, 0.0)
+    t64 = Run(np.array([2.0 + 2.0**-20, 1.5, 1.0 - 2.0**-19]), {}, 0.0, 0.0)  # exact diffs
     tol = step_tolerance(t32, t64)
-    expected = 4 * np.array([1e-7, 1e-7, 3e-7]) + 4 * ulp32(t32.losses)
+    expected = 4 * np.array([2.0**-20, 2.0**-20, 2.0**-19]) + 4 * ulp32(t32.losses)
     np.testing.assert_array_equal(tol, expected)
     assert ulp32(1.0) == 2.0**-23 and ulp32(-3.0) == 2.0**-22
