@@ -1,0 +1,251 @@
+"""Seconds per training epoch: the PyTorch tutorial loop vs train.py's epoch vs its matmul floor.
+
+``python -m benchmarks.train_epoch [--data-dir DIR] [--dataset NAME] [--repeats N] [--json FILE]``
+
+All variants run in this one process on the same data (default: full Fashion-MNIST from Debian's
+``dataset-fashion-mnist``, 60000 training images), batch 64, the 784-128-10 ReLU MLP, Adam(1e-3),
+float32. Each variant runs one warm-up epoch (JAX: after compiling ahead of time, compile time
+reported apart), then timed epochs: the three JAX variants ``--repeats`` rounds, interleaved so
+that the load of a shared machine falls on all of them alike; then the two torch variants
+``--torch-repeats`` rounds, interleaved too. The median and the minimum are reported, with the
+ratios of both (on a busy machine the minimum is the better estimate of the unloaded cost).
+
+Variants:
+
+- ``torch_tutorial``: the tutorial's loop. A map-style dataset whose ``__getitem__`` turns one
+  uint8 image into a float tensor in [0, 1] (what torchvision's ``ToTensor`` does, minus the PIL
+  round trip, so this is if anything faster than the tutorial), ``DataLoader(batch_size=64,
+  shuffle=True)``, ``nn.Sequential(Flatten, Linear, ReLU, Linear)``, ``CrossEntropyLoss``,
+  ``Adam``; ``torch.set_num_threads(os.cpu_count())``.
+- ``torch_tensors``: the same loop over a ``TensorDataset`` of pre-converted float tensors, a
+  stronger baseline than the tutorial (no per-sample Python work).
+- ``jax_epoch``: train.py's epoch in one compiled call (``--chunks 1``): the on-device shuffle,
+  then every step (gather, uint8 -> float, forward, jaxce loss, backward, Adam) in one loop.
+- ``jax_epoch_chunked``: the same epoch as train.py runs it by default, in 10 calls (the
+  progress bar's updates), to show what the chunking costs.
+- ``matmul_floor``: the same number of steps doing only the step's five matrix products at the
+  same shapes (forward ``x @ W1``, ``h @ W2``; backward ``dlogits @ W2.T``, ``h.T @ dlogits``,
+  ``x.T @ dh``) on pre-batched float32 inputs, with the one subtraction per weight that chains
+  step i+1 to step i (so nothing can be hoisted out of the loop). No shuffle, gather, loss,
+  ReLU or Adam: the floor for this network at these shapes on this backend. Compiled with the
+  same XLA options as train.py's functions (`training._loop.compiler_options`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from training import Dataset, Trainer, load_idx_dir, put_dataset
+from training._loop import compiler_options
+from training._report import describe_devices, versions
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data_dir: str = FASHION_DIR
+    dataset: str = "fashion_mnist"
+    repeats: int = 10
+    torch_repeats: int = 3
+    batch_size: int = 64
+    json: str | None = None
+
+
+def _time_interleaved(epochs: dict, rounds: int) -> dict[str, list[float]]:
+    """One warm-up epoch of each variant, then ``rounds`` rounds of one timed epoch of each.
+
+    Interleaving spreads the load of a shared machine evenly over the variants. Each callable
+    ``epochs[name](i)`` runs epoch ``i`` and blocks until it is done.
+    """
+    for run_epoch in epochs.values():
+        run_epoch(0)
+    seconds = {name: [] for name in epochs}
+    for i in tqdm(range(1, rounds + 1), desc="rounds", leave=False):
+        for name, run_epoch in epochs.items():
+            start = time.perf_counter()
+            run_epoch(i)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def torch_epoch(dataset: Dataset, config: Config, *, pre_converted: bool):
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    images, labels = dataset.train_images, dataset.train_labels.astype(np.int64)
+
+    class IdxDataset(torch.utils.data.Dataset):
+        """Per-sample conversion, as torchvision's MNIST with transform=ToTensor()."""
+
+        def __len__(self):
+            return len(labels)
+
+        def __getitem__(self, i):
+            image = torch.from_numpy(images[i]).to(torch.float32).div_(255.0).unsqueeze(0)
+            return image, int(labels[i])
+
+    if pre_converted:
+        data = TensorDataset(
+            torch.from_numpy(images).to(torch.float32).div_(255.0).unsqueeze(1),
+            torch.from_numpy(labels),
+        )
+    else:
+        data = IdxDataset()
+    loader = DataLoader(data, batch_size=config.batch_size, shuffle=True)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def epoch(_):
+        model.train()
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        loss.item()
+
+    return epoch
+
+
+def jax_epoch(dataset: Dataset, config: Config, *, chunks: int):
+    from training._run import run_epoch
+
+    trainer = Trainer(
+        hidden=(128,),
+        learning_rate=1e-3,
+        batch_size=config.batch_size,
+        num_train=len(dataset.train_labels),
+    )
+    data = put_dataset(dataset, trainer.mesh)
+    state = trainer.init_state(0)
+    compile_seconds = trainer.compile(state, data)
+    box = [state]
+
+    def epoch(i):
+        box[0] = run_epoch(trainer, box[0], data, seed=0, epoch=i, chunks=chunks)
+
+    return epoch, compile_seconds
+
+
+def floor_epoch(dataset: Dataset, config: Config):
+    batch = config.batch_size
+    steps = -(-len(dataset.train_labels) // batch)
+    x = np.resize(dataset.train_images.reshape(-1, 784), (steps * batch, 784))
+    xs = jnp.asarray(x.reshape(steps, batch, 784), jnp.float32) / 255.0
+    rng = np.random.default_rng(0)
+    w1 = jnp.asarray(rng.standard_normal((784, 128)) * 0.03, jnp.float32)
+    w2 = jnp.asarray(rng.standard_normal((128, 10)) * 0.1, jnp.float32)
+
+    def step(weights, x):
+        w1, w2 = weights
+        h = x @ w1
+        dlogits = h @ w2  # stands in for softmax - onehot: same shape
+        dh = dlogits @ w2.T
+        dw2 = h.T @ dlogits
+        dw1 = x.T @ dh
+        return (w1 - 1e-9 * dw1, w2 - 1e-9 * dw2), None
+
+    floor = jax.jit(lambda weights, xs: jax.lax.scan(step, weights, xs)[0], donate_argnums=0)
+    start = time.perf_counter()
+    floor = floor.lower((w1, w2), xs).compile(compiler_options=compiler_options())
+    compile_seconds = time.perf_counter() - start
+    box = [(w1, w2)]
+
+    def epoch(_):
+        box[0] = jax.block_until_ready(floor(box[0], xs))
+
+    return epoch, compile_seconds
+
+
+def run(config: Config) -> dict:
+    """Runs every variant and returns the report (also printed, and written to ``--json``)."""
+    dataset = load_idx_dir(config.data_dir, dataset=config.dataset)
+    compile_seconds = {}
+    jax_one, compile_seconds["jax_epoch"] = jax_epoch(dataset, config, chunks=1)
+    jax_chunked, _ = jax_epoch(dataset, config, chunks=10)
+    floor, compile_seconds["matmul_floor"] = floor_epoch(dataset, config)
+    jax_side = {"jax_epoch": jax_one, "jax_epoch_chunked": jax_chunked, "matmul_floor": floor}
+    results = _time_interleaved(jax_side, config.repeats)
+    torch_side = {
+        "torch_tutorial": torch_epoch(dataset, config, pre_converted=False),
+        "torch_tensors": torch_epoch(dataset, config, pre_converted=True),
+    }
+    results.update(_time_interleaved(torch_side, config.torch_repeats))
+    median = {name: statistics.median(s) for name, s in results.items()}
+    return {
+        "config": dataclasses.asdict(config),
+        "dataset": dataset.describe(),
+        "seconds_per_epoch": {
+            name: {"median": median[name], "min": min(s), "all": s} for name, s in results.items()
+        },
+        "compile_seconds": compile_seconds,
+        "ratios_of_medians": _ratios(median),
+        "ratios_of_minima": _ratios({name: min(s) for name, s in results.items()}),
+        "device": describe_devices(),
+        "versions": versions(),
+    }
+
+
+def _ratios(seconds: dict[str, float]) -> dict[str, float]:
+    pairs = [
+        ("torch_tutorial", "jax_epoch"),
+        ("torch_tensors", "jax_epoch"),
+        ("jax_epoch", "matmul_floor"),
+        ("jax_epoch_chunked", "matmul_floor"),
+    ]
+    return {f"{a} / {b}": seconds[a] / seconds[b] for a, b in pairs}
+
+
+def _print(report: dict) -> None:
+    print(report["dataset"])
+    print(f"{'variant':<20} {'median s/epoch':>15} {'min':>8}")
+    for name, row in report["seconds_per_epoch"].items():
+        print(f"{name:<20} {row['median']:>15.3f} {row['min']:>8.3f}")
+    print(f"{'ratio':<34} {'medians':>8} {'minima':>8}")
+    for name, ratio in report["ratios_of_medians"].items():
+        print(f"{name:<34} {ratio:7.2f}x {report['ratios_of_minima'][name]:7.2f}x")
+    print(
+        "compile seconds: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in report["compile_seconds"].items())
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=Config.data_dir)
+    parser.add_argument("--dataset", default=Config.dataset, choices=["mnist", "fashion_mnist"])
+    parser.add_argument("--repeats", type=int, default=Config.repeats, help="timed JAX epochs")
+    parser.add_argument(
+        "--torch-repeats", type=int, default=Config.torch_repeats, help="timed torch epochs"
+    )
+    parser.add_argument("--batch-size", type=int, default=Config.batch_size)
+    parser.add_argument("--json", default=None, help="also write the report to this file")
+    return Config(**vars(parser.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    report = run(config)
+    _print(report)
+    if config.json:
+        Path(config.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
