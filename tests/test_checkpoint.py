@@ -131,6 +131,20 @@ def test_no_good_checkpoint_restores_nothing(tmp_path):
     assert RunCheckpoints(tmp_path / "empty").restore(_state(0)) is None
 
 
+def test_check_sees_the_metadata_before_any_array_is_read(tmp_path):
+    _save_steps(tmp_path, [10])
+    seen = []
+
+    def refuse(meta):
+        seen.append(meta)
+        raise RuntimeError("refused")
+
+    wrong_shapes = {"params": {"w": jnp.zeros((2, 2))}, "opt": {}}
+    with pytest.raises(RuntimeError, match="refused"):
+        RunCheckpoints(tmp_path).restore(wrong_shapes, check=refuse)
+    assert seen == [_meta(10)]
+
+
 def test_save_replaces_leftovers_of_the_same_step(tmp_path):
     store = _save_steps(tmp_path, [10, 20])
     _killed_in_orbax_write(tmp_path)

@@ -230,6 +230,9 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     saved = {"config": {**vars(Config()), "lr": 0.01}, "num_train": 8000, "epoch": 1}
     with pytest.raises(ResumeError, match=r"written with --lr 0\.01, this run has 0\.001"):
         _checkpointing(tmp_path)._check_compatible(saved)
+    wider = {**saved, "config": {**vars(Config()), "hidden": [256, 128]}}
+    with pytest.raises(ResumeError, match="written with --hidden 256 128, this run has 128"):
+        _checkpointing(tmp_path)._check_compatible(wider)
     with pytest.raises(ResumeError, match=r"trained on 8000 examples, this run's .* has 60000"):
         RunCheckpointing(
             Config(out=str(tmp_path)), steps_per_epoch=938, num_train=60000, log=print

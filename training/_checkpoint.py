@@ -281,25 +281,31 @@ class RunCheckpoints:
             if step < newest and step not in kept:
                 _remove(paths)
 
-    def restore(self, like: Any) -> tuple[int, Any, dict[str, Any]] | None:
+    def restore(
+        self, like: Any, *, check: Callable[[dict[str, Any]], None] | None = None
+    ) -> tuple[int, Any, dict[str, Any]] | None:
         """Loads the newest good checkpoint, skipping (and reporting) bad ones.
 
         Args:
           like: a pytree with the structure, shapes, dtypes and shardings to restore into.
+          check: called with the checkpoint's metadata before any array is read; raises to
+            refuse a checkpoint that does not fit the run.
 
         Returns:
           ``(step, state, meta)``, or None when there is no good checkpoint.
         """
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-        )
         found = latest_good(self.root.parent, log=self._log) if _distributed.is_primary() else None
         step = _distributed.broadcast_int(-1 if found is None else found[0])
         if step < 0:
             return None
-        restored = self._checkpointer.restore(_step_dir(self.root, step), args=args)
-        return step, restored["state"], restored["meta"]
+        directory = _step_dir(self.root, step)
+        meta_only = ocp.args.Composite(meta=ocp.args.JsonRestore())
+        meta = self._checkpointer.restore(directory, args=meta_only)["meta"]
+        if check is not None:
+            check(meta)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        return step, self._checkpointer.restore(directory, args=args)["state"], meta
 
 
 def _is_commit(path: Path) -> bool:

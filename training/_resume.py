@@ -71,12 +71,11 @@ class RunCheckpointing:
         """
         if not self.config.resume:
             return state, 0, 0, None
-        found = self.store.restore(state)
+        found = self.store.restore(state, check=self._check_compatible)
         if found is None:
             self.log(f"--resume: no good checkpoint in {self.store.root}; starting from scratch")
             return state, 0, 0, None
         step, state, meta = found
-        self._check_compatible(meta)
         directory = self.store.directory(step)
         self.last_saved = str(directory)
         self.history = meta["history"]
@@ -94,7 +93,8 @@ class RunCheckpointing:
             if theirs != ours:
                 raise ResumeError(
                     f"--resume: the checkpoint in {self.store.root} was written with "
-                    f"--{name.replace('_', '-')} {theirs}, this run has {ours}. Resume with the "
+                    f"--{name.replace('_', '-')} {_flag(theirs)}, this run has {_flag(ours)}. "
+                    "Resume with the "
                     "same settings, or start a new run (another --out, or --overwrite)."
                 )
         if meta["num_train"] != self.num_train:
@@ -167,3 +167,8 @@ class RunCheckpointing:
             f"{self.steps_per_epoch} (global step {step}); stopped without saving it, {kept}. "
             "A smaller --lr usually helps; --resume continues from the last good checkpoint."
         )
+
+
+def _flag(value: Any) -> str:
+    """A setting as it is written on the command line (``(256, 128)`` -> ``256 128``)."""
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)

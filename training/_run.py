@@ -46,6 +46,10 @@ class Config:
     process_id: int | None = None
 
     def __post_init__(self):
+        if self.resume and self.overwrite:
+            raise ValueError(
+                "--resume continues the run in --out and --overwrite deletes it; pass one of them"
+            )
         if self.checkpoint_every < 0:
             raise ValueError(
                 f"--checkpoint-every must be 0 (every epoch only) or more, got "
