@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from training import _checkpoint
-from training._checkpoint import RunCheckpoints, latest_good, prepare_run_dir, verify
+from training._checkpoint import RunCheckpoints, latest_good, verify
+from training._resume import prepare_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -61,38 +61,6 @@ def test_kill_point(point: str, step: int, *, at_or_after: bool = False) -> None
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def prepare_run_dir(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
-    """Refuses to clobber an earlier run in ``out_dir``; with ``overwrite``, clears its checkpoints.
-
-    Call it on every process before training (it reads the shared run directory); only process 0
-    deletes anything.
-
-    Args:
-      out_dir: the run directory (``--out``).
-      resume: ``--resume``: an existing run is continued, so it is left alone.
-      overwrite: ``--overwrite``: an existing run's checkpoints are deleted and it starts over.
-
-    Raises:
-      ValueError: both ``resume`` and ``overwrite``.
-      FileExistsError: ``out_dir`` is not empty and neither flag is given.
-    """
-    out = Path(out_dir)
-    if resume and overwrite:
-        raise ValueError(
-            "--resume continues the run in --out and --overwrite deletes it; pass one of them"
-        )
-    if overwrite:
-        if _distributed.is_primary():
-            shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-        _distributed.barrier("jaxce_prepare_run_dir")
-    elif not resume and out.is_dir() and any(out.iterdir()):
-        raise FileExistsError(
-            f"--out {out} already holds a run ({', '.join(sorted(p.name for p in out.iterdir()))})."
-            " Pass --resume to continue it from its latest good checkpoint, --overwrite to delete"
-            " its checkpoints and start over, or choose another --out."
-        )
-
-
 def _step_dir(root: Path, step: int) -> Path:
     return root / f"step_{step:08d}"
 

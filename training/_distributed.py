@@ -7,6 +7,7 @@ it and everything else replicated. One device is the one-device case of the same
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import itertools
 import os
@@ -26,8 +27,8 @@ _TPU_HOST_LISTS = ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES")
 def detect_cluster(environ: Mapping[str, str] | None = None) -> str | None:
     """Names the multi-process cluster this process runs in, or None on a single machine.
 
-    Only environment variables (and whether libtpu is installed) are read, so this is cheap and
-    safe on a laptop: no network, no backend initialisation.
+    It reads only environment variables, whether libtpu is installed and TPU device files, so it
+    is cheap and safe on a laptop: no network, no backend initialisation.
 
     Args:
       environ: the environment to inspect; `os.environ` when None.
@@ -35,7 +36,8 @@ def detect_cluster(environ: Mapping[str, str] | None = None) -> str | None:
     Returns:
       ``"env"`` when ``JAX_COORDINATOR_ADDRESS`` is set, ``"slurm"`` inside an ``srun`` step of
       more than one task, ``"openmpi"`` under ``mpirun`` with more than one rank, ``"tpu"`` on a
-      Cloud TPU VM (jax reads the pod's topology from its metadata), else None.
+      Cloud TPU VM (libtpu installed and TPU chips present; jax reads the pod's topology from
+      the VM's metadata) or under GKE's TPU variables, else None.
     """
     env = os.environ if environ is None else environ
     if env.get("JAX_COORDINATOR_ADDRESS"):
@@ -46,9 +48,14 @@ def detect_cluster(environ: Mapping[str, str] | None = None) -> str | None:
         return "openmpi"
     if any(var in env for var in (*_TPU_HOST_LISTS, "MEGASCALE_COORDINATOR_ADDRESS")):
         return "tpu"
-    if importlib.util.find_spec("libtpu") is not None and "TPU_SKIP_MDS_QUERY" not in env:
+    if importlib.util.find_spec("libtpu") is not None and _has_tpu_chips():
         return "tpu"
     return None
+
+
+def _has_tpu_chips() -> bool:
+    """Whether this host exposes TPU chips (device files of a Cloud TPU VM)."""
+    return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
 def _int(text: str) -> int:

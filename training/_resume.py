@@ -1,4 +1,4 @@
-"""Checkpoints, resume and the non-finite-loss stop, as a training run uses them.
+"""Checkpoints, resume, the run-directory guard and the NaN/inf stop, as a training run uses them.
 
 A checkpoint holds the `TrainState` (parameters, Adam state, the current epoch's per-step
 losses) and, as JSON, where the run stands: the epoch, the step within it, the data-order seed
@@ -12,13 +12,16 @@ epoch in one call or in several is bit-identical).
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from training import _checkpoint
-from training._checkpoint import RunCheckpoints
+from training import _checkpoint, _distributed
+from training._checkpoint import CHECKPOINT_DIR, RunCheckpoints
 
 # Settings a resumed run must share with the checkpoint; the others (epochs, chunks, paths,
 # checkpoint cadence, processes) may change between the two.
@@ -31,6 +34,38 @@ class NonFiniteLossError(RuntimeError):
 
 class ResumeError(ValueError):
     """The checkpoint to resume from does not fit this run's settings or data."""
+
+
+def prepare_run_dir(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
+    """Refuses to clobber an earlier run in ``out_dir``; with ``overwrite``, clears its checkpoints.
+
+    Call it on every process before training (it reads the shared run directory); only process 0
+    deletes anything.
+
+    Args:
+      out_dir: the run directory (``--out``).
+      resume: ``--resume``: an existing run is continued, so it is left alone.
+      overwrite: ``--overwrite``: an existing run's checkpoints are deleted and it starts over.
+
+    Raises:
+      ValueError: both ``resume`` and ``overwrite``.
+      FileExistsError: ``out_dir`` is not empty and neither flag is given.
+    """
+    out = Path(out_dir)
+    if resume and overwrite:
+        raise ValueError(
+            "--resume continues the run in --out and --overwrite deletes it; pass one of them"
+        )
+    if overwrite:
+        if _distributed.is_primary():
+            shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        _distributed.barrier("jaxce_prepare_run_dir")
+    elif not resume and out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(
+            f"--out {out} already holds a run ({', '.join(sorted(p.name for p in out.iterdir()))})."
+            " Pass --resume to continue it from its latest good checkpoint, --overwrite to delete"
+            " its checkpoints and start over, or choose another --out."
+        )
 
 
 class RunCheckpointing:

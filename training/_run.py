@@ -13,12 +13,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from training._checkpoint import prepare_run_dir
 from training._dataset import DATASETS, Dataset
 from training._distributed import broadcast_str, initialize_distributed, is_primary
 from training._loop import DeviceData, Trainer, TrainState, put_dataset
 from training._report import History, describe_devices, plot_curves, versions, write_metrics
-from training._resume import RunCheckpointing
+from training._resume import RunCheckpointing, prepare_run_dir
 from training._tfds import load_tfds
 
 
