@@ -1,0 +1,298 @@
+"""jaxce.loss.linear_cross_entropy against the unfused cross_entropy(hidden @ kernel + bias)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from jaxce import loss
+from tests.conftest import seeded_rng, x64_scope
+from tests.tolerances import assert_close
+
+ROWS, FEATURES, CLASSES = 10, 6, 23
+
+# Each option set is applied on top of seeded inputs; "ignored" marks every third label -100.
+OPTIONS = {
+    "plain": dict(),
+    "bias": dict(bias=True),
+    "weight": dict(weight=True, bias=True),
+    "ignore_weight": dict(weight=True, ignored=True),
+    "custom_ignore_index": dict(ignore_index=4, bias=True),
+    "smoothing": dict(label_smoothing=0.2, bias=True),
+    "smoothing_weight": dict(label_smoothing=0.3, weight=True, ignored=True),
+    "z_loss": dict(z_loss=1e-2, bias=True),
+    "softcap": dict(softcap=2.0, bias=True),
+    "where": dict(where=True, weight=True),
+    "everything": dict(
+        bias=True,
+        weight=True,
+        ignored=True,
+        where=True,
+        label_smoothing=0.1,
+        z_loss=1e-3,
+        softcap=5.0,
+    ),
+}
+LOSS_KEYS = ("ignore_index", "reduction", "label_smoothing", "z_loss", "softcap")
+
+
+def make_inputs(key, options: dict, *, batch=(ROWS,), classes=CLASSES, dtype="float64"):
+    rng = seeded_rng("linear", key)
+    hidden = rng.normal(size=(*batch, FEATURES))
+    arrays = {
+        "hidden": hidden,
+        "kernel": rng.normal(size=(FEATURES, classes)) * 0.8,
+        "labels": rng.integers(0, classes, size=batch),
+    }
+    if options.get("bias"):
+        arrays["bias"] = rng.normal(size=classes) * 0.5
+    if options.get("weight"):
+        arrays["weight"] = rng.uniform(0.2, 2.0, size=classes)
+    if options.get("where"):
+        arrays["where"] = rng.random(size=batch) > 0.3
+    if options.get("ignored"):
+        arrays["labels"].reshape(-1)[::3] = -100
+    if "ignore_index" in options:  # make sure some rows carry the ignored class
+        arrays["labels"].reshape(-1)[::4] = options["ignore_index"]
+    cotangent = rng.normal(size=batch)
+    out = {}
+    for name, value in arrays.items():
+        if value.dtype.kind == "f":
+            out[name] = jnp.asarray(value, dtype)
+        else:
+            out[name] = jnp.asarray(value)
+    return out, cotangent
+
+
+def _split(arrays):
+    diff = {k: v for k, v in arrays.items() if k in ("hidden", "kernel", "bias", "weight")}
+    rest = {k: v for k, v in arrays.items() if k not in diff}
+    return diff, rest
+
+
+def fused(arrays, options, chunk_size=None):
+    kw = {k: v for k, v in options.items() if k in LOSS_KEYS}
+    return loss.linear_cross_entropy(
+        arrays["hidden"], arrays["kernel"], arrays["labels"], bias=arrays.get("bias"),
+        weight=arrays.get("weight"), where=arrays.get("where"), chunk_size=chunk_size, **kw,
+    )  # fmt: skip
+
+
+def unfused(arrays, options):
+    kw = {k: v for k, v in options.items() if k in LOSS_KEYS}
+    logits = arrays["hidden"] @ arrays["kernel"]
+    if "bias" in arrays:
+        logits = logits + arrays["bias"]
+    return loss.cross_entropy(
+        logits, arrays["labels"], weight=arrays.get("weight"), where=arrays.get("where"), **kw
+    )
+
+
+def value_and_grads(fn, arrays, cotangent):
+    diff, rest = _split(arrays)
+    out, vjp = jax.vjp(lambda d: fn({**rest, **d}), diff)
+    ct = jnp.asarray(cotangent if out.ndim else np.ravel(cotangent)[0], out.dtype)
+    return out, vjp(ct)[0]
+
+
+def assert_parity(arrays, options, cotangent, *, dtype, chunk_size=None, context=""):
+    got = value_and_grads(lambda a: fused(a, options, chunk_size), arrays, cotangent)
+    expected = value_and_grads(lambda a: unfused(a, options), arrays, cotangent)
+    assert_close(got[0], expected[0], dtype=dtype, quantity="loss", context=context)
+    assert set(got[1]) == set(expected[1])
+    for name in expected[1]:
+        assert got[1][name].dtype == arrays[name].dtype
+        assert_close(
+            got[1][name], expected[1][name], dtype=dtype, quantity="grad", context=f"d{name}"
+        )
+
+
+# Every option set with "mean" (whose divisor depends on weights, ignore_index and where), and
+# the other reductions on the sets that exercise them most.
+FLOAT64_CASES = [(name, "mean") for name in OPTIONS] + [
+    (name, reduction)
+    for name in ("weight", "smoothing_weight", "everything")
+    for reduction in ("sum", "none")
+]
+
+
+@pytest.mark.parametrize(
+    "name, reduction", FLOAT64_CASES, ids=[f"{n}-{r}" for n, r in FLOAT64_CASES]
+)
+def test_matches_unfused_float64(name, reduction):
+    options = {**OPTIONS[name], "reduction": reduction}
+    with x64_scope("float64"):
+        arrays, cotangent = make_inputs((name, reduction), options)
+        assert_parity(arrays, options, cotangent, dtype="float64", chunk_size=5, context=name)
+
+
+@pytest.mark.parametrize("name", ["plain", "weight", "smoothing_weight", "everything"])
+def test_matches_unfused_float32(name):
+    options = {**OPTIONS[name], "reduction": "mean"}
+    arrays, cotangent = make_inputs(name, options, dtype="float32")
+    assert_parity(arrays, options, cotangent, dtype="float32", chunk_size=8, context=name)
+
+
+@pytest.mark.parametrize(
+    "classes, chunk_size",
+    [
+        pytest.param(24, 8, id="divides"),
+        pytest.param(23, 5, id="remainder"),
+        pytest.param(23, 1, id="one_class_chunks"),
+        pytest.param(23, 23, id="one_chunk"),
+        pytest.param(23, 1000, id="larger_than_classes"),
+        pytest.param(23, None, id="default"),
+        pytest.param(3, 2, id="chunk_of_the_remainder_only"),
+    ],
+)
+def test_chunk_sizes(classes, chunk_size):
+    options = {**OPTIONS["everything"], "reduction": "mean"}
+    with x64_scope("float64"):
+        arrays, cotangent = make_inputs(("chunks", classes), options, classes=classes)
+        assert_parity(arrays, options, cotangent, dtype="float64", chunk_size=chunk_size)
+
+
+def test_check_grads_float64():
+    options = dict(label_smoothing=0.2, z_loss=1e-2, softcap=3.0, reduction="mean")
+    with x64_scope("float64"):
+        arrays, _ = make_inputs("check_grads", {"bias": True, "weight": True, "ignored": True})
+        labels = arrays["labels"]
+
+        def f(hidden, kernel, bias, weight):
+            return loss.linear_cross_entropy(
+                hidden, kernel, labels, bias=bias, weight=weight, chunk_size=7, **options
+            )
+
+        args = (arrays["hidden"], arrays["kernel"], arrays["bias"], arrays["weight"])
+        check_grads(f, args, order=1, modes=["rev"])
+
+
+def test_batched_hidden_and_where():
+    options = dict(weight=True, bias=True, where=True, reduction="none")
+    with x64_scope("float64"):
+        arrays, cotangent = make_inputs("batched", options, batch=(2, 3, 4))
+        out = fused(arrays, options, chunk_size=6)
+        assert out.shape == (2, 3, 4)
+        assert_parity(arrays, options, cotangent, dtype="float64", chunk_size=6)
+
+
+def test_jit_and_vmap():
+    options = dict(label_smoothing=0.1, reduction="mean")
+    arrays, _ = make_inputs("vmap", {"bias": True}, batch=(3, ROWS), dtype="float32")
+    kernel, bias = arrays["kernel"], arrays["bias"]
+
+    def per_sequence(fn):
+        def one(h, y):
+            return fn({"hidden": h, "kernel": kernel, "bias": bias, "labels": y}, options)
+
+        return jax.jit(jax.vmap(jax.value_and_grad(one)))(arrays["hidden"], arrays["labels"])
+
+    got = per_sequence(lambda a, o: fused(a, o, chunk_size=4))
+    expected = per_sequence(unfused)
+    assert_close(got[0], expected[0], dtype="float32", quantity="loss")
+    assert_close(got[1], expected[1], dtype="float32", quantity="grad")
+
+
+def test_out_of_range_label_under_jit_is_nan_like_unfused():
+    options = dict(reduction="none")
+    arrays, cotangent = make_inputs("oob", {"bias": True}, dtype="float32")
+    arrays["labels"] = arrays["labels"].at[2].set(CLASSES + 3)
+    got = jax.jit(lambda a: value_and_grads(lambda b: fused(b, options, 4), a, cotangent))(arrays)
+    expected = jax.jit(lambda a: value_and_grads(lambda b: unfused(b, options), a, cotangent))(
+        arrays
+    )
+    assert np.isnan(got[0][2]) and not np.isnan(np.delete(np.asarray(got[0]), 2)).any()
+    assert_close(got[0], expected[0], dtype="float32", quantity="loss")
+    for name in ("hidden", "kernel", "bias"):
+        assert_close(got[1][name], expected[1][name], dtype="float32", quantity="grad")
+
+
+def test_all_ignored_mean_is_nan_like_unfused():
+    options = dict(reduction="mean")
+    arrays, cotangent = make_inputs("all_ignored", {"bias": True}, dtype="float32")
+    arrays["labels"] = jnp.full_like(arrays["labels"], -100)
+    got = value_and_grads(lambda a: fused(a, options, 4), arrays, cotangent)
+    expected = value_and_grads(lambda a: unfused(a, options), arrays, cotangent)
+    assert np.isnan(got[0])
+    for name in ("hidden", "kernel", "bias"):
+        assert_close(got[1][name], expected[1][name], dtype="float32", quantity="grad")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_accumulates_in_float32(dtype):
+    """Inputs in bf16/fp16: the loss equals the float32 computation on the same rounded values,
+    to the output dtype's rounding (the unfused path would round the logits first)."""
+    options = dict(label_smoothing=0.1, reduction="mean")
+    arrays, cotangent = make_inputs(("low", dtype), {"bias": True}, dtype=dtype)
+    as32 = {k: v.astype(jnp.float32) if v.dtype == dtype else v for k, v in arrays.items()}
+    got = value_and_grads(lambda a: fused(a, options, 8), arrays, cotangent)
+    expected = value_and_grads(lambda a: unfused(a, options), as32, cotangent)
+    assert got[0].dtype == dtype
+    assert_close(got[0], expected[0], dtype=dtype, quantity="loss")
+    for name in ("hidden", "kernel", "bias"):
+        assert got[1][name].dtype == dtype
+        assert_close(got[1][name], expected[1][name], dtype=dtype, quantity="grad")
+
+
+def test_compiled_temporaries_stay_below_the_full_logits():
+    """The whole point: no (N, C) buffer in the compiled forward+backward."""
+    rows, classes, chunk = 256, 8192, 256
+    h = jax.ShapeDtypeStruct((rows, 16), jnp.float32)
+    k = jax.ShapeDtypeStruct((16, classes), jnp.float32)
+    y = jax.ShapeDtypeStruct((rows,), jnp.int32)
+    step = jax.jit(
+        jax.grad(
+            lambda h, k, y: loss.linear_cross_entropy(h, k, y, chunk_size=chunk), argnums=(0, 1)
+        )
+    )
+    analysis = step.lower(h, k, y).compile().memory_analysis()
+    if analysis is None:
+        pytest.skip("this backend reports no memory analysis")
+    full_logits = rows * classes * 4
+    assert analysis.temp_size_in_bytes < full_logits / 4, analysis
+
+
+def _base(**extra):
+    arrays = {
+        "hidden": jnp.ones((4, 3)),
+        "kernel": jnp.ones((3, 5)),
+        "labels": jnp.array([0, 1, 2, 3]),
+    }
+    arrays.update(extra)
+    return arrays
+
+
+@pytest.mark.parametrize(
+    "arrays, kwargs, error, words",
+    [
+        pytest.param(_base(hidden=jnp.ones((4, 3), jnp.int32)), {}, TypeError,
+                     ["hidden", "int32"], id="int_hidden"),
+        pytest.param(_base(kernel=jnp.ones((5, 3))), {}, ValueError,
+                     ["kernel", "(5, 3)", "transpose"], id="kernel_shape"),
+        pytest.param(_base(labels=jnp.ones((4, 5))), {}, TypeError,
+                     ["labels", "cross_entropy"], id="probabilities"),
+        pytest.param(_base(labels=jnp.array([0, 1])), {}, ValueError,
+                     ["labels", "(4,)", "(2,)"], id="labels_shape"),
+        pytest.param(_base(), dict(bias=jnp.ones(4)), ValueError, ["bias", "(5,)"], id="bias"),
+        pytest.param(_base(), dict(bias=jnp.ones(5, jnp.int32)), TypeError, ["bias"],
+                     id="int_bias"),
+        pytest.param(_base(), dict(weight=jnp.ones(3)), ValueError, ["weight"], id="weight"),
+        pytest.param(_base(), dict(chunk_size=0), ValueError, ["chunk_size", "0"], id="chunk0"),
+        pytest.param(_base(), dict(chunk_size=2.5), TypeError, ["chunk_size", "2.5"],
+                     id="chunk_float"),
+        pytest.param(_base(), dict(reduction="avg"), ValueError, ["reduction", "'avg'"],
+                     id="reduction"),
+        pytest.param(_base(), dict(z_loss=-1.0), ValueError, ["z_loss"], id="z_loss"),
+        pytest.param(_base(labels=jnp.array([0, 1, 7, 3])), {}, ValueError,
+                     ["labels", "[0, 5)", "7"], id="label_value"),
+        pytest.param(_base(), dict(where=jnp.ones(3, bool)), ValueError, ["where"], id="where"),
+    ],
+)  # fmt: skip
+def test_errors_name_the_argument(arrays, kwargs, error, words):
+    with pytest.raises(error) as info:
+        loss.linear_cross_entropy(arrays["hidden"], arrays["kernel"], arrays["labels"], **kwargs)
+    for word in words:
+        assert word in str(info.value), str(info.value)
