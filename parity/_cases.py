@@ -230,6 +230,7 @@ def _edge(quick: bool, seed: int) -> list[Case]:
         )
         for target in ("index", "prob"):
             edge("smoothing-1", dtype, (8, 6), target, weight=True, smoothing=1.0)
+        edge("smoothing-1-masked", dtype, (8, 6), "prob", smoothing=1.0, logits="neg_inf")
     return cases
 
 
@@ -263,7 +264,13 @@ def _random(count: int, seed: int) -> list[Case]:
                 logits=str(rng.choice(["normal", "normal", "normal", "neg_inf", "large"])),
             )
         )
-    return [c for c in cases if not (c.logits == "neg_inf" and c.shape[c.class_axis] < 2)]
+    cases = [c for c in cases if not (c.logits == "neg_inf" and c.shape[c.class_axis] < 2)]
+    return [
+        dataclasses.replace(c, intentional="neg_inf_prob")
+        if c.logits == "neg_inf" and c.target == "prob" and c.smoothing == 0.0
+        else c
+        for c in cases
+    ]
 
 
 def build_matrix(*, quick: bool, seed: int) -> list[Case]:

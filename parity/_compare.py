@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from parity._cases import OFF_REFERENCE, Case
+from parity._cases import OFF_REFERENCE, Case, Inputs
 from parity._reference import Result
 from parity._tolerances import QUANTITIES, compare, round_to
 
@@ -38,8 +38,28 @@ def _closer(impl: dict, torch: dict) -> str:
     return "impl" if a < b else "torch"
 
 
+def gradient_unit(case: Case, inputs: Inputs) -> float:
+    """The natural size of d loss / d logits: |upstream factor| * max class weight."""
+    g = float(np.max(np.abs(inputs.cotangent))) if inputs.cotangent.size else 0.0
+    w = 1.0 if inputs.weight is None else float(np.max(inputs.weight))
+    if case.reduction == "mean":
+        if case.target == "prob":
+            denom = inputs.labels.size / max(case.shape[case.class_axis], 1)
+        else:
+            kept = inputs.labels[inputs.labels != case.ignore_index]
+            denom = float(kept.size if inputs.weight is None else inputs.weight[kept].sum())
+        g = g / denom if denom > 0 else 0.0
+    return g * w
+
+
 def evaluate(
-    case: Case, impl: Result, torch: Result, reference: Result, optax: Result | None
+    case: Case,
+    impl: Result,
+    torch: Result,
+    reference: Result,
+    optax: Result | None,
+    *,
+    grad_unit: float = 0.0,
 ) -> dict:
     """The report record of one case.
 
@@ -47,6 +67,7 @@ def evaluate(
       case: the case.
       impl, torch, reference, optax: float64 results in torch's layout (optax None when it
         does not support the case).
+      grad_unit: ``gradient_unit(case, inputs)``, the natural unit of grad_logits.
 
     Returns:
       A JSON-ready dict: the case's options, ``status`` (passed/failed/intentional), ``failures``
@@ -59,14 +80,19 @@ def evaluate(
         if ref is None:
             continue
         truth = round_to(ref, case.dtype)
+        unit = grad_unit if q == "grad_logits" else 0.0
+
+        def cmp(a, b, quantity, unit=unit):
+            return compare(a, b, case.dtype, quantity, unit=unit)
+
         pairs = {
-            "impl_vs_torch": compare(getattr(impl, q), getattr(torch, q), case.dtype, q),
-            "impl_vs_reference": compare(getattr(impl, q), truth, case.dtype, q + "_ref"),
-            "torch_vs_reference": compare(getattr(torch, q), truth, case.dtype, q + "_ref"),
+            "impl_vs_torch": cmp(getattr(impl, q), getattr(torch, q), q),
+            "impl_vs_reference": cmp(getattr(impl, q), truth, q + "_ref"),
+            "torch_vs_reference": cmp(getattr(torch, q), truth, q + "_ref"),
         }
         if optax is not None:
-            pairs["optax_vs_reference"] = compare(getattr(optax, q), truth, case.dtype, q + "_ref")
-            pairs["impl_vs_optax"] = compare(getattr(impl, q), getattr(optax, q), case.dtype, q)
+            pairs["optax_vs_reference"] = cmp(getattr(optax, q), truth, q + "_ref")
+            pairs["impl_vs_optax"] = cmp(getattr(impl, q), getattr(optax, q), q)
         closer[q] = _closer(pairs["impl_vs_reference"], pairs["torch_vs_reference"])
         if q in OFF_REFERENCE.get(case.intentional, ()):
             pairs["impl_vs_reference"] = _waived(getattr(impl, q), truth, case.dtype, q)

@@ -11,7 +11,7 @@ import jax
 from tqdm import tqdm
 
 from parity._cases import Case, build_matrix, make_inputs
-from parity._compare import FAILED, evaluate
+from parity._compare import FAILED, evaluate, gradient_unit
 from parity._env import environment
 from parity._html import loss_html
 from parity._jax_side import Runner, load_impl, optax_cross_entropy, optax_supports
@@ -35,10 +35,11 @@ def _reference(case: Case, inputs) -> Result:
     )
 
 
-def _record(case, impl_out, torch_out, reference, optax_out) -> dict:
+def _record(case, inputs, impl_out, torch_out, reference, optax_out) -> dict:
+    unit = gradient_unit(case, inputs)
     if not isinstance(impl_out, Exception):
-        return evaluate(case, impl_out, torch_out, reference, optax_out)
-    record = evaluate(case, torch_out, torch_out, reference, optax_out)
+        return evaluate(case, impl_out, torch_out, reference, optax_out, grad_unit=unit)
+    record = evaluate(case, torch_out, torch_out, reference, optax_out, grad_unit=unit)
     record.update(
         status=FAILED,
         errors={},
@@ -69,7 +70,7 @@ def run_matrix(cases: list[Case], impl_fn: Callable, *, progress: bool = True) -
             optax_out = optax_outs.get(case.id)
             optax_out = None if isinstance(optax_out, Exception) else optax_out
             record = _record(
-                case, impl_out, run_torch(case, inputs), _reference(case, inputs), optax_out
+                case, inputs, impl_out, run_torch(case, inputs), _reference(case, inputs), optax_out
             )
             failed += record["status"] == FAILED
             records.append(record)

@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 FLOOR = 1e-18  # where an exact (zero) error is drawn on log axes
+CEILING = 10.0  # where a NaN/inf position mismatch is drawn
 
 
 def to_png_base64(fig) -> str:
@@ -22,8 +23,9 @@ def _errors(records, dtype, quantity, pair):
     out = []
     for r in records:
         stats = r.get("errors", {}).get(quantity, {}).get(pair)
-        if r["dtype"] == dtype and stats and stats.get("max_rel") is not None:
-            out.append(max(float(stats["max_rel"]), FLOOR))
+        if r["dtype"] != dtype or not stats or stats.get("max_rel") is None:
+            continue
+        out.append(CEILING if stats["nonfinite_mismatch"] else max(stats["max_rel"], FLOOR))
     return np.asarray(out)
 
 
@@ -35,9 +37,9 @@ def error_histograms(records, dtypes, impl_label: str) -> str:
         ("torch_vs_reference", "torch", "tab:orange"),
         ("optax_vs_reference", "optax", "tab:green"),
     )
-    fig = Figure(figsize=(3.4 * len(dtypes), 7.5))
+    fig = Figure(figsize=(3.4 * len(dtypes), 8.5), layout="constrained")
     axes = fig.subplots(len(quantities), len(dtypes), squeeze=False)
-    bins = np.logspace(np.log10(FLOOR), 1, 39)
+    bins = np.logspace(np.log10(FLOOR), np.log10(CEILING) + 0.5, 39)
     for i, q in enumerate(quantities):
         for j, dtype in enumerate(dtypes):
             ax = axes[i, j]
@@ -57,14 +59,16 @@ def error_histograms(records, dtypes, impl_label: str) -> str:
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=6)
             if i == len(quantities) - 1:
-                ax.set_xlabel("max |err| / max |truth|  (1e-18 = exact)", fontsize=7)
+                ax.set_xlabel(
+                    "max |err| / max |truth|  (1e-18: exact, 10: NaN/inf mismatch)", fontsize=7
+                )
     fig.suptitle("Error against the float64 reference, per case", fontsize=10)
     return to_png_base64(fig)
 
 
 def closeness_scatter(records, dtypes, impl_label: str) -> str:
     """Each case's error vs float64: implementation (y) against torch (x); below = closer."""
-    fig = Figure(figsize=(3.4 * len(dtypes), 3.4))
+    fig = Figure(figsize=(3.4 * len(dtypes), 3.6), layout="constrained")
     axes = fig.subplots(1, len(dtypes), squeeze=False)
     for j, dtype in enumerate(dtypes):
         ax = axes[0, j]
@@ -73,11 +77,11 @@ def closeness_scatter(records, dtypes, impl_label: str) -> str:
             b = _errors(records, dtype, q, "torch_vs_reference")
             if a.size and a.size == b.size:
                 ax.scatter(b, a, s=10, marker=marker, alpha=0.6, label=q)
-        ax.plot([FLOOR, 10], [FLOOR, 10], "k:", lw=0.8)
+        ax.plot([FLOOR, CEILING], [FLOOR, CEILING], "k:", lw=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(dtype, fontsize=9)
-        ax.set_xlabel("torch error", fontsize=7)
+        ax.set_xlabel("torch error (1e-18: exact, 10: NaN/inf mismatch)", fontsize=7)
         ax.set_ylabel(f"{impl_label} error", fontsize=7)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6)

@@ -4,8 +4,10 @@ Two arrays ``actual`` and ``expected`` agree when, element by element,
 
     |actual - expected| <= rtol * |expected| + atol * scale + floor
 
-where ``scale`` is the largest finite ``|expected|`` of the array (at least 1 for loss values, so
-that tiny losses of confident rows are judged against the loss' natural unit), and ``floor`` is
+where ``scale`` is the largest finite ``|expected|`` of the array, but at least the quantity's
+natural unit: 1 for loss values (tiny losses of confident rows are judged against the loss'
+unit), and for gradients w.r.t. logits |upstream factor| * max class weight (entries are
+differences of probabilities times that factor, and may cancel to exactly 0), and ``floor`` is
 twice the smallest subnormal of the dtype (nothing finer can be represented). Non-finite
 elements must match by position: NaN with NaN, +inf with +inf, -inf with -inf.
 
@@ -85,7 +87,9 @@ def subnormal_floor(dtype: str) -> float:
     return 2.0 * float(info.smallest_subnormal)
 
 
-def compare(actual: np.ndarray, expected: np.ndarray, dtype: str, quantity: str) -> dict:
+def compare(
+    actual: np.ndarray, expected: np.ndarray, dtype: str, quantity: str, *, unit: float = 0.0
+) -> dict:
     """Measures how far ``actual`` is from ``expected`` under the table's row for them.
 
     Args:
@@ -93,6 +97,7 @@ def compare(actual: np.ndarray, expected: np.ndarray, dtype: str, quantity: str)
       expected: float64 array of the same shape.
       dtype: the case's dtype name, a key of the table.
       quantity: one of QUANTITIES, optionally with the suffix ``_ref``.
+      unit: the quantity's natural unit, a lower bound of ``scale`` (values use 1 regardless).
 
     Returns:
       A dict with ``max_abs`` and ``max_rel`` (max_abs / scale, a normwise relative error,
@@ -120,8 +125,7 @@ def compare(actual: np.ndarray, expected: np.ndarray, dtype: str, quantity: str)
     diff = np.abs(a[both] - b[both])
     mag = np.abs(b[both])
     scale = float(mag.max()) if mag.size else 0.0
-    if quantity.startswith("value"):
-        scale = max(scale, 1.0)
+    scale = max(scale, 1.0 if quantity.startswith("value") else unit)
     allowed = tol.rtol * mag + tol.atol * scale + subnormal_floor(dtype)
     ratio = float(np.max(diff / allowed)) if diff.size else 0.0
     max_abs = float(diff.max()) if diff.size else 0.0
