@@ -23,6 +23,7 @@ from tests.test_resume import (
     needs_data,
     ok,
     output,
+    reference,  # noqa: F401 (the session fixture, shared with the resume tests)
     train_command,
     train_py,
 )
@@ -31,11 +32,10 @@ from tests.tolerances import assert_close
 pytestmark = [pytest.mark.slow, needs_data]
 
 
-@pytest.fixture(scope="module")
-def one_device(tmp_path_factory):
-    out = tmp_path_factory.mktemp("one_device") / "run"
-    ok(train_py(out, *FLAGS))
-    return metrics(out)
+@pytest.fixture
+def one_device(request):
+    """The metrics of the resume tests' uninterrupted run: the same flags, one device."""
+    return metrics(request.getfixturevalue("reference"))
 
 
 def assert_same_training(actual: dict, expected: dict, context: str) -> None:

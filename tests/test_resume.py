@@ -84,12 +84,17 @@ def assert_same_run(out: Path, reference: Path) -> None:
         assert meta["history"][key] == ref_meta["history"][key], key
 
 
-@pytest.fixture(scope="module")
+_RUNS: dict[str, Path] = {}  # per test process: pytest keeps one fixture per importing module
+
+
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory) -> Path:
-    """The uninterrupted run."""
-    out = tmp_path_factory.mktemp("reference") / "run"
-    ok(train_py(out, *FLAGS))
-    return out
+    """The uninterrupted run on one device (shared with test_distributed_training.py)."""
+    if "reference" not in _RUNS:
+        out = tmp_path_factory.mktemp("reference") / "run"
+        ok(train_py(out, *FLAGS))
+        _RUNS["reference"] = out
+    return _RUNS["reference"]
 
 
 # Each run is killed at a point, then resumed; the last resume runs to the end. Checkpoints are
