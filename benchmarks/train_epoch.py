@@ -6,7 +6,7 @@ All variants run in this one process on the same data (default: full Fashion-MNI
 ``dataset-fashion-mnist``, 60000 training images), batch 64, the 784-128-10 ReLU MLP, Adam(1e-3),
 float32. Each variant runs one warm-up epoch (JAX: after compiling ahead of time, compile time
 reported apart), then timed epochs: the three JAX variants ``--repeats`` rounds, interleaved so
-that the load of a shared machine falls on all of them alike; then the two torch variants
+that the load of a shared machine falls on all of them alike; then the torch variants
 ``--torch-repeats`` rounds, interleaved too. The median and the minimum are reported, with the
 ratios of both (on a busy machine the minimum is the better estimate of the unloaded cost).
 
@@ -16,7 +16,8 @@ Variants:
   uint8 image into a float tensor in [0, 1] (what torchvision's ``ToTensor`` does, minus the PIL
   round trip, so this is if anything faster than the tutorial), ``DataLoader(batch_size=64,
   shuffle=True)``, ``nn.Sequential(Flatten, Linear, ReLU, Linear)``, ``CrossEntropyLoss``,
-  ``Adam``; ``torch.set_num_threads(os.cpu_count())``.
+  ``Adam``; ``torch.set_num_threads(t)`` for each ``t`` in ``--torch-threads`` (default: the
+  CPU count), rows named ``_<t>t``; the ratios use the fastest setting of each loop.
 - ``torch_tensors``: the same loop over a ``TensorDataset`` of pre-converted float tensors, a
   stronger baseline than the tutorial (no per-sample Python work).
 - ``jax_epoch``: train.py's epoch in one compiled call (``--chunks 1``): the on-device shuffle,
@@ -59,6 +60,7 @@ class Config:
     dataset: str = "fashion_mnist"
     repeats: int = 10
     torch_repeats: int = 3
+    torch_threads: tuple[int, ...] = (os.cpu_count() or 1,)
     batch_size: int = 64
     json: str | None = None
 
@@ -80,12 +82,11 @@ def _time_interleaved(epochs: dict, rounds: int) -> dict[str, list[float]]:
     return seconds
 
 
-def torch_epoch(dataset: Dataset, config: Config, *, pre_converted: bool):
+def torch_epoch(dataset: Dataset, config: Config, *, pre_converted: bool, threads: int):
     import torch
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
-    torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     images, labels = dataset.train_images, dataset.train_labels.astype(np.int64)
 
@@ -112,6 +113,7 @@ def torch_epoch(dataset: Dataset, config: Config, *, pre_converted: bool):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def epoch(_):
+        torch.set_num_threads(threads)
         model.train()
         for x, y in loader:
             loss = loss_fn(model(x), y)
@@ -182,12 +184,15 @@ def run(config: Config) -> dict:
     floor, compile_seconds["matmul_floor"] = floor_epoch(dataset, config)
     jax_side = {"jax_epoch": jax_one, "jax_epoch_chunked": jax_chunked, "matmul_floor": floor}
     results = _time_interleaved(jax_side, config.repeats)
-    torch_side = {
-        "torch_tutorial": torch_epoch(dataset, config, pre_converted=False),
-        "torch_tensors": torch_epoch(dataset, config, pre_converted=True),
-    }
+    torch_side = {}
+    for threads in config.torch_threads:
+        for name, pre_converted in (("torch_tutorial", False), ("torch_tensors", True)):
+            torch_side[f"{name}_{threads}t"] = torch_epoch(
+                dataset, config, pre_converted=pre_converted, threads=threads
+            )
     results.update(_time_interleaved(torch_side, config.torch_repeats))
     median = {name: statistics.median(s) for name, s in results.items()}
+    minimum = {name: min(s) for name, s in results.items()}
     return {
         "config": dataclasses.asdict(config),
         "dataset": dataset.describe(),
@@ -196,30 +201,31 @@ def run(config: Config) -> dict:
         },
         "compile_seconds": compile_seconds,
         "ratios_of_medians": _ratios(median),
-        "ratios_of_minima": _ratios({name: min(s) for name, s in results.items()}),
+        "ratios_of_minima": _ratios(minimum),
         "device": describe_devices(),
         "versions": versions(),
     }
 
 
 def _ratios(seconds: dict[str, float]) -> dict[str, float]:
-    pairs = [
-        ("torch_tutorial", "jax_epoch"),
-        ("torch_tensors", "jax_epoch"),
-        ("jax_epoch", "matmul_floor"),
-        ("jax_epoch_chunked", "matmul_floor"),
-    ]
-    return {f"{a} / {b}": seconds[a] / seconds[b] for a, b in pairs}
+    """Speed-ups over the fastest torch thread setting of each loop, and multiples of the floor."""
+    ratios = {}
+    for kind in ("torch_tutorial", "torch_tensors"):
+        best = min(v for k, v in seconds.items() if k.startswith(kind + "_"))
+        ratios[f"{kind} (fastest threads) / jax_epoch"] = best / seconds["jax_epoch"]
+    for name in ("jax_epoch", "jax_epoch_chunked"):
+        ratios[f"{name} / matmul_floor"] = seconds[name] / seconds["matmul_floor"]
+    return ratios
 
 
 def _print(report: dict) -> None:
     print(report["dataset"])
-    print(f"{'variant':<20} {'median s/epoch':>15} {'min':>8}")
+    print(f"{'variant':<22} {'median s/epoch':>15} {'min':>8}")
     for name, row in report["seconds_per_epoch"].items():
-        print(f"{name:<20} {row['median']:>15.3f} {row['min']:>8.3f}")
-    print(f"{'ratio':<34} {'medians':>8} {'minima':>8}")
+        print(f"{name:<22} {row['median']:>15.3f} {row['min']:>8.3f}")
+    print(f"{'ratio':<44} {'medians':>8} {'minima':>8}")
     for name, ratio in report["ratios_of_medians"].items():
-        print(f"{name:<34} {ratio:7.2f}x {report['ratios_of_minima'][name]:7.2f}x")
+        print(f"{name:<44} {ratio:7.2f}x {report['ratios_of_minima'][name]:7.2f}x")
     print(
         "compile seconds: "
         + ", ".join(f"{k} {v:.2f}" for k, v in report["compile_seconds"].items())
@@ -234,9 +240,19 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument(
         "--torch-repeats", type=int, default=Config.torch_repeats, help="timed torch epochs"
     )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        nargs="+",
+        default=list(Config.torch_threads),
+        help="torch.set_num_threads settings to run, e.g. 1 2 (default: the CPU count); the "
+        "ratios use the fastest",
+    )
     parser.add_argument("--batch-size", type=int, default=Config.batch_size)
     parser.add_argument("--json", default=None, help="also write the report to this file")
-    return Config(**vars(parser.parse_args(argv)))
+    args = vars(parser.parse_args(argv))
+    args["torch_threads"] = tuple(args["torch_threads"])
+    return Config(**args)
 
 
 def main(argv: list[str] | None = None) -> None:
