@@ -37,14 +37,22 @@ def synthetic() -> Dataset:
 
 
 @pytest.fixture(scope="module")
-def trainer(synthetic):
-    """One compiled trainer shared by the module's tests (its functions are pure)."""
-    return Trainer(hidden=(16,), learning_rate=1e-2, batch_size=BATCH, num_train=NUM_TRAIN)
+def compiled(synthetic):
+    """One trainer, compiled ahead of time as train.py does, shared by the module's tests."""
+    trainer = Trainer(hidden=(16,), learning_rate=1e-2, batch_size=BATCH, num_train=NUM_TRAIN)
+    data = put_dataset(synthetic, trainer.mesh)
+    trainer.compile(trainer.init_state(0), data)
+    return trainer, data
 
 
 @pytest.fixture(scope="module")
-def data(synthetic, trainer):
-    return put_dataset(synthetic, trainer.mesh)
+def trainer(compiled):
+    return compiled[0]
+
+
+@pytest.fixture(scope="module")
+def data(compiled):
+    return compiled[1]
 
 
 def run(trainer, data, bounds, *, seed=0, epoch=0):

@@ -74,14 +74,24 @@ class DeviceData(NamedTuple):
 
 
 def compiler_options() -> dict[str, Any]:
-    """XLA options for the compiled functions on the current backend.
+    """XLA options for the compiled functions on the current backend (none off CPU).
 
-    On CPU, ``xla_cpu_prefer_vector_width=512``: XLA's CPU default (256-bit vectors, to avoid
-    AVX-512 frequency drops on old Intel parts) makes the Adam update, bound by its sqrt and
-    divisions, ~10% slower per epoch on this project's AVX-512 machines. CPUs without AVX-512
-    ignore it. Other backends get no options.
+    On CPU, two changes to XLA's defaults, each measured on this project's 2-core machine:
+
+    - ``xla_cpu_prefer_vector_width=512``: XLA emits 256-bit vectors by default (avoiding
+      AVX-512 clock drops on old Intel parts); 512-bit ones make the Adam update, bound by its
+      square roots and divisions, ~10% cheaper per epoch. CPUs without AVX-512 ignore it.
+    - ``xla_disable_hlo_passes=cpu-parallel-task-assigner``: elementwise kernels (Adam's
+      updates, the batch gather) are otherwise split over the intra-op threads, and at this
+      model's size (~100k parameters) each split costs more in cross-thread hand-offs than it
+      saves, the more so on a busy machine. The matrix products keep their own threading.
     """
-    return {"xla_cpu_prefer_vector_width": 512} if jax.default_backend() == "cpu" else {}
+    if jax.default_backend() != "cpu":
+        return {}
+    return {
+        "xla_cpu_prefer_vector_width": 512,
+        "xla_disable_hlo_passes": "cpu-parallel-task-assigner",
+    }
 
 
 def make_loss(name: str) -> Callable[..., jax.Array]:
