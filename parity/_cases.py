@@ -22,26 +22,6 @@ LAYOUTS = ("C", "NC", "NCd", "NdC")
 REDUCTIONS = ("none", "mean", "sum")
 GRID_SHAPES = {"C": (5,), "NC": (8, 6), "NCd": (3, 5, 4, 2), "NdC": (3, 5, 4, 2)}
 
-INTENTIONAL = {
-    "neg_inf_prob": (
-        "A -inf logit (a masked class) with probability targets: torch multiplies the target 0 "
-        "by log-softmax -inf and returns NaN; the math (0 * log 0 = 0) gives a finite loss, "
-        "which is what the implementation under test must return. jaxce also treats the masked "
-        "class as absent in the gradient w.r.t. the targets: 0 where a target of exactly 0 "
-        "meets a -inf logit, while torch and the math (d/dt_c of -t_c log p_c = -log p_c) "
-        "give +inf there; that departure from the reference is waived at those positions only."
-    ),
-    "fp16_accumulation": (
-        "float16 over 70k rows: torch on CPU accumulates the loss sum (and the weight total) in "
-        "float16, which overflows at 65504 and gives inf/inf = NaN or inf for the mean; the "
-        "implementation under test accumulates in float32 and rounds the mean once."
-    ),
-}
-
-# Quantities in which an intentional difference may also depart from the float64 reference,
-# at the positions where the reference is not finite (everywhere else it must still agree).
-OFF_REFERENCE = {"neg_inf_prob": ("grad_target",)}
-
 
 @dataclasses.dataclass(frozen=True)
 class Case:

@@ -17,7 +17,8 @@ import math
 
 import numpy as np
 
-from parity._cases import OFF_REFERENCE, Case, Inputs
+from parity._cases import Case, Inputs
+from parity._intentional import OFF_REFERENCE
 from parity._reference import Result
 from parity._tolerances import QUANTITIES, compare, round_to
 

@@ -57,7 +57,8 @@ def error_histograms(records, dtypes, impl_label: str) -> str:
             ax.set_xscale("log")
             ax.set_title(f"{dtype}: {q}", fontsize=9)
             ax.tick_params(labelsize=7)
-            ax.legend(fontsize=6)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6)
             if i == len(quantities) - 1:
                 ax.set_xlabel(
                     "max |err| / max |truth|  (1e-18: exact, 10: NaN/inf mismatch)", fontsize=7
@@ -84,7 +85,8 @@ def closeness_scatter(records, dtypes, impl_label: str) -> str:
         ax.set_xlabel("torch error (1e-18: exact, 10: NaN/inf mismatch)", fontsize=7)
         ax.set_ylabel(f"{impl_label} error", fontsize=7)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     fig.suptitle(
         "Who is closer to float64 (points below the diagonal: the implementation)", fontsize=10
     )

@@ -7,9 +7,9 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from parity._cases import INTENTIONAL
 from parity._compare import FAILED, PASSED
 from parity._compare import INTENTIONAL as INTENTIONAL_STATUS
+from parity._intentional import INTENTIONAL
 from parity._tolerances import DTYPES, QUANTITIES, TOLERANCES
 
 PAIRS = ("impl_vs_torch", "impl_vs_reference", "torch_vs_reference", "optax_vs_reference")

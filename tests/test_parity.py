@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from parity._cases import INTENTIONAL, build_matrix
+from parity._cases import build_matrix
+from parity._intentional import INTENTIONAL
 
 ROOT = Path(__file__).resolve().parents[1]
 
