@@ -83,7 +83,9 @@ def cross_entropy(
 
     Differences from torch:
       - Probability targets with a -inf logit where the target is 0: torch gives NaN (0 * -inf);
-        jaxce gives the finite value (0 * log 0 = 0).
+        jaxce gives the finite value (0 * log 0 = 0). There, the gradient w.r.t. that target
+        is 0 in jaxce (a convention that keeps it finite); torch and the one-sided derivative
+        give +inf.
       - float16 on CPU: torch accumulates in float16 and overflows on large means; jaxce does not.
       - torch's ``ignore_index`` is silently unused with probabilities; jaxce raises, so
         pass ``where=`` to drop examples instead.

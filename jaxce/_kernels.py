@@ -117,7 +117,9 @@ def index_loss(opts: Options, num_classes: int, t, m, lse0, smooth, keep, *, wei
     """
     eps = opts.label_smoothing
     loss = jnp.where(t.w_y == 0, 0, t.w_y * t.nll) if weighted else t.nll
-    if eps:
+    if eps == 1:  # the label term is absent, not 0 * inf (a -inf label logit)
+        loss = smooth / num_classes
+    elif eps:
         loss = (1 - eps) * loss + (eps / num_classes) * smooth
     if opts.z_loss:
         loss = loss + opts.z_loss * t.w_y * jnp.square(lse0 + m)
@@ -174,7 +176,9 @@ def index_grad(opts: Options, num_classes: int, w_sum, s, m, lse0, t, weight, g,
     dx = jnp.where(keep, jnp.where(t.in_range, dx, jnp.nan), 0)
     dw = None
     if weight is not None:
-        row = g * ((1 - eps) * t.nll + opts.z_loss * jnp.square(lse0 + m))
+        row = g * opts.z_loss * jnp.square(lse0 + m)
+        if eps != 1:  # at eps = 1 the label term is absent, not 0 * inf
+            row = row + g * (1 - eps) * t.nll
         per_class = jnp.where(t.onehot, row, 0)
         if eps:
             per_class = per_class + (eps / num_classes) * g * _neg_log_p(lse0, s, wb)
@@ -191,7 +195,9 @@ def _soft_target(opts, logits, labels, weight, ct):
     """The weighted, smoothed target q = weight * (labels * (1 - eps) + eps / C)."""
     eps, num_classes = opts.label_smoothing, logits.shape[opts.axis]
     tt = labels.astype(ct)
-    if eps:
+    if eps == 1:  # uniform, independent of the labels (so no 0 * inf in their gradient)
+        tt = jnp.full(labels.shape, 1 / num_classes, ct)
+    elif eps:
         tt = tt * (1 - eps) + eps / num_classes
     wb = None if weight is None else _class_vector(weight.astype(ct), opts.axis, logits.ndim)
     return tt, wb, (tt if wb is None else tt * wb)
@@ -234,8 +240,11 @@ def _soft_rows_bwd(opts, res, g):
     g = jnp.where(keep, jnp.expand_dims(g, axis).astype(ct), 0)
     dx = jnp.where(keep, g * (coef * p - q) * _softcap_slope(opts, s, m), 0)
     d = _neg_log_p(lse0, s, q)
-    d_labels = (1 - opts.label_smoothing) * (d if wb is None else jnp.where(wb == 0, 0, wb * d))
-    d_labels = jnp.where(keep, g * d_labels, 0).astype(labels.dtype)
+    if opts.label_smoothing == 1:  # the loss does not depend on the labels
+        d_labels = jnp.zeros(labels.shape, labels.dtype)
+    else:
+        d_labels = (1 - opts.label_smoothing) * (d if wb is None else jnp.where(wb == 0, 0, wb * d))
+        d_labels = jnp.where(keep, g * d_labels, 0).astype(labels.dtype)
     dw = None
     if weight is not None:
         others = tuple(i for i in range(s.ndim) if i != axis)

@@ -243,3 +243,18 @@ def test_z_loss_and_softcap_match_the_reference(z_loss, softcap, target, dtype):
         ref_value, ref_grad = jax.value_and_grad(ref)(logits)
     assert_close(value, ref_value, dtype=dtype, quantity="loss")
     assert_close(grad, ref_grad, dtype=dtype, quantity="grad")
+
+
+@pytest.mark.parametrize("custom_vjp", [True, False], ids=["custom-vjp", "plain-autodiff"])
+@pytest.mark.parametrize("target", ["index", "probs"])
+def test_full_smoothing_with_a_masked_class_has_no_nan_gradient(custom_vjp, target):
+    """At label_smoothing=1 the label term is absent: no 0 * inf in the loss or the gradients."""
+    logits = jnp.array([[0.0, -jnp.inf, 1.0], [0.5, 0.2, -1.0]])
+    labels = jnp.array([1, 0]) if target == "index" else jnp.array([[0.5, 0, 0.5], [0, 1, 0.0]])
+    f = lambda x, t: loss.cross_entropy(x, t, label_smoothing=1.0, custom_vjp=custom_vjp)
+    argnums = (0, 1) if target == "probs" else (0,)
+    value, grads = jax.value_and_grad(f, argnums=argnums)(logits, labels)
+    assert value == np.inf  # the uniform target puts mass on the masked class
+    assert all(np.isfinite(g).all() for g in grads)
+    if target == "probs":
+        assert np.all(np.asarray(grads[1]) == 0), "the loss does not depend on the labels"
