@@ -16,8 +16,9 @@ Variants:
   uint8 image into a float tensor in [0, 1] (what torchvision's ``ToTensor`` does, minus the PIL
   round trip, so this is if anything faster than the tutorial), ``DataLoader(batch_size=64,
   shuffle=True)``, ``nn.Sequential(Flatten, Linear, ReLU, Linear)``, ``CrossEntropyLoss``,
-  ``Adam``; ``torch.set_num_threads(t)`` for each ``t`` in ``--torch-threads`` (default: the
-  CPU count), rows named ``_<t>t``; the ratios use the fastest setting of each loop.
+  ``Adam``; ``torch.set_num_threads(t)`` for each ``t`` in ``--torch-threads`` (default: 1
+  and the CPU count), rows named ``_<t>t``; the ratios use the fastest setting of each loop
+  (on a busy machine torch's threads spin-wait on each other and 1 thread is much faster).
 - ``torch_tensors``: the same loop over a ``TensorDataset`` of pre-converted float tensors, a
   stronger baseline than the tutorial (no per-sample Python work).
 - ``jax_epoch``: train.py's epoch in one compiled call (``--chunks 1``): the on-device shuffle,
@@ -60,7 +61,7 @@ class Config:
     dataset: str = "fashion_mnist"
     repeats: int = 10
     torch_repeats: int = 3
-    torch_threads: tuple[int, ...] = (os.cpu_count() or 1,)
+    torch_threads: tuple[int, ...] = tuple(sorted({1, os.cpu_count() or 1}))
     batch_size: int = 64
     json: str | None = None
 
@@ -245,8 +246,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         type=int,
         nargs="+",
         default=list(Config.torch_threads),
-        help="torch.set_num_threads settings to run, e.g. 1 2 (default: the CPU count); the "
-        "ratios use the fastest",
+        help="torch.set_num_threads settings to run (default: 1 and the CPU count); the ratios "
+        "use the fastest",
     )
     parser.add_argument("--batch-size", type=int, default=Config.batch_size)
     parser.add_argument("--json", default=None, help="also write the report to this file")
