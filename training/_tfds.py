@@ -99,8 +99,8 @@ def probe_download_hosts(
 
 
 def _to_numpy(batches) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenates tfds' (images (B, 28, 28, 1), labels (B,)) batches into uint8/int32 arrays."""
     images, labels = zip(*batches, strict=True)
     images = np.concatenate(images)
-    return images.reshape(images.shape[:3]).astype(np.uint8), np.concatenate(labels).astype(
-        np.int32
-    )
+    images = images.reshape(images.shape[:3]).astype(np.uint8)
+    return images, np.concatenate(labels).astype(np.int32)
