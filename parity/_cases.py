@@ -163,6 +163,7 @@ _QUICK_EDGES = {
     ("one-class", "float32", "index", "mean"),
     ("70k-rows", "float16", "index", "mean"),
     ("70k-rows", "bfloat16", "index", "mean"),
+    ("smoothing-1-masked", "float32", "prob", "mean"),
     ("ignore-a-class", "float32", "index", "mean"),
     ("smoothing-1", "float32", "prob", "mean"),
 }
