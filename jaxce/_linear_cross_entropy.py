@@ -83,7 +83,7 @@ def linear_cross_entropy(
       Logits are accumulated in float32 (float64 for float64 inputs) through
       ``preferred_element_type``, also for float16/bfloat16 inputs, and never rounded to the
       input dtype; the gradient matmuls take the logits gradient in the input dtype. Matmuls
-      use JAX's default precision, like ``hidden @ kernel`` would: exact float32 on CPU, but
+      use JAX's default precision, like ``hidden @ kernel`` would: full float32 on CPU, but
       possibly TF32 or bfloat16 passes on GPU/TPU unless you set
       ``jax.default_matmul_precision("highest")``. The log-sum-exp is shifted by the running
       maximum, so results match the unfused path to float32 rounding (the summation order over

@@ -49,8 +49,9 @@ def sharded_cross_entropy(
     issue 737), which gives rank-dependent losses and wrong gradients. Working with shifted
     logits, never with ``log(softmax)``, also keeps the smoothing term finite when
     probabilities underflow. The gradient w.r.t. the local logits is local, ``g * (coef *
-    softmax_shard - q_shard)``, from residuals of three floats per row (a ``jax.custom_vjp``;
-    the backward pass has no collective).
+    softmax_shard - q_shard)``, from a few saved floats per row (a ``jax.custom_vjp``; the
+    backward pass has no collective over ``mesh_axis``; class weights replicated over another
+    mesh axis, e.g. a data axis splitting the rows, get their gradient summed over it).
 
     Args:
       logits_shard: floating (..., C_l), this device's classes of the logits.
