@@ -89,6 +89,41 @@ def check_targets(summary: dict) -> list[dict]:
     return rows
 
 
+def _pick(r: dict, table: str, key: str) -> float | None:
+    value = r.get(table, {}).get(key)
+    return None if value is None else round(value, 3)
+
+
+def headline(summary: dict) -> list[dict]:
+    """One compact row per (shape, setting): the numbers a closing note quotes."""
+    rows = []
+    for shape, by_setting in summary.items():
+        for setting, r in by_setting.items():
+            med, mem = r["median_ms"], r["call_extra_mib"]
+            ref = REFERENCE[setting]
+            rows.append(
+                {
+                    "shape": shape,
+                    "setting": setting,
+                    "ms": {v: round(t, 3) for v, t in med.items()},
+                    "jaxce_speedup_vs_torch_eager": _pick(r, "speedup_vs_torch_eager", "jaxce"),
+                    "jaxce_x_optax": _pick(r, "x_optax", "jaxce"),
+                    "jaxce_x_bound_copy": _pick(r, "x_bound_copy", "jaxce"),
+                    "jaxce_autodiff_x_jaxce": (
+                        round(med["jaxce_autodiff"] / med["jaxce"], 3)
+                        if {"jaxce", "jaxce_autodiff"} <= set(med)
+                        else None
+                    ),
+                    "call_extra_mib": {
+                        v: round(mem[v])
+                        for v in ("jaxce", "jaxce_autodiff", "optax", ref)
+                        if v in mem
+                    },
+                }
+            )
+    return rows
+
+
 def _target(shape, setting, name, value, threshold, *, low=False) -> dict:
     met = None if value is None else (value <= threshold if low else value >= threshold)
     return {"shape": shape, "setting": setting, "target": name, "value": value, "met": met}

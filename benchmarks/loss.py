@@ -146,6 +146,7 @@ def run(cfg: Config) -> dict:
     combined = {key: _report.combine(recs) for key, recs in records.items()}
     summary = _report.summarize(combined)
     return {
+        "headline": _report.headline(summary),
         "summary": summary,
         "targets": _report.check_targets(summary),
         "results": [
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m benchmarks.loss " + " ".join(sys.argv[1:] if argv is None else argv)
     doc = {"command": command.strip(), "config": asdict(cfg), "machine": machine, **out}
     doc["wall_s"] = time.time() - started
+    doc["table_markdown"] = _report.markdown(out["summary"], list(cfg.variants))
     print_report(out, cfg.variants)
     if cfg.json_path:
         with open(cfg.json_path, "w") as f:

@@ -22,7 +22,8 @@ def tiny_run(tmp_path_factory) -> dict:
 
 
 def test_json_top_level_schema(tiny_run):
-    assert set(tiny_run) >= {"command", "config", "machine", "summary", "targets", "results"}
+    keys = {"command", "config", "machine", "headline", "summary", "targets", "results"}
+    assert set(tiny_run) >= keys | {"table_markdown"}
     assert tiny_run["config"]["shapes"] == [[64, 16]]
     assert tiny_run["machine"]["jax_backend"]
 
@@ -48,6 +49,17 @@ def test_summary_ratios_follow_the_medians(tiny_run):
     assert cell["x_bound_copy"]["jaxce"] == pytest.approx(med["jaxce"] / med["bound_copy"])
     in_step = tiny_run["summary"]["64x16"]["in_step"]
     assert "speedup_vs_torch_eager" not in in_step  # its reference (torch_eager_out) did not run
+
+
+def test_headline_quotes_jaxce_ratios(tiny_run):
+    rows = {row["setting"]: row for row in tiny_run["headline"]}
+    assert set(rows) == {"outside", "in_step"}
+    outside = rows["outside"]
+    ms = outside["ms"]
+    assert outside["jaxce_speedup_vs_torch_eager"] == pytest.approx(
+        ms["torch_eager"] / ms["jaxce"], rel=1e-2
+    )
+    assert outside["jaxce_x_bound_copy"] == pytest.approx(ms["jaxce"] / ms["bound_copy"], rel=1e-2)
 
 
 def test_targets_listed_per_setting(tiny_run):
