@@ -211,7 +211,15 @@ def _edge(quick: bool, seed: int) -> list[Case]:
         )
         for target in ("index", "prob"):
             edge("smoothing-1", dtype, (8, 6), target, weight=True, smoothing=1.0)
-        edge("smoothing-1-masked", dtype, (8, 6), "prob", smoothing=1.0, logits="neg_inf")
+        edge(
+            "smoothing-1-masked",
+            dtype,
+            (8, 6),
+            "prob",
+            smoothing=1.0,
+            logits="neg_inf",
+            intentional="full_smoothing_masked",
+        )
     return cases
 
 
@@ -246,9 +254,10 @@ def _random(count: int, seed: int) -> list[Case]:
             )
         )
     cases = [c for c in cases if not (c.logits == "neg_inf" and c.shape[c.class_axis] < 2)]
+    masked_prob = {0.0: "neg_inf_prob", 1.0: "full_smoothing_masked"}
     return [
-        dataclasses.replace(c, intentional="neg_inf_prob")
-        if c.logits == "neg_inf" and c.target == "prob" and c.smoothing == 0.0
+        dataclasses.replace(c, intentional=masked_prob[c.smoothing])
+        if c.logits == "neg_inf" and c.target == "prob" and c.smoothing in masked_prob
         else c
         for c in cases
     ]

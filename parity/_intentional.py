@@ -13,6 +13,11 @@ INTENTIONAL = {
         "meets a -inf logit, while torch and the math (d/dt_c of -t_c log p_c = -log p_c) "
         "give +inf there; that departure from the reference is waived at those positions only."
     ),
+    "full_smoothing_masked": (
+        "label_smoothing=1 with probability targets and a -inf logit: the smoothed target is "
+        "uniform, so the loss (+inf) does not depend on the targets and their gradient is 0; "
+        "torch computes it as (1 - 1) * inf and returns NaN."
+    ),
     "fp16_accumulation": (
         "float16 over 70k rows: torch on CPU accumulates the loss sum (and the weight total) in "
         "float16, which overflows at 65504 and gives inf/inf = NaN or inf for the mean; the "

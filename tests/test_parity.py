@@ -76,10 +76,11 @@ def test_intentional_differences_are_listed_not_passed(quick_run):
     report = json.loads((out / "report.json").read_text())
     intentional = [r for r in report["cases"] if r["status"] == "intentional"]
     assert {r["intentional"] for r in intentional} == set(INTENTIONAL)
-    for r in intentional:  # torch disagrees, jaxce is the one closer to float64
-        assert not r["errors"]["value"]["impl_vs_torch"]["ok"], r["id"]
+    for r in intentional:  # torch disagrees somewhere; there jaxce is closer to float64
+        differing = [q for q, e in r["errors"].items() if not e["impl_vs_torch"]["ok"]]
+        assert differing, r["id"]
         assert r["errors"]["value"]["impl_vs_reference"]["ok"], r["id"]
-        assert r["closer"]["value"] == "impl", r["id"]
+        assert r["closer"][differing[0]] == "impl", (r["id"], differing[0])
     md = (out / "report.md").read_text()
     for key, why in INTENTIONAL.items():
         assert f"**{key}**: {why}" in md
