@@ -14,6 +14,7 @@ import dataclasses
 import time
 
 from training import DATASETS, DataError
+from training._distributed import BatchSizeError
 from training._loop import LOSSES
 from training._resume import NonFiniteLossError, ResumeError
 from training._run import Config, train
@@ -73,7 +74,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     args = vars(parser.parse_args(argv))
     args["hidden"] = tuple(args["hidden"])
     args["out"] = args["out"] or time.strftime("runs/%Y%m%d-%H%M%S")
-    return Config(**{f.name: args[f.name] for f in dataclasses.fields(Config)})
+    try:
+        return Config(**{f.name: args[f.name] for f in dataclasses.fields(Config)})
+    except ValueError as err:  # a bad combination of flags: a usage error, not a traceback
+        parser.error(str(err))
 
 
 def _add_resume_and_multihost_flags(parser: argparse.ArgumentParser, defaults: Config) -> None:
@@ -113,11 +117,12 @@ def _add_resume_and_multihost_flags(parser: argparse.ArgumentParser, defaults: C
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parses the flags and trains; bad data, a refused --out, a bad resume or a NaN loss exit 1."""
+    """Parses the flags and trains; bad data or batch size, a refused --out, a bad resume or a
+    NaN loss exit 1 with a one-line message."""
     config = parse_args(argv)
     try:
         train(config)
-    except (DataError, FileExistsError, ResumeError, NonFiniteLossError) as err:
+    except (BatchSizeError, DataError, FileExistsError, ResumeError, NonFiniteLossError) as err:
         raise SystemExit(f"train.py: error: {err}") from None
 
 

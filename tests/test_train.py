@@ -183,3 +183,17 @@ def test_end_to_end_on_mnist_mini(tmp_path):
     assert metrics["versions"]["jax"] == jax.__version__
     assert metrics["config"]["hidden"] == [128]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(["--epochs", "0"], "--epochs must be at least 1", id="epochs"),
+        pytest.param(["--resume", "--overwrite"], "pass one of them", id="resume-and-overwrite"),
+    ],
+)
+def test_bad_flag_combinations_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

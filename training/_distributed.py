@@ -157,6 +157,10 @@ def batch_sharded(mesh: Mesh, ndim: int = 1, *, axis: int = 0) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(*spec))
 
 
+class BatchSizeError(ValueError):
+    """The global batch size does not split evenly over the devices."""
+
+
 def check_batch_size(batch_size: int, *, num_devices: int, num_processes: int = 1) -> None:
     """Checks that a global batch splits evenly over the devices (and so over the processes).
 
@@ -166,14 +170,14 @@ def check_batch_size(batch_size: int, *, num_devices: int, num_processes: int = 
       num_processes: processes feeding the mesh.
 
     Raises:
-      ValueError: ``batch_size`` is not a positive multiple of ``num_devices``; the message names
-        the two nearest valid batch sizes.
+      BatchSizeError: ``batch_size`` is not a positive multiple of ``num_devices``; the message
+        names the two nearest valid batch sizes.
     """
     if batch_size < 1 or batch_size % num_devices:
         lower = max(num_devices, batch_size // num_devices * num_devices)
         upper = (batch_size // num_devices + 1) * num_devices
         hosts = f" on {num_processes} processes" if num_processes > 1 else ""
-        raise ValueError(
+        raise BatchSizeError(
             f"--batch-size {batch_size} does not split evenly over {num_devices} devices{hosts}: "
             f"the global batch is divided equally between devices. Use a multiple of "
             f"{num_devices}, e.g. --batch-size {lower} or --batch-size {upper}."
