@@ -23,6 +23,7 @@ OPTIONS = {
     "custom_ignore_index": dict(ignore_index=4, bias=True),
     "smoothing": dict(label_smoothing=0.2, bias=True),
     "smoothing_weight": dict(label_smoothing=0.3, weight=True, ignored=True),
+    "full_smoothing": dict(label_smoothing=1.0, weight=True, bias=True),
     "z_loss": dict(z_loss=1e-2, bias=True),
     "softcap": dict(softcap=2.0, bias=True),
     "where": dict(where=True, weight=True),

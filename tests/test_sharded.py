@@ -48,6 +48,7 @@ CASES = {
     ),
     "where": (dict(where=True, weight=True), "float32", "model4"),
     "padded_vocab_smoothing": (dict(padded=3, label_smoothing=0.2), "float32", "model4"),
+    "full_smoothing_weight": (dict(label_smoothing=1.0, weight=True), "float32", "model4"),
     "all_ignored": (dict(all_ignored=True), "float32", "model4"),
     "bfloat16": (dict(weight=True, label_smoothing=0.1), "bfloat16", "model4"),
     "float64_everything": (
