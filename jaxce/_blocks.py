@@ -68,7 +68,7 @@ def row_terms(opts, num_classes: int, w_sum, sums: BlockSums, in_range, w_y, hot
     """(lse0, smooth, terms) over all classes from summed block sums; ``hot`` for gradients."""
     lse0 = jnp.log(sums.se)
     smooth = None if sums.neg_s_w is None else w_sum * lse0 + sums.neg_s_w
-    terms = _kernels._IndexTerms(None, in_range, hot, w_y, lse0 - sums.s_y)
+    terms = _kernels.IndexTerms(None, in_range, hot, w_y, lse0 - sums.s_y)
     return lse0, smooth, terms
 
 

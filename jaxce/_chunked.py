@@ -130,7 +130,7 @@ def _linear_rows_bwd(static, res, g):
         d_hidden, d_kernel, d_bias, d_weight = carry
         k, b, w = _slices(kernel, bias, weight, offset, size)
         s = _chunk_logits(static, hidden, k, b, ct) - m
-        t = _kernels._IndexTerms(None, in_range, _blocks.onehot(labels, offset, size), w_y, nll)
+        t = _kernels.IndexTerms(None, in_range, _blocks.onehot(labels, offset, size), w_y, nll)
         dx, dw = _kernels.index_grad(opts, num_classes, w_sum, s, m, lse0, t, w, g, keep)
         dxm = dx.astype(mm)
         d_hidden = d_hidden + lax.dot_general(

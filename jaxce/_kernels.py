@@ -74,7 +74,7 @@ def _neg_log_p(lse0: jax.Array, s: jax.Array, coef: jax.Array | None) -> jax.Arr
     return jnp.where((coef == 0) & (d == jnp.inf), 0, d)
 
 
-class _IndexTerms(NamedTuple):
+class IndexTerms(NamedTuple):
     y: jax.Array  # labels with the class axis kept (size 1), clipped into range
     in_range: jax.Array  # labels in [0, C)
     onehot: jax.Array  # bool, labels' one-hot along the class axis
@@ -82,7 +82,7 @@ class _IndexTerms(NamedTuple):
     nll: jax.Array  # -log p[label]
 
 
-def _index_terms(opts, s, lse0, labels, weight, ct) -> _IndexTerms:
+def _index_terms(opts, s, lse0, labels, weight, ct) -> IndexTerms:
     num_classes = s.shape[opts.axis]
     y = jnp.expand_dims(labels, opts.axis)
     in_range = (y >= 0) & (y < num_classes)
@@ -90,7 +90,7 @@ def _index_terms(opts, s, lse0, labels, weight, ct) -> _IndexTerms:
     onehot = lax.broadcasted_iota(jnp.int32, s.shape, opts.axis) == y
     s_y = jnp.take_along_axis(s, y, axis=opts.axis)
     w_y = 1.0 if weight is None else jnp.take(weight.astype(ct), y)
-    return _IndexTerms(y, in_range, onehot, w_y, lse0 - s_y)
+    return IndexTerms(y, in_range, onehot, w_y, lse0 - s_y)
 
 
 def _index_forward(opts: Options, logits, labels, weight, mask):

@@ -214,7 +214,7 @@ def _sharded_rows_bwd(static, res, cotangents):
     size = logits.shape[1]
     s = _kernels.capped(opts, logits, ct) - m
     hot = _blocks.onehot(labels, lax.axis_index(mesh_axis) * size, size)
-    t = _kernels._IndexTerms(None, in_range, hot, w_y, nll)
+    t = _kernels.IndexTerms(None, in_range, hot, w_y, nll)
     g = g[:, None].astype(ct)
     dx, dw = _kernels.index_grad(opts, num_classes, w_sum, s, m, lse0, t, weight, g, keep[:, None])
     if weight is not None:  # the target weight's own output (the mean's divisor)
