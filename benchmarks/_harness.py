@@ -44,6 +44,7 @@ def child_env(threads: int) -> dict[str, str]:
         MKL_NUM_THREADS=str(threads),
         OPENBLAS_NUM_THREADS=str(threads),
         TORCHINDUCTOR_COMPILE_THREADS="1",
+        TORCHINDUCTOR_FORCE_DISABLE_CACHES="1",  # cold compile times, as a fresh machine sees
         TF_CPP_MIN_LOG_LEVEL="2",
     )
     return env

@@ -48,7 +48,7 @@ from benchmarks import _harness as h
 from benchmarks import _report
 
 SHAPES = ((65536, 10), (8192, 1000), (4096, 32768), (1024, 131072))
-QUICK_SHAPES = ((8192, 1000), (1024, 32768))
+QUICK_SHAPES = ((8192, 1000), (512, 32768))
 SETTINGS = ("outside", "in_step")
 VARIANTS = (
     "jaxce",
