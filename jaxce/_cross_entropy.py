@@ -7,7 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxce import _kernels, _validation
+from jaxce import _blocks, _kernels, _validation
 from jaxce._label_checks import check_label_values
 
 
@@ -111,15 +111,9 @@ def cross_entropy(
             f"ignore_index={ignore_index} applies to class indices only, but labels are "
             f"probabilities (dtype {labels.dtype}). Drop examples with where= instead."
         )
-    opts = _kernels.Options(
-        axis=spec.axis,
-        label_smoothing=_validation.real_option(
-            label_smoothing, "label_smoothing", low=0.0, high=1.0
-        ),
-        z_loss=_validation.real_option(z_loss, "z_loss", low=0.0),
-        softcap=_validation.check_softcap(softcap),
+    opts, reduction = _validation.check_options(
+        spec.axis, reduction, label_smoothing, z_loss, softcap
     )
-    reduction = _validation.check_reduction(reduction)
     where = _validation.check_where(where, spec.batch_shape)
     if not spec.soft_labels:
         check_label_values(labels, spec.num_classes, ignore_index, jit_check=bool(check_labels))
@@ -145,9 +139,4 @@ def _cross_entropy(opts, reduction, ignore_index, use_custom_vjp, logits, labels
             safe = jnp.clip(labels, 0, weight.shape[0] - 1)
             row_weight = jnp.where(keep, jnp.take(weight.astype(ct), safe), 0)
     rows = rows_fn(opts, logits, labels, weight, keep)
-    if reduction == "none":
-        return rows.astype(logits.dtype)
-    total = jnp.sum(rows)
-    if reduction == "mean":
-        total = total / jnp.sum(row_weight)
-    return total.astype(logits.dtype)
+    return _blocks.reduce_rows(rows, row_weight, reduction, logits.dtype)

@@ -8,7 +8,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from jaxce import _blocks, _chunked, _kernels, _validation
+from jaxce import _blocks, _chunked, _validation
 from jaxce._label_checks import check_label_values
 
 
@@ -114,15 +114,9 @@ def linear_cross_entropy(
     bias = _check_bias(bias, num_classes)
     weight = _validation.check_weight(weight, num_classes)
     ignore_index = _validation.check_ignore_index(ignore_index)
-    opts = _kernels.Options(
-        axis=_blocks.BLOCK_AXIS,
-        label_smoothing=_validation.real_option(
-            label_smoothing, "label_smoothing", low=0.0, high=1.0
-        ),
-        z_loss=_validation.real_option(z_loss, "z_loss", low=0.0),
-        softcap=_validation.check_softcap(softcap),
+    opts, reduction = _validation.check_options(
+        _blocks.BLOCK_AXIS, reduction, label_smoothing, z_loss, softcap
     )
-    reduction = _validation.check_reduction(reduction)
     where = _validation.check_where(where, labels.shape)
     rows = int(labels.size)
     chunk = _check_chunk(chunk_size, rows, num_classes)

@@ -123,15 +123,9 @@ def sharded_cross_entropy(
             f"{err} Pass this device's shard of the class weights (shard them like the "
             f"logits' class axis, in_specs=P({mesh_axis!r})), not the global ones."
         ) from None
-    opts = _kernels.Options(
-        axis=_blocks.BLOCK_AXIS,
-        label_smoothing=_validation.real_option(
-            label_smoothing, "label_smoothing", low=0.0, high=1.0
-        ),
-        z_loss=_validation.real_option(z_loss, "z_loss", low=0.0),
-        softcap=_validation.check_softcap(softcap),
+    opts, reduction = _validation.check_options(
+        _blocks.BLOCK_AXIS, reduction, label_smoothing, z_loss, softcap
     )
-    reduction = _validation.check_reduction(reduction)
     keep = labels != _validation.check_ignore_index(ignore_index)
     where = _validation.check_where(where, spec.batch_shape)
     if where is not None:

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxce._kernels import Options
+
 REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -81,6 +83,34 @@ def check_ignore_index(ignore_index) -> int:
             f"{type(ignore_index).__name__}."
         )
     return int(ignore_index)
+
+
+def check_options(axis: int, reduction, label_smoothing, z_loss, softcap) -> tuple[Options, str]:
+    """Checks the scalar options every public loss shares; the first bad one raises.
+
+    The order is label_smoothing, z_loss, softcap, reduction: the public wrappers' order.
+
+    Args:
+      axis: the kernels' class axis, already checked (non-negative).
+      reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+      label_smoothing: a Python real in [0, 1].
+      z_loss: a Python real >= 0.
+      softcap: None or a Python real > 0.
+
+    Returns:
+      ``(Options(axis, label_smoothing, z_loss, softcap), reduction)``, the numbers as floats.
+
+    Raises:
+      TypeError: label_smoothing, z_loss or softcap not a Python real (a bool or an array).
+      ValueError: one of them out of range, or an unknown reduction.
+    """
+    opts = Options(
+        axis=axis,
+        label_smoothing=real_option(label_smoothing, "label_smoothing", low=0.0, high=1.0),
+        z_loss=real_option(z_loss, "z_loss", low=0.0),
+        softcap=check_softcap(softcap),
+    )
+    return opts, check_reduction(reduction)
 
 
 def check_logits_labels(logits: jax.Array, labels: jax.Array, axis) -> Spec:
