@@ -3,16 +3,24 @@
 ``python -m benchmarks._profile --shape 4096x32768 --setting in_step --variants jaxce optax``
 
 For every top-level instruction of the entry computation that reads or writes an (N, C) array
-it prints the instruction, how many (N, C) operands it reads, whether it writes one, and how many
-``exponential`` ops its fused computation holds (a gather of the label's logit is not a pass).
-The totals are the memory passes (in units of one (N, C) float32 array) and the transcendental
-passes of one call. ``--dump DIR`` also writes each HLO text.
+(or a reshape of one) it prints the instruction, how many such operands it reads, whether it
+writes one, and how many ``exponential`` ops its fused computation holds (a gather of the
+label's logit is not a pass). The totals are the memory passes (in units of one (N, C) float32
+array) and the transcendental passes of one call. ``--dump DIR`` also writes each HLO text.
+
+``python -m benchmarks._profile --reductions`` times the backend's row reductions instead: for
+rows of 1k to 128k classes (64 Mi float32 elements in all), ``sum(x)`` against
+``sum(exp(x - m))``, in ns per element. On XLA:CPU this is the table behind
+``jaxce._row_stats``: the fused exponential is cheap on rows of up to 32768 classes and about
+10x dearer on longer rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
+import time
 from dataclasses import dataclass
 
 _INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[^}]*\})? (\S+?)\((.*?)\)(.*)$")
@@ -43,11 +51,40 @@ def _computations(hlo: str) -> dict[str, str]:
     return out
 
 
+def _size(shape: str) -> int:
+    """Elements of an HLO array shape such as ``f32[1024,4,32768]`` (0 for tuples, scalars)."""
+    dims = re.fullmatch(r"\w+\[([\d,]+)\]", shape)
+    return math.prod(int(d) for d in dims.group(1).split(",")) if dims else 0
+
+
+def reductions(total: int = 1 << 26, repeats: int = 7) -> list[tuple[int, float, float]]:
+    """(row length, ns per element of sum(x), of sum(exp(x - m))) over rows of 1k..128k."""
+    import jax
+    import jax.numpy as jnp
+
+    def timed(fn, *args) -> float:
+        compiled = jax.jit(fn).lower(*args).compile()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            times.append(time.perf_counter() - start)
+        return sorted(times)[repeats // 2] * 1e9 / total
+
+    out = []
+    for c in (1024, 8192, 32768, 65536, 131072):
+        x = jax.random.normal(jax.random.key(0), (total // c, c), jnp.float32)
+        m = jnp.max(x, axis=-1, keepdims=True)
+        plain = timed(lambda x: jnp.sum(x, axis=-1), x)
+        fused = timed(lambda x, m: jnp.sum(jnp.exp(x - m), axis=-1), x, m)
+        out.append((c, plain, fused))
+    return out
+
+
 def passes(hlo: str, n: int, c: int) -> list[Pass]:
     """The entry instructions that touch an (N, C) array, in program order."""
     comps = _computations(hlo)
     entry = next(k for k in comps if hlo.find(f"ENTRY %{k} ") >= 0)
-    big = f"[{n},{c}]"
     shapes: dict[str, str] = {}
     rows = []
     for line in comps[entry].splitlines():
@@ -58,8 +95,10 @@ def passes(hlo: str, n: int, c: int) -> list[Pass]:
         shapes[name] = shape
         if op in ("parameter", "constant", "tuple", "get-tuple-element", "bitcast"):
             continue
-        reads = sum(big in shapes.get(o.strip().lstrip("%"), "") for o in operands.split(","))
-        writes = int(big in shape)
+        reads = sum(
+            _size(shapes.get(o.strip().lstrip("%"), "")) == n * c for o in operands.split(",")
+        )
+        writes = int(_size(shape) == n * c)
         called = _CALLS.search(rest)
         body = comps.get(called.group(1), "") if called else ""
         exps = body.count("exponential(") + int(op == "exponential")
@@ -70,28 +109,42 @@ def passes(hlo: str, n: int, c: int) -> list[Pass]:
     return rows
 
 
+def _print_reductions() -> None:
+    print("classes per row   sum(x) ns/elem   sum(exp(x - m)) ns/elem   ratio")
+    for c, plain, fused in reductions():
+        print(f"{c:>15}   {plain:>14.3f}   {fused:>23.3f}   {fused / plain:>5.1f}")
+
+
+def _print_passes(shape: str, setting: str, variants: list[str], dump: str | None) -> None:
+    from benchmarks import _jax_variants
+
+    n, c = (int(v) for v in shape.split("x"))
+    for variant in variants:
+        hlo = _jax_variants.hlo_text(variant, setting, n, c)
+        if dump:
+            with open(f"{dump}/{variant}_{setting}_{n}x{c}.hlo.txt", "w") as f:
+                f.write(hlo)
+        rows = passes(hlo, n, c)
+        print(f"\n{variant} ({setting}, {n}x{c}): {hlo.count(' fusion(')} fusions")
+        for r in rows:
+            print(f"  {r.name:<40} {r.op:<10} reads {r.reads}  writes {r.writes}  exp {r.exps}")
+        total_r, total_w = sum(r.reads for r in rows), sum(r.writes for r in rows)
+        total_e = sum(bool(r.exps) for r in rows)
+        print(f"  total: {total_r} reads + {total_w} writes of (N, C); {total_e} exp passes")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks._profile", description=__doc__)
     p.add_argument("--shape", default="4096x32768", metavar="NxC")
     p.add_argument("--setting", default="in_step", choices=("outside", "in_step"))
     p.add_argument("--variants", nargs="+", default=["jaxce", "optax", "bound_copy"])
     p.add_argument("--dump", metavar="DIR", help="write each optimized HLO text here")
+    p.add_argument("--reductions", action="store_true", help="time row reductions instead")
     args = p.parse_args(argv)
-    from benchmarks import _jax_variants
-
-    n, c = (int(v) for v in args.shape.split("x"))
-    for variant in args.variants:
-        hlo = _jax_variants.hlo_text(variant, args.setting, n, c)
-        if args.dump:
-            with open(f"{args.dump}/{variant}_{args.setting}_{n}x{c}.hlo.txt", "w") as f:
-                f.write(hlo)
-        rows = passes(hlo, n, c)
-        print(f"\n{variant} ({args.setting}, {n}x{c}): {hlo.count(' fusion(')} fusions")
-        for r in rows:
-            print(f"  {r.name:<40} {r.op:<10} reads {r.reads}  writes {r.writes}  exp {r.exps}")
-        total_r, total_w = sum(r.reads for r in rows), sum(r.writes for r in rows)
-        total_e = sum(bool(r.exps) for r in rows)
-        print(f"  total: {total_r} reads + {total_w} writes of (N, C); {total_e} exp passes")
+    if args.reductions:
+        _print_reductions()
+    else:
+        _print_passes(args.shape, args.setting, args.variants, args.dump)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxce._row_stats import row_stats, softmax
+
 
 class Options(NamedTuple):
     """Static options of a kernel call (hashable, so they can be jit/VJP static arguments)."""
@@ -52,43 +54,8 @@ def capped(opts: Options, logits: jax.Array, ct) -> jax.Array:
 def _shifted(opts: Options, logits: jax.Array, ct) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Returns (s, m, lse0): shifted (soft-capped) logits, row max and shifted log-sum-exp."""
     xs = capped(opts, logits, ct)
-    m = jnp.max(xs, axis=opts.axis, keepdims=True)
-    m = lax.stop_gradient(jnp.where(m == -jnp.inf, 0, m))  # a row of only -inf logits
-    s = xs - m
-    lse0 = jnp.log(jnp.sum(exp_to_reduce(s), axis=opts.axis, keepdims=True))
-    return s, m, lse0
-
-
-def exp_to_reduce(s: jax.Array) -> jax.Array:
-    """``exp(s)`` for a reduction over the class axis.
-
-    On CPU the exponential is kept out of the reduction's fusion (the barrier): XLA:CPU
-    evaluates an exp fused into a row reduction several times slower than in an elementwise
-    pass (about 10x for rows of 64k classes or more, measured by benchmarks.loss), while
-    writing ``exp(s)`` out and summing it costs little more than a copy. Elsewhere (GPU, TPU)
-    it stays fused.
-    """
-    return lax.platform_dependent(
-        s, cpu=lambda s: lax.optimization_barrier(jnp.exp(s)), default=jnp.exp
-    )
-
-
-def softmax(s: jax.Array, lse0: jax.Array) -> jax.Array:
-    """``exp(s - lse0)``, computed on CPU as ``exp(s) * exp(-lse0)``.
-
-    Under one jit of forward and backward, ``exp(s)`` here is the very expression the forward
-    sums, so XLA computes it once: one exponential pass over the logits instead of two (the
-    pass that bounds the speed on CPUs). The barrier keeps XLA's simplifier from folding the
-    product back into ``exp(s - lse0)``. Numerics: ``s <= 0`` and ``lse0`` in [0, log C], so
-    both factors lie in (0, 1] and the product is within a few ulp of ``exp(s - lse0)``.
-    """
-    return lax.platform_dependent(
-        s, lse0, cpu=_softmax_shared_exp, default=lambda s, lse0: jnp.exp(s - lse0)
-    )
-
-
-def _softmax_shared_exp(s, lse0):
-    return jnp.exp(s) * lax.optimization_barrier(jnp.exp(-lse0))
+    m, lse0 = row_stats(xs, opts.axis)
+    return xs - m, m, lse0
 
 
 def _softcap_slope(opts: Options, s: jax.Array, m: jax.Array) -> jax.Array | float:
@@ -114,13 +81,13 @@ class IndexTerms(NamedTuple):
     nll: jax.Array  # -log p[label]
 
 
-def _index_terms(opts, s, lse0, labels, weight, ct) -> IndexTerms:
-    num_classes = s.shape[opts.axis]
+def _index_terms(opts, logits, m, lse0, labels, weight, ct) -> IndexTerms:
+    num_classes = logits.shape[opts.axis]
     y = jnp.expand_dims(labels, opts.axis)
     in_range = (y >= 0) & (y < num_classes)
     y = jnp.where(in_range, y, 0).astype(jnp.int32)
-    onehot = lax.broadcasted_iota(jnp.int32, s.shape, opts.axis) == y
-    s_y = jnp.take_along_axis(s, y, axis=opts.axis)
+    onehot = lax.broadcasted_iota(jnp.int32, logits.shape, opts.axis) == y
+    s_y = capped(opts, jnp.take_along_axis(logits, y, axis=opts.axis), ct) - m
     w_y = 1.0 if weight is None else jnp.take(weight.astype(ct), y)
     return IndexTerms(y, in_range, onehot, w_y, lse0 - s_y)
 
@@ -129,7 +96,7 @@ def _index_forward(opts: Options, logits, labels, weight, mask):
     ct = compute_dtype(logits.dtype)
     eps, num_classes = opts.label_smoothing, logits.shape[opts.axis]
     s, m, lse0 = _shifted(opts, logits, ct)
-    t = _index_terms(opts, s, lse0, labels, weight, ct)
+    t = _index_terms(opts, logits, m, lse0, labels, weight, ct)
     smooth = None
     if eps:
         wb = None if weight is None else _class_vector(weight.astype(ct), opts.axis, s.ndim)
@@ -174,7 +141,7 @@ def _index_rows_bwd(opts, res, g):
     logits, labels, weight, mask, m, lse0 = res
     ct = compute_dtype(logits.dtype)
     s = capped(opts, logits, ct) - m
-    t = _index_terms(opts, s, lse0, labels, weight, ct)
+    t = _index_terms(opts, logits, m, lse0, labels, weight, ct)
     num_classes = logits.shape[opts.axis]
     w_sum = num_classes if weight is None else jnp.sum(weight.astype(ct))
     keep = jnp.expand_dims(mask, opts.axis)
@@ -195,7 +162,7 @@ def index_grad(opts: Options, num_classes: int, w_sum, s, m, lse0, t, weight, g,
     range, ``dw`` the per-class weight gradient of the block (None without weights).
     """
     eps, axis = opts.label_smoothing, opts.axis
-    p = softmax(s, lse0)
+    p = softmax(s, lse0, axis)
     wb = None if weight is None else _class_vector(weight.astype(s.dtype), axis, s.ndim)
     coef_y = (1 - eps) * t.w_y
     coef = coef_y + (eps / num_classes) * w_sum  # sum over classes of the target q
@@ -264,7 +231,7 @@ def _soft_rows_bwd(opts, res, g):
     axis = opts.axis
     s = capped(opts, logits, ct) - m
     tt, wb, q = _soft_target(opts, logits, labels, weight, ct)
-    p = softmax(s, lse0)
+    p = softmax(s, lse0, axis)
     coef = q_sum
     if opts.z_loss:
         coef = coef + 2 * opts.z_loss * (lse0 + m)

@@ -1,0 +1,106 @@
+"""Row maximum, shifted log-sum-exp and softmax along the class axis, in each backend's fast form.
+
+``row_stats(xs, axis)`` returns ``m = max(xs)`` (0 for a row of only -inf) and
+``lse0 = log(sum(exp(xs - m)))``, both with the class axis kept at size 1;
+``softmax(s, lse0, axis)`` rebuilds ``exp(s - lse0)`` from them in the backward pass.
+
+On GPU and TPU these are the textbook expressions. On CPU their form follows XLA:CPU's
+reduction kernels, measured on the 2-core benchmark machine
+(``python -m benchmarks._profile --reductions`` and ``--shape NxC``):
+
+- ``sum(exp(x - m))`` over rows of up to 32768 classes runs at about 0.25 ns per element, over
+  rows of 65536 or more at about 2.5 ns (10x slower): the fused exponential leaves the
+  vectorised path. So the classes are split into ``k`` equal parts of at most
+  ``CPU_ROW_LIMIT`` and the row terms combined from per-part maxima ``m_j`` and sums
+  ``se_j = sum(exp(x - m_j))``: ``lse0 = log(sum_j se_j * exp(m_j - m))``.
+- The split (a reshape, even for ``k = 1``) also keeps ``xs - m`` from being shared with the
+  backward pass: shared, XLA writes it out as a [rows, classes] temporary, a write and a read
+  of the whole logits. Forward and backward then make three reads and one write of the logits.
+- Rows of fewer than ``CPU_FEW_CLASSES`` classes are too short for either to matter; there the
+  backward reuses the forward's ``exp(s)`` instead (one exponential pass, not two).
+
+Numerics: every ``se_j`` lies in [1, C / k] (0 for a part of only -inf) and every factor
+``exp(m_j - m)`` in [0, 1], so the combination adds at most one rounding per part to the
+textbook sum.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CPU_ROW_LIMIT = 32768  # longest row XLA:CPU reduces with a fused exp at full speed
+CPU_FEW_CLASSES = 128  # below this, rows are too short to split: share exp(s) instead
+_MAX_PARTS = 64  # beyond this (a large prime C), the plain form: correct, slower on CPU
+
+
+def row_stats(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """(m, lse0) of ``xs`` along ``axis``, both with ``axis`` kept at size 1."""
+    cpu = _shared_exp if xs.shape[axis] < CPU_FEW_CLASSES else _split
+    return lax.platform_dependent(
+        xs,
+        cpu=functools.partial(cpu, axis=axis),
+        default=functools.partial(_plain, axis=axis),
+    )
+
+
+def softmax(s: jax.Array, lse0: jax.Array, axis: int) -> jax.Array:
+    """``exp(s - lse0)`` from the shifted logits ``s = xs - m`` and ``lse0`` of ``row_stats``.
+
+    On CPU with few classes it is ``exp(s) * exp(-lse0)``, whose ``exp(s)`` is the very
+    expression ``row_stats`` summed: under one jit of forward and backward XLA computes it
+    once. Both factors lie in (0, 1], so the product is within a few ulp of ``exp(s - lse0)``.
+    """
+    if s.shape[axis] >= CPU_FEW_CLASSES:
+        return jnp.exp(s - lse0)
+    return lax.platform_dependent(
+        s, lse0, cpu=_softmax_shared, default=lambda s, lse0: jnp.exp(s - lse0)
+    )
+
+
+def _softmax_shared(s, lse0):
+    return jnp.exp(s) * lax.optimization_barrier(jnp.exp(-lse0))
+
+
+def num_parts(num_classes: int) -> int:
+    """The fewest equal parts of at most ``CPU_ROW_LIMIT`` classes (1 if none up to 64 divide)."""
+    first = -(-num_classes // CPU_ROW_LIMIT)
+    return next((k for k in range(first, _MAX_PARTS + 1) if num_classes % k == 0), 1)
+
+
+def _safe_max(xs: jax.Array, axis: int) -> jax.Array:
+    """The maximum along ``axis`` (kept), with 0 for a row of only -inf (so ``xs - m`` is -inf)."""
+    m = lax.stop_gradient(jnp.max(xs, axis=axis, keepdims=True))
+    return jnp.where(m == -jnp.inf, 0, m)
+
+
+def _plain(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    m = _safe_max(xs, axis)
+    return m, jnp.log(jnp.sum(jnp.exp(xs - m), axis=axis, keepdims=True))
+
+
+def _shared_exp(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """The plain form with ``exp(xs - m)`` kept out of the reduction's fusion (see softmax)."""
+    m = _safe_max(xs, axis)
+    e = lax.optimization_barrier(jnp.exp(xs - m))
+    return m, jnp.log(jnp.sum(e, axis=axis, keepdims=True))
+
+
+def _split(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    axis = axis % xs.ndim
+    num_classes = xs.shape[axis]
+    k = num_parts(num_classes)
+    parts = xs.reshape((*xs.shape[:axis], k, num_classes // k, *xs.shape[axis + 1 :]))
+    m_j = lax.stop_gradient(jnp.max(parts, axis=axis + 1, keepdims=True))  # -inf: empty part
+    se_j = jnp.sum(jnp.exp(parts - jnp.where(m_j == -jnp.inf, 0, m_j)), axis=axis + 1)
+    m = _safe_max(m_j, axis)
+    m_j, m = jnp.squeeze(m_j, axis + 1), jnp.squeeze(m, axis + 1)
+    scaled = se_j * jnp.exp(m_j - m)  # a part of only -inf adds 0 * 0
+    # Part by part, not jnp.sum: XLA would fold a sum over parts back into one long reduction.
+    total = functools.reduce(
+        jnp.add, [lax.slice_in_dim(scaled, j, j + 1, axis=axis) for j in range(k)]
+    )
+    return m, jnp.log(total)

@@ -1,0 +1,92 @@
+"""The row statistics behind every kernel: the CPU split into parts against the textbook form.
+
+On CPU, rows of more than 32768 classes are reduced in equal parts (``jaxce._row_stats``). These
+tests pin the part counts, compare the split with the plain two reductions and a float64
+log-sum-exp on awkward rows (-inf entries, a part of only -inf, a row of only -inf, |x| up to
+3e4), and check the loss and gradient of ``cross_entropy`` on such rows against autodiff of the
+independent reference.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxce import loss
+from jaxce._row_stats import CPU_ROW_LIMIT, _plain, _split, num_parts
+from tests.reference import reference_cross_entropy
+from tests.tolerances import assert_close
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "parts"),
+    [
+        pytest.param(10, 1, id="10"),
+        pytest.param(CPU_ROW_LIMIT, 1, id="32768-fits"),
+        pytest.param(CPU_ROW_LIMIT + 2, 2, id="32770-halves"),
+        pytest.param(50257, 29, id="gpt2-50257"),
+        pytest.param(128256, 4, id="llama3-128256"),
+        pytest.param(131072, 4, id="131072"),
+        pytest.param(256000, 8, id="gemma-256000"),
+        pytest.param(65537, 1, id="prime-65537-unsplit"),
+    ],
+)
+def test_num_parts(num_classes, parts):
+    assert num_parts(num_classes) == parts
+    if parts > 1:
+        assert num_classes % parts == 0 and num_classes // parts <= CPU_ROW_LIMIT
+
+
+def _awkward_rows(rng, shape, axis):
+    """Normal logits scaled to |x| ~ 3e4 in one row, with -inf patterns in others."""
+    x = rng.normal(size=shape).astype(np.float32)
+    x = np.moveaxis(x, axis, -1)  # edit rows with the classes last, then move back
+    part = x.shape[-1] // num_parts(x.shape[-1])
+    x[0] = -np.inf  # a row of only -inf
+    x[1, ..., :part] = -np.inf  # a whole part of -inf
+    x[2, ..., ::7] = -np.inf  # scattered -inf
+    x[3] *= 1e4  # |x| up to ~4e4
+    return jnp.asarray(np.moveaxis(x, -1, axis))
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis"),
+    [
+        pytest.param((5, 70000), 1, id="N70000-classes-last"),
+        pytest.param((5, 65536, 2), 1, id="NCd-65536-classes-middle"),
+        pytest.param((4, 2, 50257), 2, id="gpt2-vocab"),
+    ],
+)
+def test_split_matches_plain_and_float64(rng, shape, axis):
+    x = _awkward_rows(rng, shape, axis)
+    m, lse0 = jax.jit(_split, static_argnums=1)(x, axis)
+    m_plain, lse0_plain = jax.jit(_plain, static_argnums=1)(x, axis)
+    np.testing.assert_array_equal(np.asarray(m), np.asarray(m_plain))
+    assert_close(lse0, lse0_plain, dtype="float32", quantity="loss", context="split vs plain")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x64 = np.asarray(x, np.float64)
+        top = np.max(x64, axis=axis, keepdims=True)
+        top = np.where(np.isneginf(top), 0, top)
+        expected = np.log(np.sum(np.exp(x64 - top), axis=axis, keepdims=True)) + top
+    assert_close(lse0 + m, expected, dtype="float32", quantity="loss", context="split vs f64")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({}, id="plain"),
+        pytest.param({"label_smoothing": 0.1, "z_loss": 1e-3}, id="smoothing-zloss"),
+        pytest.param({"softcap": 30.0, "reduction": "sum"}, id="softcap-sum"),
+    ],
+)
+def test_cross_entropy_on_split_rows(rng, options):
+    """Loss and logits gradient at C = 70000 (4 parts on CPU) against the float32 reference."""
+    x = jnp.asarray(rng.normal(size=(6, 70000)).astype(np.float32) * 5)
+    x = x.at[1, :17500].set(-jnp.inf)  # the first part of a row, including no label
+    labels = jnp.asarray([3, 69999, -100, 17500, 40000, 0])
+    got, grad = jax.value_and_grad(lambda x: loss.cross_entropy(x, labels, **options))(x)
+    want, want_grad = jax.value_and_grad(lambda x: reference_cross_entropy(x, labels, **options))(x)
+    assert_close(got, want, dtype="float32", quantity="loss")
+    assert_close(grad, want_grad, dtype="float32", quantity="grad")
