@@ -33,7 +33,7 @@ def _measure(spec: h.Spec) -> dict:
     logits, labels = fw.make_inputs(spec.n, spec.c, spec.seed)
     inputs = h.rss_mib()
     if is_torch:
-        prepared, compile_s, note = fw.prepare(spec.variant, logits, labels), None, ""
+        prepared, compile_s, note = fw.prepare(spec.variant, spec.setting, logits, labels), None, ""
     else:
         prepared, compile_s, note = fw.prepare(spec.variant, spec.setting, logits, labels)
     setup_peak = h.peak_mib()

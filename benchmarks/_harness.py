@@ -26,8 +26,8 @@ _MIB = 1024 * 1024
 class Spec:
     """What one child process measures."""
 
-    variant: str  # a name from benchmarks._variants.VARIANTS
-    setting: str  # "outside" or "in_step" (see benchmarks.loss)
+    variant: str  # a name from benchmarks.loss.VARIANTS
+    setting: str  # "outside", "in_step" or "forward" (see benchmarks.loss)
     n: int
     c: int
     repeats: int

@@ -1,4 +1,4 @@
-"""JAX variants of the loss benchmark: jaxce, plain autodiff, optax and the two limits.
+"""JAX variants of the loss benchmark: jaxce, plain autodiff, optax and the three limits.
 
 Every variant is compiled ahead of time (``jit(...).lower(...).compile()``), so compile time is
 measured apart from the calls. Settings (see ``benchmarks.loss`` for what each one measures):
@@ -6,6 +6,8 @@ measured apart from the calls. Settings (see ``benchmarks.loss`` for what each o
 - ``outside``: ``f(logits, labels) -> (loss, grad)``; the gradient is a new buffer every call.
 - ``in_step``: ``step(logits, labels, g) -> (loss, g')`` with ``g`` donated, so the gradient is
   written into the previous call's buffer, as inside a training step.
+- ``forward``: ``f(logits, labels) -> loss``, the jit of the loss alone (no gradient), as in
+  evaluation; ``jnp_autodiff`` is then just its textbook formula.
 """
 
 from __future__ import annotations
@@ -46,8 +48,14 @@ LOSSES: dict[str, Callable] = {
     "optax": _optax,
     "jnp_autodiff": _jnp_reference,
 }
-# The limits: stream the logits once and write a same-size array; one transcendental pass.
-BOUNDS: dict[str, Callable] = {"bound_copy": lambda x: x * 2, "bound_exp": jnp.exp}
+# The limits: stream the logits once and write a same-size array; one transcendental pass
+# (both for the settings with a gradient); read the logits once and write one float per row
+# (``forward``: the cheapest row reduction, no transcendental, so no loss can beat it).
+BOUNDS: dict[str, Callable] = {
+    "bound_copy": lambda x: x * 2,
+    "bound_exp": jnp.exp,
+    "bound_read": lambda x: jnp.max(x, axis=-1),
+}
 NAMES = (*LOSSES, *BOUNDS)
 
 
@@ -82,6 +90,13 @@ def _outside(name: str) -> tuple[Callable, tuple[int, ...]]:
     return jax.value_and_grad(LOSSES[name]), ()
 
 
+def _forward(name: str) -> tuple[Callable, tuple[int, ...]]:
+    if name in BOUNDS:
+        op = BOUNDS[name]
+        return (lambda x, y: op(x)), ()
+    return LOSSES[name], ()
+
+
 def _in_step(name: str) -> tuple[Callable, tuple[int, ...]]:
     op = BOUNDS.get(name)
     vg = None if op else jax.value_and_grad(LOSSES[name])
@@ -93,6 +108,9 @@ def _in_step(name: str) -> tuple[Callable, tuple[int, ...]]:
     return step, (2,)
 
 
+_BUILDERS = {"outside": _outside, "in_step": _in_step, "forward": _forward}
+
+
 @dataclass
 class Prepared:
     """A compiled variant and the state its calls carry."""
@@ -101,22 +119,23 @@ class Prepared:
     args: list
     setting: str
 
-    def call(self) -> None:
+    def call(self):
+        """One call, blocked until done; returns its output (loss, (loss, grad) or the bound's)."""
         out = self.compiled(*self.args)
         if self.setting == "in_step":
             grad = out[1] if isinstance(out, tuple) else out
             self.args[2] = grad  # the next call donates this buffer again
-        jax.block_until_ready(out)
+        return jax.block_until_ready(out)
 
 
 def prepare(name: str, setting: str, logits, labels) -> tuple[Prepared, float, str]:
     """Compiles ``name`` for ``setting``; returns it, compile seconds and a note."""
-    if setting == "outside":
-        fn, donate = _outside(name)
-        args = [logits, labels]
-    else:
-        fn, donate = _in_step(name)
-        args = [logits, labels, jnp.zeros_like(logits)]
+    if setting not in _BUILDERS:
+        raise ValueError(f"setting must be one of {sorted(_BUILDERS)}, got {setting!r}")
+    fn, donate = _BUILDERS[setting](name)
+    args = [logits, labels]
+    if setting == "in_step":
+        args.append(jnp.zeros_like(logits))
     start = time.perf_counter()
     compiled = jax.jit(fn, donate_argnums=donate, keep_unused=True).lower(*args).compile()
     compile_s = time.perf_counter() - start

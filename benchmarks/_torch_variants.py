@@ -9,6 +9,9 @@
   in-program buffer reuse on CPU (its allocator hands large blocks back to the OS), so this is the
   analogue of XLA reusing the gradient buffer inside a training step: eager kernels, no
   allocation, no page faults.
+- ``torch_eager`` / ``torch_compile`` (setting ``forward``): ``F.cross_entropy(logits, labels)``
+  (plain or under ``torch.compile``) under ``torch.no_grad()`` on logits that do not require a
+  gradient, as in evaluation: the loss value only.
 """
 
 from __future__ import annotations
@@ -66,11 +69,30 @@ class Autograd:
     logits: torch.Tensor
     labels: torch.Tensor
 
-    def call(self) -> None:
+    def call(self) -> torch.Tensor:
         loss = self.loss_fn(self.logits, self.labels)
         (grad,) = torch.autograd.grad(loss, self.logits)
         _sync()
         del grad
+        return loss.detach()
+
+
+@dataclass
+class NoGrad:
+    """One call: the loss alone, under ``torch.no_grad()``, of logits that need no gradient."""
+
+    loss_fn: Callable
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self):
+        self.logits = self.logits.detach()
+
+    def call(self) -> torch.Tensor:
+        with torch.no_grad():
+            loss = self.loss_fn(self.logits, self.labels)
+        _sync()
+        return loss
 
 
 @dataclass
@@ -98,9 +120,12 @@ class OutBuffers:
         _sync()
 
 
-def prepare(name: str, logits, labels) -> Autograd | OutBuffers:
-    """The call of ``name``; torch.compile compiles lazily, on the first call."""
+def prepare(name: str, setting: str, logits, labels) -> Autograd | NoGrad | OutBuffers:
+    """The call of ``name`` in ``setting``; torch.compile compiles lazily, on the first call."""
+    if name not in NAMES:
+        raise ValueError(f"variant must be one of {NAMES}, got {name!r}")
     if name == "torch_eager_out":
         return OutBuffers(logits, labels)
     loss_fn = torch.compile(_ce) if name == "torch_compile" else _ce
-    return Autograd(loss_fn, logits, labels)
+    call = NoGrad if setting == "forward" else Autograd
+    return call(loss_fn, logits, labels)

@@ -1,14 +1,15 @@
-"""Cross-entropy forward+backward against optax, torch and the memory-bandwidth limit.
+"""Cross-entropy (with its gradient, or alone) against optax, torch and the bandwidth limit.
 
 ``python -m benchmarks.loss [--quick] [--json FILE]``
 
 Every variant computes the float32 mean cross-entropy of (N, C) logits with integer class labels
-and its gradient with respect to the logits. Each (shape, setting, variant) runs in a fresh
-process pinned to ``--threads`` CPUs (XLA sizes its thread pool from the affinity mask; torch
-gets ``torch.set_num_threads``), compiles first (compile time reported apart), warms up, then
-times ``--repeats`` calls; ``--rounds`` repeats the whole sweep interleaved and pools the
-timings. Reported: median and IQR in ms, peak memory (see ``benchmarks._child``), the speed-up
-over torch eager and the time as a multiple of the bandwidth bound of the same setting.
+and, in the settings ``outside`` and ``in_step``, its gradient with respect to the logits. Each
+(shape, setting, variant) runs in a fresh process pinned to ``--threads`` CPUs (XLA sizes its
+thread pool from the affinity mask; torch gets ``torch.set_num_threads``), compiles first
+(compile time reported apart), warms up, then times ``--repeats`` calls; ``--rounds`` repeats
+the whole sweep interleaved and pools the timings. Reported: median and IQR in ms, peak memory
+(see ``benchmarks._child``), the speed-up over torch eager and the time as a multiple of the
+bandwidth bound of the same setting.
 
 Settings:
 
@@ -25,11 +26,20 @@ Settings:
   Torch has no in-program buffer reuse on CPU; its analogue, ``torch_eager_out``, runs the same
   ATen kernels as the eager autograd call with out= buffers allocated once (no faults either).
   The harness warms up until two calls in a row take no page faults.
+- ``forward``: the loss value alone, as in evaluation: the ``jax.jit`` of the loss (no gradient;
+  ``jnp_autodiff`` is its textbook formula; ``jaxce_autodiff`` is not run, its forward is
+  jaxce's). Torch: ``F.cross_entropy`` under ``torch.no_grad()`` on logits that do not require
+  a gradient, eager and under ``torch.compile``. The result is a scalar; any (N, C) temporary a
+  variant writes (eager torch's log-softmax, for one) is part of its time, page faults included.
 
 Limits (JAX, same setting, same process rules): ``bound_copy`` reads the logits once and writes
 a same-size array (``x * 2``; in_step into the donated buffer), the memory-bandwidth bound of a
 loss+gradient; ``bound_exp`` is one ``exp`` over the logits, the cost of the one transcendental
-pass a softmax cannot avoid.
+pass a softmax cannot avoid (both in ``outside`` and ``in_step``). ``bound_read`` (``forward``
+only) is ``jnp.max(x, axis=-1)``: one read of the logits and N floats written, the cheapest row
+reduction (no transcendental); a loss value must read every logit at least once, so this is its
+bandwidth bound. "jaxce / bound" divides by ``bound_copy`` in the first two settings and by
+``bound_read`` in ``forward``.
 """
 
 from __future__ import annotations
@@ -49,7 +59,7 @@ from benchmarks import _report
 
 SHAPES = ((65536, 10), (8192, 1000), (4096, 32768), (1024, 131072))
 QUICK_SHAPES = ((8192, 1000), (512, 32768))
-SETTINGS = ("outside", "in_step")
+SETTINGS = ("outside", "in_step", "forward")
 VARIANTS = (
     "jaxce",
     "jaxce_autodiff",
@@ -60,10 +70,20 @@ VARIANTS = (
     "torch_eager_out",
     "bound_copy",
     "bound_exp",
+    "bound_read",
 )
-QUICK_VARIANTS = ("jaxce", "optax", "torch_eager", "torch_eager_out", "bound_copy")
-# Variants that exist in one setting only (torch's calls differ between the settings).
-ONLY_IN = {"torch_eager": "outside", "torch_compile": "outside", "torch_eager_out": "in_step"}
+QUICK_VARIANTS = ("jaxce", "optax", "torch_eager", "torch_eager_out", "bound_copy", "bound_read")
+# Variants that run in some settings only (others run in all): torch's calls differ between the
+# settings, jaxce_autodiff's forward is jaxce's, and each setting has its own bounds.
+ONLY_IN = {
+    "jaxce_autodiff": ("outside", "in_step"),
+    "torch_eager": ("outside", "forward"),
+    "torch_compile": ("outside", "forward"),
+    "torch_eager_out": ("in_step",),
+    "bound_copy": ("outside", "in_step"),
+    "bound_exp": ("outside", "in_step"),
+    "bound_read": ("forward",),
+}
 
 
 @dataclass(frozen=True)
@@ -90,7 +110,7 @@ def _shape(text: str) -> tuple[int, int]:
 def parse_args(argv: list[str] | None = None) -> Config:
     doc = __doc__.split("\n")[0]
     p = argparse.ArgumentParser(prog="python -m benchmarks.loss", description=doc)
-    p.add_argument("--quick", action="store_true", help="2 small shapes, 5 variants, <1 minute")
+    p.add_argument("--quick", action="store_true", help="2 small shapes, 6 variants, <1 minute")
     p.add_argument("--json", dest="json_path", metavar="FILE", help="write everything here")
     p.add_argument("--shapes", type=_shape, nargs="+", metavar="NxC")
     p.add_argument("--settings", nargs="+", choices=SETTINGS)
@@ -126,18 +146,22 @@ def _machine() -> dict:
     }
 
 
-def run(cfg: Config) -> dict:
-    """Runs every job ``cfg.rounds`` times, interleaved, and summarizes."""
-    jobs = [
+def jobs(cfg: Config) -> list[tuple[tuple[int, int], str, str]]:
+    """(shape, setting, variant) of one round: the chosen variants that run in each setting."""
+    return [
         (shape, setting, variant)
         for shape in cfg.shapes
         for setting in cfg.settings
         for variant in cfg.variants
-        if ONLY_IN.get(variant, setting) == setting
+        if setting in ONLY_IN.get(variant, SETTINGS)
     ]
+
+
+def run(cfg: Config) -> dict:
+    """Runs every job ``cfg.rounds`` times, interleaved, and summarizes."""
     records: dict[tuple[str, str, str], list[dict]] = {}
     for _, (shape, setting, variant) in tqdm(
-        [(r, job) for r in range(cfg.rounds) for job in jobs], desc="variants", unit="proc"
+        [(r, job) for r in range(cfg.rounds) for job in jobs(cfg)], desc="variants", unit="proc"
     ):
         spec = h.Spec(variant, setting, *shape, cfg.repeats, cfg.warmup, cfg.threads)
         result = h.run_child(spec, timeout_s=cfg.timeout_s)

@@ -6,15 +6,18 @@ import json
 
 import pytest
 
-from benchmarks import _harness, _report
+from benchmarks import _harness, _jax_variants, _report, _torch_variants
 from benchmarks import loss as bench
+from tests.tolerances import assert_close
+
+TINY_VARIANTS = ("jaxce", "torch_eager", "bound_copy", "bound_read")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> dict:
-    """One real run of the CLI on a 64x16 problem (5 fresh processes, one timed call each)."""
+    """One real run of the CLI on a 64x16 problem (8 fresh processes, one timed call each)."""
     path = tmp_path_factory.mktemp("bench") / "loss.json"
-    argv = ["--shapes", "64x16", "--variants", "jaxce", "torch_eager", "bound_copy"]
+    argv = ["--shapes", "64x16", "--variants", *TINY_VARIANTS]
     argv += ["--repeats", "1", "--warmup", "1", "--rounds", "1", "--json", str(path)]
     bench.main(argv)
     with open(path) as f:
@@ -31,7 +34,8 @@ def test_json_top_level_schema(tiny_run):
 def test_every_job_ran_once_with_timing_and_memory(tiny_run):
     jobs = {(r["setting"], r["variant"]) for r in tiny_run["results"]}
     expected = {("outside", v) for v in ("jaxce", "torch_eager", "bound_copy")}
-    expected |= {("in_step", v) for v in ("jaxce", "bound_copy")}  # torch_eager: outside only
+    expected |= {("in_step", v) for v in ("jaxce", "bound_copy")}  # torch_eager_out in a step
+    expected |= {("forward", v) for v in ("jaxce", "torch_eager", "bound_read")}
     assert jobs == expected
     for r in tiny_run["results"]:
         assert r["ok"], r
@@ -51,9 +55,25 @@ def test_summary_ratios_follow_the_medians(tiny_run):
     assert "speedup_vs_torch_eager" not in in_step  # its reference (torch_eager_out) did not run
 
 
+def test_forward_ratios_use_its_reference_and_read_bound(tiny_run):
+    cell = tiny_run["summary"]["64x16"]["forward"]
+    med = cell["median_ms"]
+    assert cell["torch_eager_reference"] == "torch_eager" and cell["bound"] == "bound_read"
+    assert cell["speedup_vs_torch_eager"]["jaxce"] == pytest.approx(
+        med["torch_eager"] / med["jaxce"]
+    )
+    assert cell["x_bound_read"]["jaxce"] == pytest.approx(med["jaxce"] / med["bound_read"])
+    assert "x_bound_copy" not in cell
+    row = next(line for line in tiny_run["table_markdown"].splitlines() if "| forward |" in line)
+    assert row.endswith(f"| {cell['x_bound_read']['jaxce']:.2f} (read) |")
+
+
 def test_headline_quotes_jaxce_ratios(tiny_run):
     rows = {row["setting"]: row for row in tiny_run["headline"]}
-    assert set(rows) == {"outside", "in_step"}
+    assert set(rows) == {"outside", "in_step", "forward"}
+    assert rows["forward"]["jaxce_x_bound_read"] == pytest.approx(
+        rows["forward"]["ms"]["jaxce"] / rows["forward"]["ms"]["bound_read"], rel=1e-2
+    )
     outside = rows["outside"]
     ms = outside["ms"]
     assert outside["jaxce_speedup_vs_torch_eager"] == pytest.approx(
@@ -65,7 +85,23 @@ def test_headline_quotes_jaxce_ratios(tiny_run):
 def test_targets_listed_per_setting(tiny_run):
     names = {(t["setting"], t["target"]) for t in tiny_run["targets"]}
     assert ("outside", "jaxce >= 2x faster than torch eager") in names
+    assert ("forward", "jaxce >= 2x faster than torch eager") in names
     assert all(t["met"] in (True, False, None) for t in tiny_run["targets"])
+
+
+def test_bound_target_only_in_step():
+    times = {"jaxce": 2.5, "optax": 5.0, "torch_eager": 10.0, "torch_eager_out": 10.0}
+    times |= {"bound_copy": 1.0, "bound_read": 1.0}
+    combined = {
+        ("8x4096", setting, v): {"ok": True, "time": _harness.stats_dict([t / 1e3])}
+        for setting in bench.SETTINGS
+        for v, t in times.items()
+    }
+    rows = _report.check_targets(_report.summarize(combined))
+    targets = {s: [r["target"] for r in rows if r["setting"] == s] for s in bench.SETTINGS}
+    both = ["jaxce >= 2x faster than torch eager", "jaxce time <= optax"]
+    assert targets == {"outside": both, "in_step": [*both, "jaxce <= 3x bound"], "forward": both}
+    assert all(r["met"] for r in rows)
 
 
 def test_failed_variant_is_reported_not_raised():
@@ -97,4 +133,29 @@ def test_bad_shape_is_rejected():
 def test_quick_config_is_small():
     cfg = bench.parse_args(["--quick"])
     assert cfg.rounds == 1 and cfg.repeats <= 3
-    assert len(cfg.shapes) * len(cfg.settings) * len(cfg.variants) <= 20
+    assert cfg.settings == ("outside", "in_step", "forward")
+    assert len(bench.jobs(cfg)) <= 24
+
+
+def test_forward_runs_only_its_variants():
+    cfg = bench.parse_args(["--shapes", "8x4", "--settings", "forward"])
+    assert [v for _, _, v in bench.jobs(cfg)] == [
+        "jaxce", "jnp_autodiff", "optax", "torch_eager", "torch_compile", "bound_read"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", ["jaxce", "jnp_autodiff", "optax"])
+def test_jax_forward_variants_return_the_loss(variant):
+    logits, labels = _jax_variants.make_inputs(32, 8, seed=1)
+    prepared, _, _ = _jax_variants.prepare(variant, "forward", logits, labels)
+    expected = _jax_variants.prepare("optax", "outside", logits, labels)[0].call()[0]
+    assert_close(prepared.call(), expected, dtype="float32", quantity="loss")
+
+
+def test_torch_forward_is_the_no_grad_loss():
+    logits, labels = _torch_variants.make_inputs(32, 8, seed=1)
+    prepared = _torch_variants.prepare("torch_eager", "forward", logits, labels)
+    loss = prepared.call()
+    assert not loss.requires_grad and loss.grad_fn is None
+    expected = _torch_variants.prepare("torch_eager", "outside", logits, labels).call()
+    assert_close(loss.numpy(), expected.numpy(), dtype="float32", quantity="loss")
