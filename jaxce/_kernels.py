@@ -51,10 +51,13 @@ def capped(opts: Options, logits: jax.Array, ct) -> jax.Array:
     return xs
 
 
-def _shifted(opts: Options, logits: jax.Array, ct) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Returns (s, m, lse0): shifted (soft-capped) logits, row max and shifted log-sum-exp."""
+def _shifted(opts: Options, logits, ct, autodiff) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns (s, m, lse0): shifted (soft-capped) logits, row max and shifted log-sum-exp.
+
+    ``autodiff``: the caller is differentiated by plain autodiff (see ``row_stats``).
+    """
     xs = capped(opts, logits, ct)
-    m, lse0 = row_stats(xs, opts.axis)
+    m, lse0 = row_stats(xs, opts.axis, autodiff=autodiff)
     return xs - m, m, lse0
 
 
@@ -92,10 +95,10 @@ def _index_terms(opts, logits, m, lse0, labels, weight, ct) -> IndexTerms:
     return IndexTerms(y, in_range, onehot, w_y, lse0 - s_y)
 
 
-def _index_forward(opts: Options, logits, labels, weight, mask):
+def _index_forward(opts: Options, logits, labels, weight, mask, autodiff=False):
     ct = compute_dtype(logits.dtype)
     eps, num_classes = opts.label_smoothing, logits.shape[opts.axis]
-    s, m, lse0 = _shifted(opts, logits, ct)
+    s, m, lse0 = _shifted(opts, logits, ct, autodiff)
     t = _index_terms(opts, logits, m, lse0, labels, weight, ct)
     smooth = None
     if eps:
@@ -202,9 +205,9 @@ def _soft_target(opts, logits, labels, weight, ct):
     return tt, wb, (tt if wb is None else tt * wb)
 
 
-def _soft_forward(opts: Options, logits, labels, weight, mask):
+def _soft_forward(opts: Options, logits, labels, weight, mask, autodiff=False):
     ct = compute_dtype(logits.dtype, labels.dtype)
-    s, m, lse0 = _shifted(opts, logits, ct)
+    s, m, lse0 = _shifted(opts, logits, ct, autodiff)
     _, _, q = _soft_target(opts, logits, labels, weight, ct)
     loss = jnp.sum(q * _neg_log_p(lse0, s, q), axis=opts.axis, keepdims=True)
     q_sum = jnp.sum(q, axis=opts.axis, keepdims=True)
@@ -256,9 +259,9 @@ soft_rows.defvjp(_soft_rows_fwd, _soft_rows_bwd)
 
 def plain_index_rows(opts: Options, logits, labels, weight, mask):
     """The same math as ``index_rows`` without the custom VJP: every autodiff mode works."""
-    return _index_forward(opts, logits, labels, weight, mask)[0]
+    return _index_forward(opts, logits, labels, weight, mask, autodiff=True)[0]
 
 
 def plain_soft_rows(opts: Options, logits, labels, weight, mask):
     """The same math as ``soft_rows`` without the custom VJP: every autodiff mode works."""
-    return _soft_forward(opts, logits, labels, weight, mask)[0]
+    return _soft_forward(opts, logits, labels, weight, mask, autodiff=True)[0]

@@ -37,9 +37,15 @@ CPU_FEW_CLASSES = 128  # below this, rows are too short to split: share exp(s) i
 _MAX_PARTS = 64  # beyond this (a large prime C), the plain form: correct, slower on CPU
 
 
-def row_stats(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-    """(m, lse0) of ``xs`` along ``axis``, both with ``axis`` kept at size 1."""
-    cpu = _shared_exp if xs.shape[axis] < CPU_FEW_CLASSES else _split
+def row_stats(xs: jax.Array, axis: int, *, autodiff: bool = False) -> tuple[jax.Array, jax.Array]:
+    """(m, lse0) of ``xs`` along ``axis``, both with ``axis`` kept at size 1.
+
+    ``autodiff=True`` when plain autodiff differentiates the result: its backward pass needs
+    ``exp(xs - m)`` anyway, so on CPU that is written out once and summed (the split's per-part
+    exponentials would be saved and rescaled instead, three times slower in a step).
+    """
+    few = xs.shape[axis] < CPU_FEW_CLASSES
+    cpu = _shared_exp if few or autodiff else _split
     return lax.platform_dependent(
         xs,
         cpu=functools.partial(cpu, axis=axis),

@@ -159,3 +159,29 @@ def test_torch_forward_is_the_no_grad_loss():
     assert not loss.requires_grad and loss.grad_fn is None
     expected = _torch_variants.prepare("torch_eager", "outside", logits, labels).call()
     assert_close(loss.numpy(), expected.numpy(), dtype="float32", quantity="loss")
+
+
+@pytest.mark.parametrize(
+    ("variant", "setting", "reads", "writes"),
+    [
+        pytest.param("bound_copy", "in_step", 1, 1, id="bound-copy"),
+        pytest.param("bound_read", "forward", 1, 0, id="bound-read"),
+        # The CPU kernel's memory plan (jaxce._row_stats): max, sum of exp, then the gradient.
+        pytest.param("jaxce", "in_step", 3, 1, id="jaxce-step"),
+        pytest.param("jaxce", "forward", 2, 0, id="jaxce-forward"),
+    ],
+)
+def test_profile_counts_passes_over_the_logits(variant, setting, reads, writes):
+    """The HLO pass counter on real compiled variants (256x40000: 2 parts per row on CPU)."""
+    from benchmarks import _profile
+
+    rows = _profile.passes(_jax_variants.hlo_text(variant, setting, 256, 40000), 256, 40000)
+    assert (sum(r.reads for r in rows), sum(r.writes for r in rows)) == (reads, writes)
+
+
+def test_profile_reductions_table():
+    from benchmarks import _profile
+
+    table = _profile.reductions(total=1 << 17, repeats=1)
+    assert [c for c, _, _ in table] == [1024, 8192, 32768, 65536, 131072]
+    assert all(plain > 0 and fused > 0 for _, plain, fused in table)
