@@ -74,6 +74,13 @@ def test_split_matches_plain_and_float64(rng, shape, axis):
 
 
 @pytest.mark.parametrize(
+    "num_classes",
+    [
+        pytest.param(4096, id="C4096-one-part"),
+        pytest.param(70000, id="C70000-four-parts"),
+    ],
+)
+@pytest.mark.parametrize(
     "options",
     [
         pytest.param({}, id="plain"),
@@ -81,11 +88,12 @@ def test_split_matches_plain_and_float64(rng, shape, axis):
         pytest.param({"softcap": 30.0, "reduction": "sum"}, id="softcap-sum"),
     ],
 )
-def test_cross_entropy_on_split_rows(rng, options):
-    """Loss and logits gradient at C = 70000 (4 parts on CPU) against the float32 reference."""
-    x = jnp.asarray(rng.normal(size=(6, 70000)).astype(np.float32) * 5)
-    x = x.at[1, :17500].set(-jnp.inf)  # the first part of a row, including no label
-    labels = jnp.asarray([3, 69999, -100, 17500, 40000, 0])
+def test_cross_entropy_on_split_rows(rng, num_classes, options):
+    """Loss and logits gradient with the CPU split (4 parts of 17500, or a reshape to 1 part)."""
+    part = num_classes // max(num_parts(num_classes), 2)  # a part, or half the row
+    x = jnp.asarray(rng.normal(size=(6, num_classes)).astype(np.float32) * 5)
+    x = x.at[1, :part].set(-jnp.inf)  # the first part of a row (its label lies beyond)
+    labels = jnp.asarray([3, num_classes - 1, -100, part, num_classes // 2 + 1, 0])
     got, grad = jax.value_and_grad(lambda x: loss.cross_entropy(x, labels, **options))(x)
     want, want_grad = jax.value_and_grad(lambda x: reference_cross_entropy(x, labels, **options))(x)
     assert_close(got, want, dtype="float32", quantity="loss")
