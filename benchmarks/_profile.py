@@ -11,9 +11,10 @@ writes each HLO text. ``--setting forward`` profiles the loss value alone.
 
 ``python -m benchmarks._profile --reductions`` times the backend's row reductions instead: for
 rows of 1k to 128k classes (64 Mi float32 elements in all), ``sum(x)`` against
-``sum(exp(x - m))``, in ns per element. On XLA:CPU this is the table behind
-``jaxce._row_stats``: the fused exponential is cheap on rows of up to 32768 classes and about
-10x dearer on longer rows.
+``sum(exp(x - m))`` and against a one-pass (online) max and sum of exp, a variadic
+``lax.reduce``, in ns per element. On XLA:CPU this is the table behind ``jaxce._row_stats``:
+the fused exponential is cheap on rows of up to 32768 classes and about 10x dearer on longer
+rows, and the one-pass form is dearer still, so the row max stays a pass of its own.
 """
 
 from __future__ import annotations
@@ -64,10 +65,11 @@ def _big_exps(body: str, size: int) -> int:
     return sum(_size(shape) == size for shape in found)
 
 
-def reductions(total: int = 1 << 26, repeats: int = 7) -> list[tuple[int, float, float]]:
-    """(row length, ns per element of sum(x), of sum(exp(x - m))) over rows of 1k..128k."""
+def reductions(total: int = 1 << 26, repeats: int = 7) -> list[tuple[int, ...]]:
+    """(row length, ns per element of sum(x), sum(exp(x - m)), one-pass max-and-sum-exp)."""
     import jax
     import jax.numpy as jnp
+    from jax import lax
 
     def timed(fn, *args) -> float:
         compiled = jax.jit(fn).lower(*args).compile()
@@ -78,13 +80,21 @@ def reductions(total: int = 1 << 26, repeats: int = 7) -> list[tuple[int, float,
             times.append(time.perf_counter() - start)
         return sorted(times)[repeats // 2] * 1e9 / total
 
+    def online(a, b):  # (max, sum of exp) of two partial results, as an online softmax needs
+        m = jnp.maximum(a[0], b[0])
+        return m, a[1] * jnp.exp(a[0] - m) + b[1] * jnp.exp(b[0] - m)
+
+    def one_pass(x):
+        init = (jnp.float32(-jnp.inf), jnp.float32(0))
+        return lax.reduce((x, jnp.ones_like(x)), init, online, (1,))
+
     out = []
     for c in (1024, 8192, 32768, 65536, 131072):
         x = jax.random.normal(jax.random.key(0), (total // c, c), jnp.float32)
         m = jnp.max(x, axis=-1, keepdims=True)
         plain = timed(lambda x: jnp.sum(x, axis=-1), x)
         fused = timed(lambda x, m: jnp.sum(jnp.exp(x - m), axis=-1), x, m)
-        out.append((c, plain, fused))
+        out.append((c, plain, fused, timed(one_pass, x)))
     return out
 
 
@@ -117,9 +127,9 @@ def passes(hlo: str, n: int, c: int) -> list[Pass]:
 
 
 def _print_reductions() -> None:
-    print("classes per row   sum(x) ns/elem   sum(exp(x - m)) ns/elem   ratio")
-    for c, plain, fused in reductions():
-        print(f"{c:>15}   {plain:>14.3f}   {fused:>23.3f}   {fused / plain:>5.1f}")
+    print("classes per row | sum(x) | sum(exp(x - m)) | one-pass max and sum(exp) (ns/element)")
+    for c, plain, fused, one_pass in reductions():
+        print(f"{c:>15} | {plain:>6.3f} | {fused:>15.3f} | {one_pass:>9.3f}")
 
 
 def _print_passes(shape: str, setting: str, variants: list[str], dump: str | None) -> None:
