@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxce._row_stats import row_stats, softmax
+from jaxce._row_stats import row_stats, shifted_sum, softmax
 
 
 class Options(NamedTuple):
@@ -102,9 +102,11 @@ def _index_forward(opts: Options, logits, labels, weight, mask, autodiff=False):
     t = _index_terms(opts, logits, m, lse0, labels, weight, ct)
     smooth = None
     if eps:
-        wb = None if weight is None else _class_vector(weight.astype(ct), opts.axis, s.ndim)
-        d = _neg_log_p(lse0, s, wb)
-        smooth = jnp.sum(d if wb is None else wb * d, axis=opts.axis, keepdims=True)
+        if weight is None:  # sum_c (lse0 - s_c), summed without an (N, C) temporary on CPU
+            smooth = num_classes * lse0 - shifted_sum(capped(opts, logits, ct), m, opts.axis)
+        else:
+            wb = _class_vector(weight.astype(ct), opts.axis, s.ndim)
+            smooth = jnp.sum(wb * _neg_log_p(lse0, s, wb), axis=opts.axis, keepdims=True)
     keep = jnp.expand_dims(mask, opts.axis)
     loss = index_loss(opts, num_classes, t, m, lse0, smooth, keep, weighted=weight is not None)
     return jnp.squeeze(loss, opts.axis), (m, lse0)

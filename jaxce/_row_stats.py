@@ -72,6 +72,49 @@ def _softmax_shared(s, lse0):
     return jnp.exp(s) * lax.optimization_barrier(jnp.exp(-lse0))
 
 
+def shifted_sum(xs: jax.Array, m: jax.Array, axis: int) -> jax.Array:
+    """``sum(xs - m)`` along ``axis`` (kept at size 1), ``m`` a row term of ``row_stats``.
+
+    On CPU the difference is formed on the parts view, so the fused reduction stays on the fast
+    path and ``xs - m`` is not written out (the label-smoothing term's sum).
+    """
+    return lax.platform_dependent(
+        xs,
+        m,
+        cpu=functools.partial(_shifted_sum_parts, axis=axis),
+        default=lambda xs, m: jnp.sum(xs - m, axis=axis, keepdims=True),
+    )
+
+
+def _shifted_sum_parts(xs: jax.Array, m: jax.Array, axis: int) -> jax.Array:
+    axis = axis % xs.ndim
+    parts, k = _parts_view(xs, axis, at_least=2)
+    return _add_parts(jnp.sum(parts - jnp.expand_dims(m, axis + 1), axis=axis + 1), axis, k)
+
+
+def _parts_view(xs: jax.Array, axis: int, at_least: int = 1) -> tuple[jax.Array, int]:
+    """``xs`` reshaped to (..., k, C / k, ...) along ``axis`` (non-negative), and ``k``.
+
+    ``at_least=2`` splits even rows that would fit in one part in two, so that the view's shape
+    differs from ``row_stats``'s and XLA does not merge the two reductions into one fusion
+    (which XLA:CPU runs on its slow path).
+    """
+    num_classes = xs.shape[axis]
+    k = num_parts(num_classes)
+    if k < at_least and num_classes % at_least == 0:
+        k = at_least
+    return xs.reshape((*xs.shape[:axis], k, num_classes // k, *xs.shape[axis + 1 :])), k
+
+
+def _add_parts(per_part: jax.Array, axis: int, k: int) -> jax.Array:
+    """Sums the k entries along ``axis`` one by one, keeping ``axis`` at size 1.
+
+    Not ``jnp.sum``: XLA would fold a sum over parts back into one long reduction.
+    """
+    pieces = [lax.slice_in_dim(per_part, j, j + 1, axis=axis) for j in range(k)]
+    return functools.reduce(jnp.add, pieces)
+
+
 def num_parts(num_classes: int) -> int:
     """The fewest equal parts of at most ``CPU_ROW_LIMIT`` classes (1 if none up to 64 divide)."""
     first = -(-num_classes // CPU_ROW_LIMIT)
@@ -98,16 +141,9 @@ def _shared_exp(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
 
 def _split(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
     axis = axis % xs.ndim
-    num_classes = xs.shape[axis]
-    k = num_parts(num_classes)
-    parts = xs.reshape((*xs.shape[:axis], k, num_classes // k, *xs.shape[axis + 1 :]))
+    parts, k = _parts_view(xs, axis)
     m_j = lax.stop_gradient(jnp.max(parts, axis=axis + 1, keepdims=True))  # -inf: empty part
     se_j = jnp.sum(jnp.exp(parts - jnp.where(m_j == -jnp.inf, 0, m_j)), axis=axis + 1)
     m = _safe_max(m_j, axis)
     m_j, m = jnp.squeeze(m_j, axis + 1), jnp.squeeze(m, axis + 1)
-    scaled = se_j * jnp.exp(m_j - m)  # a part of only -inf adds 0 * 0
-    # Part by part, not jnp.sum: XLA would fold a sum over parts back into one long reduction.
-    total = functools.reduce(
-        jnp.add, [lax.slice_in_dim(scaled, j, j + 1, axis=axis) for j in range(k)]
-    )
-    return m, jnp.log(total)
+    return m, jnp.log(_add_parts(se_j * jnp.exp(m_j - m), axis, k))  # -inf part: 0 * 0

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jaxce import loss
-from jaxce._row_stats import CPU_ROW_LIMIT, _plain, _split, num_parts
+from jaxce._row_stats import CPU_ROW_LIMIT, _plain, _split, num_parts, shifted_sum
 from tests.reference import reference_cross_entropy
 from tests.tolerances import assert_close
 
@@ -71,6 +71,24 @@ def test_split_matches_plain_and_float64(rng, shape, axis):
         top = np.where(np.isneginf(top), 0, top)
         expected = np.log(np.sum(np.exp(x64 - top), axis=axis, keepdims=True)) + top
     assert_close(lse0 + m, expected, dtype="float32", quantity="loss", context="split vs f64")
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis"),
+    [
+        pytest.param((5, 70000), 1, id="N70000-four-parts"),
+        pytest.param((5, 1000, 3), 1, id="NCd-1000-two-halves"),
+        pytest.param((5, 999), 1, id="odd-999-one-part"),
+    ],
+)
+def test_shifted_sum_matches_float64(rng, shape, axis):
+    """The label-smoothing sum ``sum(xs - m)`` in parts, -inf rows and parts included."""
+    x = _awkward_rows(rng, shape, axis)
+    m, _ = jax.jit(_plain, static_argnums=1)(x, axis)
+    got = jax.jit(shifted_sum, static_argnums=2)(x, m, axis)
+    with np.errstate(invalid="ignore"):
+        want = np.sum(np.asarray(x, np.float64) - np.asarray(m, np.float64), axis, keepdims=True)
+    assert_close(got, want, dtype="float32", quantity="loss")
 
 
 @pytest.mark.parametrize(
