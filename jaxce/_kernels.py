@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxce._row_stats import row_stats, shifted_sum, softmax
+from jaxce._row_stats import row_stats, shifted_sum, softmax, target_sum
 
 
 class Options(NamedTuple):
@@ -209,10 +209,12 @@ def _soft_target(opts, logits, labels, weight, ct):
 
 def _soft_forward(opts: Options, logits, labels, weight, mask, autodiff=False):
     ct = compute_dtype(logits.dtype, labels.dtype)
-    s, m, lse0 = _shifted(opts, logits, ct, autodiff)
+    _, m, lse0 = _shifted(opts, logits, ct, autodiff)
     _, _, q = _soft_target(opts, logits, labels, weight, ct)
-    loss = jnp.sum(q * _neg_log_p(lse0, s, q), axis=opts.axis, keepdims=True)
     q_sum = jnp.sum(q, axis=opts.axis, keepdims=True)
+    # sum_c q_c (lse0 - s_c), both terms >= 0 for q >= 0 (no cancellation)
+    xs = capped(opts, logits, ct)
+    loss = lse0 * q_sum - target_sum(q, xs, m, opts.axis, autodiff=autodiff)
     if opts.z_loss:
         loss = loss + opts.z_loss * jnp.square(lse0 + m)
     loss = jnp.where(jnp.expand_dims(mask, opts.axis), loss, 0)

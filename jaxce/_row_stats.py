@@ -1,8 +1,10 @@
-"""Row maximum, shifted log-sum-exp and softmax along the class axis, in each backend's fast form.
+"""The kernels' reductions along the class axis, each in its backend's fast form.
 
 ``row_stats(xs, axis)`` returns ``m = max(xs)`` (0 for a row of only -inf) and
 ``lse0 = log(sum(exp(xs - m)))``, both with the class axis kept at size 1;
-``softmax(s, lse0, axis)`` rebuilds ``exp(s - lse0)`` from them in the backward pass.
+``softmax(s, lse0, axis)`` rebuilds ``exp(s - lse0)`` from them in the backward pass;
+``shifted_sum`` (label smoothing) and ``target_sum`` (probability targets) are the other row
+sums of the forward pass.
 
 On GPU and TPU these are the textbook expressions. On CPU their form follows XLA:CPU's
 reduction kernels, measured on the 2-core benchmark machine
@@ -16,6 +18,9 @@ reduction kernels, measured on the 2-core benchmark machine
 - The split (a reshape, even for ``k = 1``) also keeps ``xs - m`` from being shared with the
   backward pass: shared, XLA writes it out as a [rows, classes] temporary, a write and a read
   of the whole logits. Forward and backward then make three reads and one write of the logits.
+- The same holds for every other row sum: each is formed on the parts view (at least two
+  parts, so it is not merged with ``row_stats``'s reduction into one slow fusion) and has no
+  elementwise select inside (``target_sum`` runs its guarded form only when needed).
 - With fewer than ``CPU_FEW_CLASSES`` classes per row the exponentials, not the memory
   passes, set the pace (measured at 8192x1000: 3.3-4.3 ms a step against 4.5-7.2 ms split;
   equal at 16384x2048); there the backward reuses the forward's ``exp(s)`` instead.
@@ -90,6 +95,48 @@ def _shifted_sum_parts(xs: jax.Array, m: jax.Array, axis: int) -> jax.Array:
     axis = axis % xs.ndim
     parts, k = _parts_view(xs, axis, at_least=2)
     return _add_parts(jnp.sum(parts - jnp.expand_dims(m, axis + 1), axis=axis + 1), axis, k)
+
+
+def target_sum(q: jax.Array, xs: jax.Array, m: jax.Array, axis: int, *, autodiff: bool):
+    """``sum(q * (xs - m))`` along ``axis`` (kept), with ``0 * -inf = 0`` (no mass, masked class).
+
+    On CPU the guard (a select) keeps XLA:CPU from fusing the reduction, which then writes
+    (N, C) temporaries; so the unguarded sum runs first, on the parts view, and the guarded
+    one only when a row came out NaN (a zero target on a -inf logit, or NaN inputs). Under
+    plain autodiff (``autodiff=True``) only the guarded form: the cotangent of the unused
+    unguarded sum would meet the same ``0 * -inf``.
+    """
+    if autodiff:
+        return _target_sum_guarded(q, xs, m, axis)
+    return lax.platform_dependent(
+        q,
+        xs,
+        m,
+        cpu=functools.partial(_target_sum_cpu, axis=axis),
+        default=functools.partial(_target_sum_guarded, axis=axis),
+    )
+
+
+def _target_sum_guarded(q, xs, m, axis):
+    s = xs - m
+    s = jnp.where((q == 0) & (s == -jnp.inf), 0, s)  # before the product: no 0 * inf in its VJP
+    return jnp.sum(q * s, axis=axis, keepdims=True)
+
+
+def _target_sum_cpu(q, xs, m, axis):
+    axis = axis % xs.ndim
+    q_parts, k = _parts_view(q, axis, at_least=2)
+    x_parts, _ = _parts_view(xs, axis, at_least=2)
+    per_part = jnp.sum(q_parts * (x_parts - jnp.expand_dims(m, axis + 1)), axis=axis + 1)
+    fast = _add_parts(per_part, axis, k)
+    return lax.cond(
+        jnp.any(jnp.isnan(fast)),
+        functools.partial(_target_sum_guarded, axis=axis),
+        lambda q, xs, m: fast,
+        q,
+        xs,
+        m,
+    )
 
 
 def _parts_view(xs: jax.Array, axis: int, at_least: int = 1) -> tuple[jax.Array, int]:

@@ -9,13 +9,23 @@ independent reference.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxce import loss
-from jaxce._row_stats import CPU_ROW_LIMIT, _plain, _split, num_parts, shifted_sum
+from jaxce._row_stats import (
+    CPU_ROW_LIMIT,
+    _plain,
+    _split,
+    _target_sum_guarded,
+    num_parts,
+    shifted_sum,
+    target_sum,
+)
 from tests.reference import reference_cross_entropy
 from tests.tolerances import assert_close
 
@@ -89,6 +99,30 @@ def test_shifted_sum_matches_float64(rng, shape, axis):
     with np.errstate(invalid="ignore"):
         want = np.sum(np.asarray(x, np.float64) - np.asarray(m, np.float64), axis, keepdims=True)
     assert_close(got, want, dtype="float32", quantity="loss")
+
+
+@pytest.mark.parametrize("case", ["no-inf", "zero-target-on-inf", "mass-on-inf"], ids=lambda c: c)
+@pytest.mark.parametrize("batched", [False, True], ids=["jit", "vmap"])
+def test_target_sum_fast_path_and_guard(rng, case, batched):
+    """The unguarded CPU sum, its NaN fallback to the guarded one, and vmap (cond -> select)."""
+    x = rng.normal(size=(4, 3000)).astype(np.float32)
+    q = rng.dirichlet(np.ones(3000), size=4).astype(np.float32)
+    if case != "no-inf":
+        x[1, :100] = -np.inf
+        q[1, :100] = 0.0
+    if case == "mass-on-inf":
+        q[2, 7], x[2, 7] = 0.25, -np.inf
+    x, q = jnp.asarray(x), jnp.asarray(q)
+    m, _ = _plain(x, 1)
+    fn = functools.partial(target_sum, axis=1, autodiff=False)
+    if batched:
+        got = jax.jit(jax.vmap(lambda q, x, m: fn(q[None], x[None], m[None])[0]))(q, x, m)
+    else:
+        got = jax.jit(fn)(q, x, m)
+    want = _target_sum_guarded(q, x, m, 1)
+    assert_close(got, want, dtype="float32", quantity="loss")
+    assert np.isneginf(np.asarray(got)[2, 0]) == (case == "mass-on-inf")
+    assert np.isfinite(np.asarray(got)[1, 0])
 
 
 @pytest.mark.parametrize(
