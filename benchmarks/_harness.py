@@ -182,3 +182,11 @@ def run_child(spec: Spec, *, timeout_s: float) -> dict:
             return json.loads(line[len(RESULT_MARKER) :])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
     return {"ok": False, "error": f"exit code {proc.returncode}: " + " | ".join(tail)}
+
+
+def write_json(path: str | None, doc: dict) -> None:
+    """Writes a benchmark's JSON document to ``path`` (nothing when None) and says so."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(doc, f, indent=1)
+        print(f"wrote {path}")

@@ -210,10 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     doc = {"command": "python -m benchmarks.linear " + " ".join(argv), "config": asdict(cfg)}
     doc.update(out, loadavg=[load, os.getloadavg()], wall_s=time.time() - started)
     print(json.dumps(out["summary"], indent=1))
-    if cfg.json_path:
-        with open(cfg.json_path, "w") as f:
-            json.dump(doc, f, indent=1)
-        print(f"wrote {cfg.json_path}")
+    h.write_json(cfg.json_path, doc)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ bandwidth bound. "jaxce / bound" divides by ``bound_copy`` in the first two sett
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -203,10 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     doc["wall_s"] = time.time() - started
     doc["table_markdown"] = _report.markdown(out["summary"], list(cfg.variants))
     print_report(out, cfg.variants)
-    if cfg.json_path:
-        with open(cfg.json_path, "w") as f:
-            json.dump(doc, f, indent=1)
-        print(f"wrote {cfg.json_path}")
+    h.write_json(cfg.json_path, doc)
 
 
 if __name__ == "__main__":

@@ -51,14 +51,13 @@ def capped(opts: Options, logits: jax.Array, ct) -> jax.Array:
     return xs
 
 
-def _shifted(opts: Options, logits, ct, autodiff) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Returns (s, m, lse0): shifted (soft-capped) logits, row max and shifted log-sum-exp.
+def _capped_stats(opts: Options, logits, ct, autodiff) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns (xs, m, lse0): soft-capped logits, row max and shifted log-sum-exp.
 
     ``autodiff``: the caller is differentiated by plain autodiff (see ``row_stats``).
     """
     xs = capped(opts, logits, ct)
-    m, lse0 = row_stats(xs, opts.axis, autodiff=autodiff)
-    return xs - m, m, lse0
+    return xs, *row_stats(xs, opts.axis, autodiff=autodiff)
 
 
 def _softcap_slope(opts: Options, s: jax.Array, m: jax.Array) -> jax.Array | float:
@@ -98,15 +97,15 @@ def _index_terms(opts, logits, m, lse0, labels, weight, ct) -> IndexTerms:
 def _index_forward(opts: Options, logits, labels, weight, mask, autodiff=False):
     ct = compute_dtype(logits.dtype)
     eps, num_classes = opts.label_smoothing, logits.shape[opts.axis]
-    s, m, lse0 = _shifted(opts, logits, ct, autodiff)
+    xs, m, lse0 = _capped_stats(opts, logits, ct, autodiff)
     t = _index_terms(opts, logits, m, lse0, labels, weight, ct)
     smooth = None
     if eps:
         if weight is None:  # sum_c (lse0 - s_c), summed without an (N, C) temporary on CPU
-            smooth = num_classes * lse0 - shifted_sum(capped(opts, logits, ct), m, opts.axis)
+            smooth = num_classes * lse0 - shifted_sum(xs, m, opts.axis)
         else:
-            wb = _class_vector(weight.astype(ct), opts.axis, s.ndim)
-            smooth = jnp.sum(wb * _neg_log_p(lse0, s, wb), axis=opts.axis, keepdims=True)
+            wb = _class_vector(weight.astype(ct), opts.axis, xs.ndim)
+            smooth = jnp.sum(wb * _neg_log_p(lse0, xs - m, wb), axis=opts.axis, keepdims=True)
     keep = jnp.expand_dims(mask, opts.axis)
     loss = index_loss(opts, num_classes, t, m, lse0, smooth, keep, weighted=weight is not None)
     return jnp.squeeze(loss, opts.axis), (m, lse0)
@@ -209,11 +208,10 @@ def _soft_target(opts, logits, labels, weight, ct):
 
 def _soft_forward(opts: Options, logits, labels, weight, mask, autodiff=False):
     ct = compute_dtype(logits.dtype, labels.dtype)
-    _, m, lse0 = _shifted(opts, logits, ct, autodiff)
+    xs, m, lse0 = _capped_stats(opts, logits, ct, autodiff)
     _, _, q = _soft_target(opts, logits, labels, weight, ct)
     q_sum = jnp.sum(q, axis=opts.axis, keepdims=True)
     # sum_c q_c (lse0 - s_c), both terms >= 0 for q >= 0 (no cancellation)
-    xs = capped(opts, logits, ct)
     loss = lse0 * q_sum - target_sum(q, xs, m, opts.axis, autodiff=autodiff)
     if opts.z_loss:
         loss = loss + opts.z_loss * jnp.square(lse0 + m)
