@@ -4,126 +4,117 @@
     python train.py --data-dir ../shared/data/mnist-mini          # offline: the four IDX files
     python train.py --dataset fashion_mnist --data-dir /usr/share/datasets/fashion-mnist
 
-Writes ``metrics.json`` and ``curves.png`` to ``--out`` (default ``runs/<timestamp>``).
+Writes ``metrics.json`` and ``curves.png`` to ``--out`` (default: a new ``runs/<timestamp>``).
+A bad flag is a usage error (exit status 2) before any work; a run that cannot go on (data, run
+directory, resume, a NaN loss, the other processes) ends with one ``train.py: error:`` line and
+exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
+import os
+import sys
+import types
+import typing
+from typing import Any, NoReturn
 
-from training import DATASETS, DataError
-from training._distributed import BatchSizeError
-from training._loop import LOSSES
-from training._resume import NonFiniteLossError, ResumeError
-from training._run import Config, train
+from training import Config, ConfigError, LaunchError, TrainingError, train
+
+PROG = "train.py"
+_FIELDS = {field.name: field for field in dataclasses.fields(Config)}
+_GROUP_HELP = {
+    "several processes": (
+        "Leave them out on one machine and under launchers that set them (SLURM srun, mpirun, "
+        "torchrun-style RANK/WORLD_SIZE/MASTER_ADDR, a Cloud TPU pod); otherwise give what the "
+        "launcher does not (a Kubernetes Indexed Job gives the process id only)."
+    ),
+}
+
+
+def flag(name: str) -> str:
+    """The flag of setting ``name`` (a `Config` field, e.g. ``learning_rate`` -> ``--lr``)."""
+    field = _FIELDS.get(name)
+    if field is None:
+        return name
+    return field.metadata.get("flag") or "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """train.py's flags, one per `Config` field: type, default, help and choices from it."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    hints = typing.get_type_hints(Config)
+    groups: dict[str, Any] = {}
+    for name, field in _FIELDS.items():
+        meta = field.metadata
+        group = parser
+        if "group" in meta:
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_argument_group(
+                    meta["group"], _GROUP_HELP.get(meta["group"])
+                )
+            group = groups[meta["group"]]
+        kwargs: dict[str, Any] = {"dest": name, "default": field.default}
+        kind, many = _value_type(hints[name])
+        default = field.default
+        if kind is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.update(type=kind, nargs="+" if many else None, metavar=meta.get("metavar"))
+            if "choices" in meta:
+                kwargs["choices"] = meta["choices"]
+        shown = (
+            " ".join(map(str, default)) if many else f"{default:g}" if kind is float else default
+        )
+        suffix = "" if default is None or kind is bool else f" (default {shown})"
+        kwargs["help"] = meta["help"].replace("%", "%%") + suffix
+        group.add_argument(flag(name), **kwargs)
+    return parser
+
+
+def _value_type(hint: Any) -> tuple[type, bool]:
+    """``(type of one value, whether the flag takes several)`` of a `Config` field's type."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return args[0], True
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return _value_type(args[0])
+    return hint, False
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
-    """The command line as a `Config`; ``--out`` defaults to ``runs/<timestamp>``."""
-    defaults = Config()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=defaults.batch_size,
-        help="global batch size (a multiple of the device count)",
-    )
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="Adam's learning rate")
-    parser.add_argument(
-        "--hidden",
-        type=int,
-        nargs="+",
-        default=list(defaults.hidden),
-        help="hidden layer widths, e.g. --hidden 256 128",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=defaults.seed,
-        help="fixes the initial parameters and the data order",
-    )
-    parser.add_argument("--dataset", choices=list(DATASETS), default=defaults.dataset)
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="read the four IDX files (gzipped or not) from DIR instead of "
-        "downloading through tensorflow-datasets",
-    )
-    parser.add_argument(
-        "--strict-checksums",
-        action="store_true",
-        help="a file whose SHA-256 differs from tensorflow-datasets' is an error",
-    )
-    parser.add_argument(
-        "--loss",
-        choices=LOSSES,
-        default=defaults.loss,
-        help="jaxce.loss.cross_entropy, or optax's for comparison",
-    )
-    parser.add_argument("--out", default=None, help="output directory (default runs/<timestamp>)")
-    parser.add_argument(
-        "--chunks",
-        type=int,
-        default=defaults.chunks,
-        help="compiled calls per epoch, i.e. progress-bar updates (1: one call)",
-    )
-    _add_resume_and_multihost_flags(parser, defaults)
-    args = vars(parser.parse_args(argv))
-    args["hidden"] = tuple(args["hidden"])
-    args["out"] = args["out"] or time.strftime("runs/%Y%m%d-%H%M%S")
+    """The command line as a `Config`; a bad value is a usage error naming its flag."""
+    parser = build_parser()
+    values = vars(parser.parse_args(argv))
+    if values["hidden"] is not None:
+        values["hidden"] = tuple(values["hidden"])
     try:
-        return Config(**{f.name: args[f.name] for f in dataclasses.fields(Config)})
-    except ValueError as err:  # a bad combination of flags: a usage error, not a traceback
-        parser.error(str(err))
+        return Config(**values)
+    except ConfigError as err:
+        parser.error(err.render(flag))
 
 
-def _add_resume_and_multihost_flags(parser: argparse.ArgumentParser, defaults: Config) -> None:
-    group = parser.add_argument_group("checkpoints and resume")
-    group.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=defaults.checkpoint_every,
-        metavar="K",
-        help="also checkpoint after every K-th step (0: only after each epoch)",
-    )
-    group.add_argument(
-        "--keep-checkpoints",
-        type=int,
-        default=defaults.keep_checkpoints,
-        metavar="N",
-        help="keep the newest N checkpoints (default %(default)s)",
-    )
-    group.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its latest good checkpoint",
-    )
-    group.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="delete the checkpoints of the run in --out and start over",
-    )
-    group = parser.add_argument_group(
-        "several processes",
-        "Give all three on every process; leave them out on one machine, and under SLURM, "
-        "Open MPI or on a Cloud TPU pod, where jax reads them from the environment.",
-    )
-    group.add_argument("--coordinator-address", metavar="HOST:PORT", help="process 0's address")
-    group.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
-    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1")
+def _fail(error: TrainingError, status: int) -> NoReturn:
+    print(f"{PROG}: error: {error.render(flag)}", file=sys.stderr, flush=True)
+    raise SystemExit(status)
+
+
+def _end_on_join_timeout(error: LaunchError) -> None:
+    print(f"{PROG}: error: {error.render(flag)}", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parses the flags and trains; bad data or batch size, a refused --out, a bad resume or a
-    NaN loss exit 1 with a one-line message."""
+    """Parses the flags and trains. A setting that does not fit the launcher, the devices or
+    the data exits 2; a run that cannot go on exits 1; each with one line saying why."""
     config = parse_args(argv)
     try:
-        train(config)
-    except (BatchSizeError, DataError, FileExistsError, ResumeError, NonFiniteLossError) as err:
-        raise SystemExit(f"train.py: error: {err}") from None
+        train(config, name=flag, on_join_timeout=_end_on_join_timeout)
+    except ConfigError as err:
+        _fail(err, 2)
+    except TrainingError as err:
+        _fail(err, 1)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import warnings
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from training._dataset import DATASETS, DataError, Dataset, check_dataset_name
+from training._dataset import DATASETS, Dataset, check_dataset_name
+from training._errors import DataError
 
 IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
@@ -70,7 +72,17 @@ TFDS_SHA256 = {
 
 
 class ChecksumWarning(UserWarning):
-    """A data file's SHA-256 differs from the one tensorflow-datasets registers for it."""
+    """A data file's SHA-256 differs from the one tensorflow-datasets registers for it.
+
+    Attributes:
+      path: the file.
+      actual: its SHA-256.
+      expected: the SHA-256 tensorflow-datasets registers for a file of that name.
+    """
+
+    def __init__(self, message: str, *, path: Path, actual: str, expected: str):
+        super().__init__(message)
+        self.path, self.actual, self.expected = path, actual, expected
 
 
 def load_idx_dir(
@@ -92,8 +104,9 @@ def load_idx_dir(
 
     Raises:
       DataError: a file is missing, unreadable, truncated, corrupt, has the wrong magic number,
-        images and labels differ in length, or (``strict_checksums``) a checksum does not match.
-      ValueError: an unknown ``dataset``.
+        images and labels differ in length, or (``strict_checksums``) a checksum does not match;
+        the message names the file.
+      ConfigError: an unknown ``dataset``.
 
     Warns:
       ChecksumWarning: a ``.gz`` file's SHA-256 differs from tensorflow-datasets' (for example
@@ -102,12 +115,15 @@ def load_idx_dir(
     check_dataset_name(dataset)
     root = Path(data_dir)
     if not root.is_dir():
-        raise DataError(f"--data-dir {root} is not a directory")
+        problem = "it is a file" if root.exists() else "it does not exist"
+        raise DataError(
+            "{@data_dir} {root} is not a directory ({problem})", root=root, problem=problem
+        )
     arrays = {}
     paths = {}
     for field, stem, magic in _FILES:
         path = _find(root, dataset, stem)
-        raw = path.read_bytes()
+        raw = _read(path)
         _check_sha256(path, raw, dataset, strict=strict_checksums)
         arrays[field] = _parse(path, raw, magic)
         paths[field] = path
@@ -115,11 +131,31 @@ def load_idx_dir(
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if len(images) != len(labels):
             raise DataError(
-                f"{paths[f'{split}_images']} holds {len(images)} images but "
-                f"{paths[f'{split}_labels']} holds {len(labels)} labels; the two files of a "
-                "split must come from the same release"
+                "{images_path} holds {images} images but {labels_path} holds {labels} labels; "
+                "the two files of a split must come from the same release",
+                images_path=paths[f"{split}_images"],
+                images=len(images),
+                labels_path=paths[f"{split}_labels"],
+                labels=len(labels),
+            )
+        if not len(images):
+            raise DataError(
+                "{path} holds no images; the {split} split must not be empty",
+                path=paths[f"{split}_images"],
+                split=split,
             )
     return Dataset(name=dataset, source=str(root), **arrays)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise DataError(
+            "{path}: cannot be read ({reason}); check that the file is readable",
+            path=path,
+            reason=err.strerror or err,
+        ) from None
 
 
 def _find(root: Path, dataset: str, stem: str) -> Path:
@@ -128,10 +164,13 @@ def _find(root: Path, dataset: str, stem: str) -> Path:
         for name in (f"{stem}.gz", stem):
             if (folder / name).is_file():
                 return folder / name
-    wanted = ", ".join(f"{s}[.gz]" for _, s, _ in _FILES)
     raise DataError(
-        f"{stem}[.gz] not found in {', '.join(map(str, folders))}. --data-dir must hold the "
-        f"four {DATASETS[dataset]} IDX files ({wanted}), gzipped or not."
+        "{stem}[.gz] not found in {folders}. {@data_dir} must hold the four {name} IDX files "
+        "({wanted}), gzipped or not.",
+        stem=stem,
+        folders=", ".join(map(str, folders)),
+        name=DATASETS[dataset],
+        wanted=", ".join(f"{s}[.gz]" for _, s, _ in _FILES),
     )
 
 
@@ -140,8 +179,10 @@ def _check_sha256(path: Path, raw: bytes, dataset: str, *, strict: bool) -> None
     if expected is None:
         if strict:
             raise DataError(
-                f"{path}: --strict-checksums, but tensorflow-datasets registers no SHA-256 for "
-                f"this file (only for the upstream .gz archives: {', '.join(TFDS_SHA256[dataset])})"
+                "{path}: {@strict_checksums}, but tensorflow-datasets registers no SHA-256 for "
+                "this file (only for the upstream .gz archives: {names})",
+                path=path,
+                names=", ".join(TFDS_SHA256[dataset]),
             )
         return
     actual = hashlib.sha256(raw).hexdigest()
@@ -153,8 +194,16 @@ def _check_sha256(path: Path, raw: bytes, dataset: str, *, strict: bool) -> None
         "contents passed the format checks)."
     )
     if strict:
-        raise DataError(message + " Rejected because of --strict-checksums.")
-    warnings.warn(message + " --strict-checksums makes this an error.", ChecksumWarning, 3)
+        raise DataError("{message} Rejected because of {@strict_checksums}.", message=message)
+    warnings.warn(
+        ChecksumWarning(
+            message + " strict_checksums=True makes this an error.",
+            path=path,
+            actual=actual,
+            expected=expected,
+        ),
+        stacklevel=3,
+    )
 
 
 def _parse(path: Path, raw: bytes, magic: int) -> np.ndarray:
@@ -163,41 +212,47 @@ def _parse(path: Path, raw: bytes, magic: int) -> np.ndarray:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
-            raise DataError(
-                f"{path}: not a readable gzip file ({err}); it is truncated or corrupt, "
-                "download it again"
+            raise _bad(
+                path,
+                f"not a readable gzip file ({err}); it is truncated or corrupt, download it again",
             ) from None
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     kind = "images" if magic == IMAGES_MAGIC else "labels"
     if len(raw) < 4:
-        raise DataError(f"{path}: {len(raw)} bytes, too short for an IDX header (truncated)")
+        raise _bad(path, f"{len(raw)} bytes, too short for an IDX header (truncated)")
     got = int.from_bytes(raw[:4], "big")
     if got != magic:
         hint = {IMAGES_MAGIC: " (an images file?)", LABELS_MAGIC: " (a labels file?)"}
-        raise DataError(
-            f"{path}: magic number 0x{got:08x}{hint.get(got, '')}, expected 0x{magic:08x} for an "
-            f"IDX {kind} file; the file is not what its name says, or is corrupt"
+        raise _bad(
+            path,
+            f"magic number 0x{got:08x}{hint.get(got, '')}, expected 0x{magic:08x} for an "
+            f"IDX {kind} file; the file is not what its name says, or is corrupt",
         )
     if len(raw) < header:
-        raise DataError(f"{path}: header cut short at {len(raw)} bytes (truncated)")
+        raise _bad(path, f"header cut short at {len(raw)} bytes (truncated)")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if kind == "images" and dims[1:] != (IMAGE_SIDE, IMAGE_SIDE):
-        raise DataError(f"{path}: images of {dims[1]}x{dims[2]} pixels, expected 28x28")
-    expected = int(np.prod(dims))
+        raise _bad(path, f"images of {dims[1]}x{dims[2]} pixels, expected 28x28")
+    expected = math.prod(dims)
     payload = len(raw) - header
     if payload != expected:
         problem = "truncated" if payload < expected else "corrupt (trailing bytes)"
-        raise DataError(
-            f"{path}: {payload} bytes of data after the header, which promises {expected} "
-            f"({' x '.join(map(str, dims))}); the file is {problem}"
+        raise _bad(
+            path,
+            f"{payload} bytes of data after the header, which promises {expected} "
+            f"({' x '.join(map(str, dims))}); the file is {problem}",
         )
     array = np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
     if kind == "labels":
         if array.size and int(array.max()) >= NUM_CLASSES:
             bad = int(np.argmax(array >= NUM_CLASSES))
-            raise DataError(
-                f"{path}: label {int(array[bad])} at index {bad} is outside 0..9; corrupt file"
+            raise _bad(
+                path, f"label {int(array[bad])} at index {bad} is outside 0..9; corrupt file"
             )
         return array.astype(np.int32)
     return array.copy()  # own, writable memory rather than a view of the file's bytes
+
+
+def _bad(path: Path, problem: str) -> DataError:
+    return DataError("{path}: {problem}", path=path, problem=problem)

@@ -33,6 +33,7 @@ from flax import nnx
 import jaxce.loss
 from training import _distributed
 from training._dataset import Dataset
+from training._errors import ConfigError
 from training._model import MLP
 
 LOSSES = ("jaxce", "optax")
@@ -102,7 +103,7 @@ def make_loss(name: str) -> Callable[..., jax.Array]:
     ``reduction`` is ``"mean"`` (over the unmasked rows) or ``"sum"``.
 
     Raises:
-      ValueError: an unknown ``name``.
+      ConfigError: an unknown ``name``.
     """
     if name == "jaxce":
         return lambda logits, labels, mask, *, reduction: jaxce.loss.cross_entropy(
@@ -116,7 +117,9 @@ def make_loss(name: str) -> Callable[..., jax.Array]:
             return total / jnp.maximum(jnp.sum(mask), 1) if reduction == "mean" else total
 
         return optax_loss
-    raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {name!r}")
+    raise ConfigError(
+        "{@loss} must be one of {choices}, got {got!r}", choices=", ".join(LOSSES), got=name
+    )
 
 
 def put_dataset(dataset: Dataset, mesh: jax.sharding.Mesh) -> DeviceData:
@@ -160,8 +163,9 @@ class Trainer:
       mesh: a 1-D mesh with axis ``"data"``; `training._distributed.make_mesh()` when None.
 
     Raises:
-      ValueError: a batch size that is not a positive multiple of the device count, a
-        non-positive ``num_train`` or learning rate, or an unknown loss.
+      ConfigError: a batch size that is not a positive multiple of the device count or is
+        larger than the training split, an empty training split, a learning rate that is not
+        positive and finite, bad hidden widths, or an unknown loss.
     """
 
     def __init__(
@@ -175,13 +179,19 @@ class Trainer:
         mesh: jax.sharding.Mesh | None = None,
     ):
         self.mesh = _distributed.make_mesh() if mesh is None else mesh
-        _distributed.check_batch_size(
-            batch_size, num_devices=self.mesh.devices.size, num_processes=jax.process_count()
-        )
         if num_train < 1:
-            raise ValueError(f"the training split must not be empty, got {num_train} examples")
-        if not learning_rate > 0:
-            raise ValueError(f"--lr must be positive, got {learning_rate}")
+            raise ConfigError("the training split must not be empty, got {n} examples", n=num_train)
+        _distributed.check_batch_size(
+            batch_size,
+            num_devices=self.mesh.devices.size,
+            num_processes=jax.process_count(),
+            num_train=num_train,
+        )
+        if not (math.isfinite(learning_rate) and learning_rate > 0):
+            raise ConfigError(
+                "{@learning_rate} must be a positive, finite number, got {got!r}",
+                got=learning_rate,
+            )
         self.hidden = tuple(hidden)
         self.batch_size = batch_size
         self.num_train = num_train
@@ -237,8 +247,9 @@ class Trainer:
         """int32 (steps_per_epoch * batch_size,): the epoch's example order, padded by wrapping."""
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _DATA_STREAM), epoch)
         order = jax.random.permutation(key, self.num_train).astype(jnp.int32)
-        pad = self.steps_per_epoch * self.batch_size - self.num_train
-        return jnp.concatenate([order, order[:pad]])
+        # The last batch is topped up with examples from the start of the order (masked out
+        # of the loss); `resize` repeats the order if that needs more than one copy.
+        return jnp.resize(order, self.steps_per_epoch * self.batch_size)
 
     def _run_steps(self, state: TrainState, data: DeviceData, order, start_step, num_steps):
         """Steps ``[start_step, start_step + num_steps)`` of the epoch whose order is ``order``."""

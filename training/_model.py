@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from training._errors import ConfigError
+
 NUM_PIXELS = 28 * 28
 NUM_CLASSES = 10
 
@@ -25,8 +27,10 @@ class MLP(nnx.Module):
     """
 
     def __init__(self, hidden: tuple[int, ...] = (128,), *, rngs: nnx.Rngs):
-        if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
-            raise ValueError(f"--hidden needs positive integer widths, got {hidden!r}")
+        if not hidden or any(
+            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden
+        ):
+            raise ConfigError("{@hidden} needs positive integer widths, got {got!r}", got=hidden)
         sizes = (NUM_PIXELS, *hidden, NUM_CLASSES)
         self.layers = nnx.List(
             [nnx.Linear(n_in, n_out, rngs=rngs) for n_in, n_out in itertools.pairwise(sizes)]

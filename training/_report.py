@@ -48,6 +48,16 @@ def describe_devices() -> dict[str, Any]:
     }
 
 
+def describe_backend(devices: dict[str, Any] | None = None) -> str:
+    """One line: the backend, the devices and processes, and jax's version."""
+    devices = describe_devices() if devices is None else devices
+    processes = devices["process_count"]
+    return (
+        f"backend {devices['backend']}: {devices['device_count']} x {devices['device_kind']}"
+        f"{f' over {processes} processes' if processes > 1 else ''} (jax {jax.__version__})"
+    )
+
+
 def versions() -> dict[str, str]:
     """Python's and the numerical packages' versions."""
     found = {"python": sys.version.split()[0]}

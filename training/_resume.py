@@ -1,19 +1,22 @@
-"""Checkpoints, resume, the run-directory guard and the NaN/inf stop, as a training run uses them.
+"""Resuming a run and checkpointing it as it goes; the stop at the first NaN or inf loss.
 
 A checkpoint holds the `TrainState` (parameters, Adam state, the current epoch's per-step
 losses) and, as JSON, where the run stands: the epoch, the step within it, the data-order seed
 (an epoch's example order is a function of the seed and the epoch alone, see
-`Trainer.epoch_order`), the settings that must not change on resume and the per-epoch history.
-One is written after every epoch and, with ``--checkpoint-every K``, after every K-th step
-(global count); the training calls are cut at those steps, which changes no result (running an
-epoch in one call or in several is bit-identical).
+`Trainer.epoch_order`), the settings that must not change on resume, the SHA-256 of the data
+(`Dataset.fingerprint`) and the per-epoch history. One is written after every epoch and, with
+``checkpoint_every=K``, after every K-th step (global count); the training calls are cut at
+those steps, which changes no result (running an epoch in one call or in several is
+bit-identical).
+
+Resuming takes the newest good checkpoint. When there is none, a run directory that holds a
+finished run (``metrics.json``) or checkpoints that were once complete (now damaged) is never
+started over: the resume is refused, saying what was found. Only a directory with nothing, or
+with unfinished writes alone, starts from scratch.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,77 +24,47 @@ from typing import Any
 import numpy as np
 
 from training import _checkpoint, _distributed
-from training._checkpoint import CHECKPOINT_DIR, RunCheckpoints
+from training._checkpoint import RunCheckpoints
+from training._errors import NonFiniteLossError, ResumeError
+from training._rundir import RUN_FILES
 
 # Settings a resumed run must share with the checkpoint; the others (epochs, chunks, paths,
 # checkpoint cadence, processes) may change between the two.
-MUST_MATCH = ("batch_size", "lr", "hidden", "seed", "dataset", "loss")
-
-
-class NonFiniteLossError(RuntimeError):
-    """A training step's loss was NaN or infinite; the run stopped before saving it."""
-
-
-class ResumeError(ValueError):
-    """The checkpoint to resume from does not fit this run's settings or data."""
-
-
-def prepare_run_dir(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
-    """Refuses to clobber an earlier run in ``out_dir``; with ``overwrite``, clears its checkpoints.
-
-    Call it on every process before training (it reads the shared run directory); only process 0
-    deletes anything.
-
-    Args:
-      out_dir: the run directory (``--out``).
-      resume: ``--resume``: an existing run is continued, so it is left alone.
-      overwrite: ``--overwrite``: an existing run's checkpoints are deleted and it starts over.
-
-    Raises:
-      ValueError: both ``resume`` and ``overwrite``.
-      FileExistsError: ``out_dir`` is not empty and neither flag is given.
-    """
-    out = Path(out_dir)
-    if resume and overwrite:
-        raise ValueError(
-            "--resume continues the run in --out and --overwrite deletes it; pass one of them"
-        )
-    if overwrite:
-        if _distributed.is_primary():
-            shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-        _distributed.barrier("jaxce_prepare_run_dir")
-    elif not resume and out.is_dir() and any(out.iterdir()):
-        raise FileExistsError(
-            f"--out {out} already holds a run ({', '.join(sorted(p.name for p in out.iterdir()))})."
-            " Pass --resume to continue it from its latest good checkpoint, --overwrite to delete"
-            " its checkpoints and start over, or choose another --out."
-        )
+MUST_MATCH = ("batch_size", "learning_rate", "hidden", "seed", "dataset", "loss")
 
 
 class RunCheckpointing:
     """Resumes a run and checkpoints it; stops it at the first non-finite loss.
 
     Args:
-      config: the run's `Config` (``out``, ``resume``, ``checkpoint_every``,
-        ``keep_checkpoints``, ``epochs`` and the `MUST_MATCH` settings are used).
+      config: the run's `Config` (``resume``, ``checkpoint_every``, ``keep_checkpoints``,
+        ``epochs`` and the `MUST_MATCH` settings are used).
+      out: the run directory (absolute).
       steps_per_epoch: the trainer's steps per epoch.
-      num_train: examples in the training split.
+      data: ``{"sha256": ..., "num_train": ..., "source": ...}`` of the run's dataset.
       log: where process 0 reports (other processes pass a no-op).
     """
 
     def __init__(
-        self, config: Any, *, steps_per_epoch: int, num_train: int, log: Callable[[str], None]
+        self,
+        config: Any,
+        *,
+        out: Path,
+        steps_per_epoch: int,
+        data: dict[str, Any],
+        log: Callable[[str], None],
     ):
         self.config = config
+        self.out = Path(out)
         self.steps_per_epoch = steps_per_epoch
-        self.num_train = num_train
+        self.data = data
         self.log = log
-        self.store = RunCheckpoints(config.out, keep=config.keep_checkpoints, log=log)
+        self.store = RunCheckpoints(out, keep=config.keep_checkpoints, log=log)
         self.last_saved: str | None = None
         self.history: dict[str, list[float]] | None = None  # finished epochs, for checkpoints
 
     def restore(self, state: Any) -> tuple[Any, int, int, dict[str, list[float]] | None]:
-        """With ``--resume``, the newest good checkpoint; otherwise ``state`` unchanged.
+        """With ``resume``, the newest good checkpoint; otherwise ``state`` unchanged.
 
         Args:
           state: the freshly initialised `TrainState` (the template: shapes and shardings).
@@ -101,16 +74,16 @@ class RunCheckpointing:
           per-epoch history so far (None when starting from scratch).
 
         Raises:
-          ResumeError: the checkpoint was written with other `MUST_MATCH` settings, another
-            training split, or is past ``--epochs``.
+          ResumeError: no good checkpoint although the directory holds a run, or the
+            checkpoint was written with other `MUST_MATCH` settings, other data, or is past
+            ``epochs``.
         """
         if not self.config.resume:
             return state, 0, 0, None
-        found = self.store.restore(state, check=self._check_compatible)
-        if found is None:
-            self.log(f"--resume: no good checkpoint in {self.store.root}; starting from scratch")
+        step = _distributed.on_primary(self._choose)
+        if step < 0:
             return state, 0, 0, None
-        step, state, meta = found
+        step, state, meta = self.store.restore(state, check=self._check_compatible, step=step)
         directory = self.store.directory(step)
         self.last_saved = str(directory)
         self.history = meta["history"]
@@ -120,27 +93,83 @@ class RunCheckpointing:
         )
         return state, meta["epoch"], meta["step_in_epoch"], meta["history"]
 
+    def _choose(self) -> int:
+        """The step to resume from (process 0), -1 to start over; raises when that would
+        overwrite a run."""
+        found = _checkpoint.scan(self.out)
+        for checkpoint in found:
+            if checkpoint.problem is None:
+                return checkpoint.step
+            self.log(
+                f"skipping checkpoint {checkpoint.directory}: {checkpoint.problem}; trying the "
+                "previous one"
+            )
+        finished = [name for name in RUN_FILES if (self.out / name).exists()]
+        damaged = [c for c in found if c.committed]
+        if finished or damaged:
+            findings = [f"{c.directory.name}: {c.problem}" for c in found]
+            raise ResumeError(
+                "{@resume}: {out} holds a run ({what}) but no usable checkpoint ({findings}). "
+                "Nothing was changed. Restore the checkpoints from a copy, or start over with "
+                "{@overwrite} (deletes the run) or another {@out}.",
+                out=self.out,
+                what=", ".join(finished + ([_checkpoint.CHECKPOINT_DIR] if found else [])),
+                findings="; ".join(findings) or "none",
+            )
+        what = "unfinished checkpoint writes only" if found else "no checkpoint"
+        self.log(f"nothing to resume in {self.out} ({what}); starting from scratch")
+        return -1
+
     def _check_compatible(self, meta: dict[str, Any]) -> None:
-        saved = meta["config"]
+        saved = meta.get("config", {})
         for name in MUST_MATCH:
             ours = getattr(self.config, name)
-            theirs = tuple(saved[name]) if isinstance(ours, tuple) else saved[name]
+            theirs = saved.get(name, "(not recorded)")
+            theirs = (
+                tuple(theirs) if isinstance(ours, tuple) and isinstance(theirs, list) else theirs
+            )
             if theirs != ours:
                 raise ResumeError(
-                    f"--resume: the checkpoint in {self.store.root} was written with "
-                    f"--{name.replace('_', '-')} {_flag(theirs)}, this run has {_flag(ours)}. "
-                    "Resume with the "
-                    "same settings, or start a new run (another --out, or --overwrite)."
+                    "{@resume}: the checkpoint in {root} was written with {@" + name + "} "
+                    "{theirs}, this run has {ours}. Resume with the same settings, or start a "
+                    "new run (another {@out}, or {@overwrite}).",
+                    root=self.store.root,
+                    theirs=_as_typed(theirs),
+                    ours=_as_typed(ours),
                 )
-        if meta["num_train"] != self.num_train:
+        recorded = meta.get("data", {}).get("sha256")
+        if recorded is None:
+            if meta.get("num_train") != self.data["num_train"]:
+                raise ResumeError(
+                    "{@resume}: the checkpoint was trained on {theirs} examples, this run's "
+                    "training split has {ours}; resume with the same data.",
+                    theirs=meta.get("num_train"),
+                    ours=self.data["num_train"],
+                )
+            self.log(
+                "warning: the checkpoint records no data fingerprint (an older train.py); only "
+                "the number of training examples was compared"
+            )
+        elif recorded != self.data["sha256"]:
+            theirs = meta["data"]
             raise ResumeError(
-                f"--resume: the checkpoint was trained on {meta['num_train']} examples, this "
-                f"run's training split has {self.num_train}; resume with the same data."
+                "{@resume}: the checkpoint was trained on other data (SHA-256 {theirs_sha}..., "
+                "{theirs_n} training examples from {theirs_src}); this run's data is "
+                "{ours_sha}... ({ours_n} from {ours_src}). Resume with the same data, or start a "
+                "new run (another {@out}, or {@overwrite}).",
+                theirs_sha=recorded[:12],
+                theirs_n=theirs.get("num_train"),
+                theirs_src=theirs.get("source"),
+                ours_sha=self.data["sha256"][:12],
+                ours_n=self.data["num_train"],
+                ours_src=self.data["source"],
             )
         if meta["epoch"] > self.config.epochs:
             raise ResumeError(
-                f"--resume: the checkpoint is at epoch {meta['epoch']}, past --epochs "
-                f"{self.config.epochs}; pass --epochs {meta['epoch']} or more."
+                "{@resume}: the checkpoint is at epoch {epoch}, past {@epochs} {epochs}; pass "
+                "{@epochs} {epoch} or more.",
+                epoch=meta["epoch"],
+                epochs=self.config.epochs,
             )
 
     def cuts(self, epoch: int) -> list[int]:
@@ -166,7 +195,6 @@ class RunCheckpointing:
         if not np.isfinite(losses).all():
             self._stop(losses, epoch)
         step = epoch * self.steps_per_epoch + done
-        _checkpoint.test_kill_point("step", step, at_or_after=True)
         every = self.config.checkpoint_every
         if every and not step % every and done < self.steps_per_epoch:
             self._save(state, step, epoch=epoch, step_in_epoch=done)
@@ -182,9 +210,10 @@ class RunCheckpointing:
             "step_in_epoch": step_in_epoch,
             "global_step": step,
             "steps_per_epoch": self.steps_per_epoch,
-            "num_train": self.num_train,
+            "num_train": self.data["num_train"],
+            "data": self.data,
             "data_order": {"seed": self.config.seed, "epoch": epoch},
-            "config": dataclasses.asdict(self.config),
+            "config": self.config.as_dict(),
             "history": self.history,
         }
         self.last_saved = str(self.store.save(step, state, meta))
@@ -198,12 +227,18 @@ class RunCheckpointing:
             else "no checkpoint was written before it"
         )
         raise NonFiniteLossError(
-            f"training loss is {losses[bad]} at epoch {epoch + 1}, step {bad + 1}/"
-            f"{self.steps_per_epoch} (global step {step}); stopped without saving it, {kept}. "
-            "A smaller --lr usually helps; --resume continues from the last good checkpoint."
+            "training loss is {loss} at epoch {epoch}, step {bad}/{steps} (global step {step}); "
+            "stopped without saving it, {kept}. A smaller {@learning_rate} usually helps; "
+            "{@resume} continues from the last good checkpoint.",
+            loss=losses[bad],
+            epoch=epoch + 1,
+            bad=bad + 1,
+            steps=self.steps_per_epoch,
+            step=step,
+            kept=kept,
         )
 
 
-def _flag(value: Any) -> str:
+def _as_typed(value: Any) -> str:
     """A setting as it is written on the command line (``(256, 128)`` -> ``256 128``)."""
-    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)

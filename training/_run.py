@@ -1,89 +1,194 @@
-"""One training run, as train.py runs it: load, compile, train and evaluate per epoch, report."""
+"""One training run, as train.py runs it: `train` reads as the steps of a run.
+
+1. join the other processes, if any (`training._launch`);
+2. open the run directory: absolute, writable, locked, not clobbering a run (`RunDir`);
+3. load the data, one summary line for its checksum warnings (`load_data`);
+4. build the trainer for these devices and this data (`make_trainer`);
+5. resume from the newest good checkpoint, or start (`RunCheckpointing`);
+6. compile, then train and evaluate epoch by epoch, checkpointing (`run_epoch`);
+7. write ``metrics.json`` and ``curves.png`` (`write_report`).
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
+import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from training._config import Config
 from training._dataset import DATASETS, Dataset
-from training._distributed import broadcast_str, initialize_distributed, is_primary
+from training._distributed import is_primary, on_primary
+from training._errors import LaunchError
+from training._idx import ChecksumWarning, load_idx_dir
+from training._launch import join, resolve_launch
 from training._loop import DeviceData, Trainer, TrainState, put_dataset
-from training._report import History, describe_devices, plot_curves, versions, write_metrics
-from training._resume import RunCheckpointing, prepare_run_dir
+from training._report import (
+    History,
+    describe_backend,
+    describe_devices,
+    plot_curves,
+    versions,
+    write_metrics,
+)
+from training._resume import RunCheckpointing
+from training._rundir import RunDir
 from training._tfds import load_tfds
 
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """A training run's settings (train.py's flags); the defaults are the PyTorch tutorial's."""
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    hidden: tuple[int, ...] = (128,)
-    seed: int = 0
-    dataset: str = "mnist"
-    data_dir: str | None = None
-    strict_checksums: bool = False
-    loss: str = "jaxce"
-    out: str = "runs/latest"
-    chunks: int = 10
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 3
-    resume: bool = False
-    overwrite: bool = False
-    coordinator_address: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
-
-    def __post_init__(self):
-        if self.resume and self.overwrite:
-            raise ValueError(
-                "--resume continues the run in --out and --overwrite deletes it; pass one of them"
-            )
-        if self.checkpoint_every < 0:
-            raise ValueError(
-                f"--checkpoint-every must be 0 (every epoch only) or more, got "
-                f"{self.checkpoint_every}"
-            )
-        for name in ("epochs", "batch_size", "chunks", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
-                )
-        if self.dataset not in DATASETS:
-            raise ValueError(
-                f"--dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}"
-            )
+Log = Callable[[str], None]
 
 
-def load_data(config: Config, *, log: Callable[[str], None] = print) -> Dataset:
-    """The dataset ``config`` names: from ``--data-dir`` if given, else through tfds.
+def train(
+    config: Config,
+    *,
+    log: Log = tqdm.write,
+    name: Callable[[str], str] = str,
+    on_join_timeout: Callable[[LaunchError], None] | None = None,
+) -> dict[str, Any]:
+    """Runs ``config`` end to end; writes ``metrics.json`` and ``curves.png`` to its run directory.
 
-    Checksum warnings are passed to ``log`` (one readable line each) instead of Python's
-    warning printer.
+    With several processes every process runs this; only process 0 logs and writes files.
+
+    Args:
+      config: the run's settings.
+      log: where process 0 writes its progress lines.
+      name: how the log names a setting (train.py: its flag).
+      on_join_timeout: see `training._launch.join` (how a process that cannot join ends).
+
+    Returns:
+      The metrics written to ``metrics.json``.
+
+    Raises:
+      ConfigError: settings that do not fit each other, the launcher, the devices or the data.
+      RunDirError, DataError, ResumeError, NonFiniteLossError, LaunchError: see their
+        docstrings; each message says what to do.
     """
-    from training._idx import load_idx_dir
+    launch = resolve_launch(config.coordinator_address, config.num_processes, config.process_id)
+    join(launch, timeout_s=config.coordinator_timeout, log=log, on_timeout=on_join_timeout)
+    log = log if is_primary() else _quiet
+    with open_run_dir(config, log=log) as out:
+        log(f"run directory {out}; {describe_backend()}")
+        dataset = load_data(config, log=log, name=name)
+        trainer = make_trainer(config, dataset)
+        data = put_dataset(dataset, trainer.mesh)
+        checkpointing = RunCheckpointing(
+            config,
+            out=out,
+            steps_per_epoch=trainer.steps_per_epoch,
+            data=data_record(dataset),
+            log=log,
+        )
+        state, first_epoch, first_step, done = checkpointing.restore(
+            trainer.init_state(config.seed)
+        )
+        compile_seconds = trainer.compile(state, data)
+        log(
+            f"{trainer.steps_per_epoch} steps of {config.batch_size} per epoch; compiled in "
+            f"{compile_seconds:.2f} s"
+        )
+        history = History(**done) if done else History()
+        for epoch in range(first_epoch, config.epochs):
+            state = train_and_evaluate(
+                trainer, state, data, config, checkpointing, history, epoch, first_step, log
+            )
+            first_step = 0
+        return write_report(out, config, dataset, trainer, history, compile_seconds, log=log)
 
+
+def _quiet(message: str) -> None:
+    """The log of every process but process 0."""
+
+
+@contextlib.contextmanager
+def open_run_dir(config: Config, *, log: Log) -> Iterator[Path]:
+    """The run directory, opened and locked by process 0 (`RunDir.open`) for the block.
+
+    Every process gets process 0's absolute path (the default name holds a timestamp), or its
+    error.
+    """
+    opened: list[RunDir] = []
+
+    def on_process_0() -> str:
+        opened.append(
+            RunDir.open(config.out, resume=config.resume, overwrite=config.overwrite, log=log)
+        )
+        return str(opened[0].path)
+
+    path = Path(on_primary(on_process_0))
+    try:
+        yield path
+    finally:
+        for run_dir in opened:
+            run_dir.release()
+
+
+def load_data(config: Config, *, log: Log = print, name: Callable[[str], str] = str) -> Dataset:
+    """The dataset ``config`` names: from ``data_dir`` if given, else through tfds.
+
+    Checksum mismatches are summed up in one ``warning:`` line (see `ChecksumWarning`), which
+    names the setting ``strict_checksums`` as ``name`` writes it.
+
+    Raises:
+      DataError: see the loaders; also when a split holds no images.
+    """
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("always", ChecksumWarning)
         if config.data_dir is not None:
             dataset = load_idx_dir(
                 config.data_dir, dataset=config.dataset, strict_checksums=config.strict_checksums
             )
         else:
             dataset = load_tfds(config.dataset)
+    mismatched = [w.message for w in caught if isinstance(w.message, ChecksumWarning)]
+    if mismatched:
+        names = f"the {len(mismatched)} files" if len(mismatched) > 1 else mismatched[0].path.name
+        log(
+            f"warning: {names} in {mismatched[0].path.parent} are not the SHA-256 "
+            f"tensorflow-datasets registers for {config.dataset} (a subset or a repack?); "
+            f"their format checks passed ({name('strict_checksums')} refuses them)"
+        )
     for warning in caught:
-        log(f"warning: {warning.message}")
+        if not isinstance(warning.message, ChecksumWarning):
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    dataset.check_not_empty()
+    log(dataset.describe())
     return dataset
+
+
+def data_record(dataset: Dataset) -> dict[str, Any]:
+    """What a checkpoint and metrics.json record of the data: content SHA-256, size, source."""
+    return {
+        "name": dataset.name,
+        "source": dataset.source,
+        "num_train": len(dataset.train_labels),
+        "num_test": len(dataset.test_labels),
+        "sha256": dataset.fingerprint(),
+    }
+
+
+def make_trainer(config: Config, dataset: Dataset) -> Trainer:
+    """The compiled-function set for ``config`` on every device, checked against the data.
+
+    Raises:
+      ConfigError: the batch size does not split over the devices or exceeds the training
+        split, or ``chunks`` exceeds the steps of an epoch.
+    """
+    trainer = Trainer(
+        hidden=config.hidden,
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size,
+        num_train=len(dataset.train_labels),
+        loss=config.loss,
+    )
+    config.epoch_chunks(trainer.steps_per_epoch)
+    return trainer
 
 
 def chunk_bounds(
@@ -148,110 +253,89 @@ def run_epoch(
     return state
 
 
-def train(config: Config, *, log: Callable[[str], None] = tqdm.write) -> dict[str, Any]:
-    """Runs ``config`` end to end; writes ``metrics.json`` and ``curves.png`` to ``config.out``.
+def train_and_evaluate(
+    trainer: Trainer,
+    state: TrainState,
+    data: DeviceData,
+    config: Config,
+    checkpointing: RunCheckpointing,
+    history: History,
+    epoch: int,
+    first_step: int,
+    log: Log,
+) -> TrainState:
+    """One epoch under a progress bar, then its evaluation, log line and checkpoint.
 
-    With several processes every process runs this; only process 0 logs and writes files.
-
-    Returns:
-      The metrics written to ``metrics.json``.
-
-    Raises:
-      FileExistsError: ``config.out`` holds a run and neither ``resume`` nor ``overwrite``.
-      NonFiniteLossError: a training loss was NaN or inf (the message names the step).
+    The bar shows only on process 0 and only when stderr is a terminal.
     """
-    initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
-    primary = is_primary()
-    log = log if primary else lambda message: None
-    # Every process must use process 0's --out (the default holds a timestamp).
-    config = dataclasses.replace(config, out=broadcast_str(config.out))
-    out = Path(config.out)
-    prepare_run_dir(out, resume=config.resume, overwrite=config.overwrite)
-    dataset = load_data(config, log=log)
-    log(dataset.describe())
-    trainer = Trainer(
-        hidden=config.hidden,
-        learning_rate=config.lr,
-        batch_size=config.batch_size,
-        num_train=len(dataset.train_labels),
-        loss=config.loss,
-    )
-    data = put_dataset(dataset, trainer.mesh)
-    checkpointing = RunCheckpointing(
-        config, steps_per_epoch=trainer.steps_per_epoch, num_train=trainer.num_train, log=log
-    )
-    state, first_epoch, first_step, done = checkpointing.restore(trainer.init_state(config.seed))
-    devices = describe_devices()
-    compile_seconds = trainer.compile(state, data)
-    log(
-        f"{devices['device_count']} x {devices['device_kind']} ({devices['backend']}); "
-        f"{trainer.steps_per_epoch} steps of {config.batch_size} per epoch; "
-        f"compiled in {compile_seconds:.2f} s"
-    )
-    history = History(**done) if done else History()
-    for epoch in range(first_epoch, config.epochs):
-        with tqdm(
-            total=trainer.steps_per_epoch,
-            initial=first_step,
-            disable=not primary,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            unit="step",
-            leave=False,
-            dynamic_ncols=True,
-        ) as bar:
-            start = time.perf_counter()
-            state = run_epoch(
-                trainer,
-                state,
-                data,
-                seed=config.seed,
-                epoch=epoch,
-                chunks=config.chunks,
-                start_step=first_step,
-                cuts=checkpointing.cuts(epoch),
-                after_chunk=functools.partial(checkpointing.after_chunk, epoch=epoch),
-                bar=bar,
-            )
-            train_seconds = time.perf_counter() - start
-        first_step = 0
+    with tqdm(
+        total=trainer.steps_per_epoch,
+        initial=first_step,
+        disable=None if is_primary() else True,  # None: off when not a terminal
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        unit="step",
+        leave=False,
+        dynamic_ncols=True,
+    ) as bar:
         start = time.perf_counter()
-        test_loss, test_accuracy = (float(x) for x in trainer.evaluate(state.params, data))
-        history.append(
-            train_loss=trainer.epoch_train_loss(state),
-            test_loss=test_loss,
-            test_accuracy=test_accuracy,
-            epoch_seconds=train_seconds,
-            eval_seconds=time.perf_counter() - start,
+        state = run_epoch(
+            trainer,
+            state,
+            data,
+            seed=config.seed,
+            epoch=epoch,
+            chunks=config.epoch_chunks(trainer.steps_per_epoch),
+            start_step=first_step,
+            cuts=checkpointing.cuts(epoch),
+            after_chunk=lambda s, done: checkpointing.after_chunk(s, done, epoch=epoch),
+            bar=bar,
         )
-        log(
-            f"epoch {epoch + 1:>3}/{config.epochs}  train loss {history.train_loss[-1]:.4f}  "
-            f"test loss {test_loss:.4f}  test accuracy {100 * test_accuracy:.2f}%  "
-            f"{train_seconds:.2f} s"
-        )
-        checkpointing.end_of_epoch(state, epoch, history.as_dict())
+        train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    test_loss, test_accuracy = (float(x) for x in trainer.evaluate(state.params, data))
+    history.append(
+        train_loss=trainer.epoch_train_loss(state),
+        test_loss=test_loss,
+        test_accuracy=test_accuracy,
+        epoch_seconds=train_seconds,
+        eval_seconds=time.perf_counter() - start,
+    )
+    log(
+        f"epoch {epoch + 1:>3}/{config.epochs}  train loss {history.train_loss[-1]:.4f}  "
+        f"test loss {test_loss:.4f}  test accuracy {100 * test_accuracy:.2f}%  "
+        f"{train_seconds:.2f} s"
+    )
+    checkpointing.end_of_epoch(state, epoch, history.as_dict())
+    return state
+
+
+def write_report(
+    out: Path,
+    config: Config,
+    dataset: Dataset,
+    trainer: Trainer,
+    history: History,
+    compile_seconds: float,
+    *,
+    log: Log,
+) -> dict[str, Any]:
+    """Writes ``metrics.json`` and ``curves.png`` (process 0) and returns the metrics."""
     metrics = {
-        "config": dataclasses.asdict(config),
-        "dataset": {
-            "name": dataset.name,
-            "source": dataset.source,
-            "num_train": len(dataset.train_labels),
-            "num_test": len(dataset.test_labels),
-        },
+        "config": {**config.as_dict(), "out": str(out)},
+        "dataset": data_record(dataset),
         "steps_per_epoch": trainer.steps_per_epoch,
         **history.as_dict(),
         "compile_seconds": compile_seconds,
         "final_test_accuracy": history.test_accuracy[-1],
-        "device": devices,
+        "device": describe_devices(),
         "versions": versions(),
     }
-    if primary:
-        out.mkdir(parents=True, exist_ok=True)
+    if is_primary():
         write_metrics(out / "metrics.json", metrics)
-        plot_curves(
-            out / "curves.png", history, title=f"{DATASETS[config.dataset]} MLP {config.hidden}"
+        title = f"{DATASETS[config.dataset]} MLP {config.hidden}"
+        plot_curves(out / "curves.png", history, title=title)
+        log(
+            f"final test accuracy {100 * history.test_accuracy[-1]:.2f}%; wrote "
+            f"{out / 'metrics.json'} and {out / 'curves.png'}"
         )
-    log(
-        f"final test accuracy {100 * history.test_accuracy[-1]:.2f}%; wrote {out}/metrics.json "
-        f"and {out}/curves.png"
-    )
     return metrics

@@ -2,7 +2,8 @@
 
 Offline, tfds retries each download for minutes before it gives up. So when the dataset is not
 in the cache yet, `load_tfds` first opens a TCP connection to every host tfds would download
-from, with a short timeout, and fails at once with a message pointing at ``--data-dir``.
+from, with a short timeout, and fails at once with a message pointing at the offline route (the
+IDX files in a directory).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import socket
 
 import numpy as np
 
-from training._dataset import DataError, Dataset, check_dataset_name
+from training._dataset import Dataset, check_dataset_name
+from training._errors import DataError
 
 PROBE_TIMEOUT_S = 5.0
 # Where tensorflow-datasets 4.9.10 downloads each dataset from (its url_checksums/mnist.txt and
@@ -22,10 +24,10 @@ DOWNLOAD_HOSTS = {
     "fashion_mnist": [("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80)],
 }
 _OFFLINE_HELP = (
-    "Without network, pass --data-dir DIR with the four IDX files (train-images-idx3-ubyte.gz, "
+    "Without network, pass {@data_dir} DIR with the four IDX files (train-images-idx3-ubyte.gz, "
     "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz), e.g. "
     "../shared/data/mnist-mini, or /usr/share/datasets/fashion-mnist from Debian's "
-    "dataset-fashion-mnist package with --dataset fashion_mnist."
+    "dataset-fashion-mnist package with {@dataset} fashion_mnist."
 )
 
 
@@ -43,7 +45,7 @@ def load_tfds(dataset: str = "mnist", *, data_dir: str | None = None) -> Dataset
     Raises:
       DataError: tensorflow-datasets is not usable, or the dataset is not cached and its
         download hosts cannot be reached (within `PROBE_TIMEOUT_S` seconds per host).
-      ValueError: an unknown ``dataset``.
+      ConfigError: an unknown ``dataset``.
     """
     check_dataset_name(dataset)
     try:
@@ -58,9 +60,11 @@ def load_tfds(dataset: str = "mnist", *, data_dir: str | None = None) -> Dataset
         arrays = [_to_numpy(tfds.as_numpy(split)) for split in splits]
     except ModuleNotFoundError as err:
         raise DataError(
-            f"the tensorflow-datasets route needs the Python module {err.name!r} ({err}). "
+            "the tensorflow-datasets route needs the Python module {module!r} ({err}). "
             "pip install tensorflow-datasets importlib_resources (tfds 4.9 imports "
-            f"importlib_resources without declaring it). {_OFFLINE_HELP}"
+            "importlib_resources without declaring it). " + _OFFLINE_HELP,
+            module=err.name,
+            err=err,
         ) from err
     (train_images, train_labels), (test_images, test_labels) = arrays
     return Dataset(
@@ -84,15 +88,19 @@ def probe_download_hosts(
       timeout: seconds allowed per host.
 
     Raises:
-      DataError: a host cannot be resolved or reached; the message says to use ``--data-dir``.
+      DataError: a host cannot be resolved or reached; the message points at the offline route.
     """
     for host, port in hosts:
         try:
             socket.create_connection((host, port), timeout=timeout).close()
         except OSError as err:
             raise DataError(
-                f"{dataset} is not in the tensorflow-datasets cache and its download host "
-                f"{host}:{port} cannot be reached ({err}). {_OFFLINE_HELP}"
+                "{dataset} is not in the tensorflow-datasets cache and its download host "
+                "{host}:{port} cannot be reached ({err}). " + _OFFLINE_HELP,
+                dataset=dataset,
+                host=host,
+                port=port,
+                err=err,
             ) from None
 
 

@@ -1,0 +1,66 @@
+"""The errors a training run raises, whose messages name settings the way the caller spells them.
+
+A message is a template in which ``{@name}`` stands for the setting ``name`` (a `Config` field or
+a function's parameter) and ``{key}`` for a value given as a keyword. ``str(error)`` writes
+settings as their parameter names (``learning_rate must be positive ...``); a command line renders
+the same error with its flags through `TrainingError.render` (``--lr must be positive ...``).
+Values are inserted as they are, so a path holding braces is safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+class _Fields(dict):
+    def __init__(self, values: dict[str, Any], name: Callable[[str], str]):
+        super().__init__(values)
+        self._name = name
+
+    def __missing__(self, key: str) -> str:
+        if key.startswith("@"):
+            return self._name(key[1:])
+        raise KeyError(f"message template has no value for {{{key}}}")
+
+
+class TrainingError(Exception):
+    """Base of the errors a training run reports to its user as one line.
+
+    Args:
+      template: the message; ``{@setting}`` names a setting, ``{key}`` inserts ``values[key]``.
+      **values: the values the template inserts.
+    """
+
+    def __init__(self, template: str, /, **values: Any):
+        self.template = template
+        self.values = values
+        super().__init__(self.render())
+
+    def render(self, name: Callable[[str], str] = str) -> str:
+        """The message, with each setting written as ``name(setting)``."""
+        return self.template.format_map(_Fields(self.values, name))
+
+
+class ConfigError(TrainingError, ValueError):
+    """A setting's value is invalid, alone, with another setting, or for these devices or data."""
+
+
+class DataError(TrainingError, ValueError):
+    """A data file or download is missing, unreadable, corrupt or inconsistent."""
+
+
+class RunDirError(TrainingError, OSError):
+    """The run directory cannot be used: not a writable directory, in use, or holding a run."""
+
+
+class ResumeError(TrainingError, ValueError):
+    """The run cannot be resumed: no good checkpoint, other settings, or other data."""
+
+
+class NonFiniteLossError(TrainingError, RuntimeError):
+    """A training step's loss was NaN or infinite; the run stopped before saving it."""
+
+
+class LaunchError(TrainingError, RuntimeError):
+    """This process cannot join the other processes of the run."""

@@ -1,0 +1,197 @@
+"""The run directory (``--out``): resolved once, checked before any work, locked for the run.
+
+`RunDir.open` turns the setting into an absolute path (the default is a new
+``runs/<timestamp>``), makes sure it is a writable directory, takes its lock, and refuses to
+clobber an earlier run. The lock is an ``fcntl`` lock on ``<out>/.lock``, held by the process
+for the run's life: the kernel drops it when the process ends, however it ends, so the file a
+killed run leaves behind blocks nothing. The file records who holds it (process id, host, start
+time), for the message another run gets. With several processes only process 0 opens the
+directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from training._checkpoint import CHECKPOINT_DIR, has_committed
+from training._errors import RunDirError
+
+LOCK_FILE = ".lock"
+RUN_FILES = ("metrics.json", "curves.png")  # what a finished run writes beside its checkpoints
+DEFAULT_PARENT = "runs"
+
+
+def default_out(now: float | None = None) -> Path:
+    """A new ``runs/<timestamp>`` directory (``-2``, ``-3``, ... when that name is taken)."""
+    base = Path(DEFAULT_PARENT) / time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    for attempt in range(1, 1000):
+        path = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(parents=True)
+            return path
+    raise RunDirError("cannot find a free name for a new run under {parent}", parent=base.parent)
+
+
+class RunDir:
+    """A run directory this process holds the lock of (see the module docstring).
+
+    Attributes:
+      path: the absolute directory.
+    """
+
+    def __init__(self, path: Path, lock_fd: int | None = None):
+        self.path = path
+        self._lock_fd = lock_fd
+
+    @classmethod
+    def open(
+        cls,
+        out: str | os.PathLike | None,
+        *,
+        resume: bool,
+        overwrite: bool,
+        log: Callable[[str], None] = print,
+    ) -> RunDir:
+        """Resolves, checks, locks and guards the run directory ``out``.
+
+        Args:
+          out: the directory (relative to the working directory, ``~`` expanded), or None for
+            a new ``runs/<timestamp>``.
+          resume: an earlier run in ``out`` is to be continued: it is left as it is.
+          overwrite: an earlier run's checkpoints and metrics are deleted.
+          log: where to report what was removed.
+
+        Raises:
+          RunDirError: ``out`` is not a directory or not writable, another live run holds it,
+            or it holds a run and neither ``resume`` nor ``overwrite`` is given.
+        """
+        path = default_out() if out is None else Path(out).expanduser()
+        path = _make_dir(path.resolve())
+        run_dir = cls(path, _lock(path))
+        try:
+            run_dir._guard(resume=resume, overwrite=overwrite, log=log)
+        except BaseException:
+            run_dir.release()
+            raise
+        return run_dir
+
+    def _guard(self, *, resume: bool, overwrite: bool, log: Callable[[str], None]) -> None:
+        entries = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
+        committed = has_committed(self.path)
+        if overwrite:
+            removed = [n for n in entries if n in (CHECKPOINT_DIR, *RUN_FILES)]
+            for name in removed:
+                _delete(self.path / name)
+            if removed:
+                log(f"deleted the earlier run in {self.path} ({', '.join(removed)}) to start over")
+            return
+        if resume or not entries:
+            return
+        if entries == [CHECKPOINT_DIR] and not committed:
+            # Only unfinished checkpoint writes of a run killed before its first commit.
+            _delete(self.path / CHECKPOINT_DIR)
+            log(
+                f"removed {self.path / CHECKPOINT_DIR}: it held only unfinished checkpoint "
+                "writes of an interrupted run"
+            )
+            return
+        kind = "a run" if committed or set(entries) & set(RUN_FILES) else "other files"
+        raise RunDirError(
+            "{@out} {path} already holds {kind} ({entries}). Pass {@resume} to continue it "
+            "from its latest good checkpoint, {@overwrite} to delete its checkpoints and "
+            "metrics and start over, or choose another {@out}.",
+            path=self.path,
+            kind=kind,
+            entries=", ".join(entries),
+        )
+
+    def release(self) -> None:
+        """Releases the lock (the lock file stays, unlocked)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _make_dir(path: Path) -> Path:
+    """Creates ``path`` if needed and checks that it is a writable directory."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise RunDirError(
+            "{@out} {path} is a file, not a directory; choose another {@out}", path=path
+        ) from None
+    except OSError as err:
+        raise RunDirError(
+            "{@out} {path} cannot be created ({reason}); choose another {@out}",
+            path=path,
+            reason=err.strerror or err,
+        ) from None
+    probe = path / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise RunDirError(
+            "{@out} {path} is not writable ({reason}); choose another {@out}",
+            path=path,
+            reason=err.strerror or err,
+        ) from None
+    return path
+
+
+def _lock(path: Path) -> int | None:
+    """Takes ``path/.lock`` for this process, or raises naming the run that holds it."""
+    lock = path / LOCK_FILE
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(lock)
+        os.close(fd)
+        raise RunDirError(
+            "{@out} {path} is in use by another run ({holder}); wait for it to finish, or "
+            "choose another {@out}",
+            path=path,
+            holder=holder,
+        ) from None
+    except OSError as err:
+        if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            os.close(fd)
+            raise
+        os.close(fd)  # a filesystem without locks: run unlocked rather than not at all
+        return None
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(owner).encode())
+    return fd
+
+
+def _holder(lock: Path) -> str:
+    try:
+        owner = json.loads(lock.read_text())
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(owner["started"])))
+        return f"process {int(owner['pid'])} on {owner['host']}, started {started}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its owner is not recorded"
+
+
+def _delete(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
