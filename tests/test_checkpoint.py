@@ -1,4 +1,4 @@
-"""training._checkpoint: round trip, keep-last-K, corrupt and half-written checkpoints, run dir."""
+"""training._checkpoint: round trip, keep-last-K, corrupt and half-written checkpoints."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from training import _checkpoint
-from training._checkpoint import RunCheckpoints, latest_good, verify
-from training._resume import prepare_run_dir
+from tests.faults import TEST_KILL_ENV
+from training._checkpoint import RunCheckpoints, latest_good, scan, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,6 +98,16 @@ def _garble_commit(out: Path):
     return "unreadable"
 
 
+def _commit_not_a_record(out: Path):
+    (out / "checkpoints/step_00000020.commit.json").write_text('{"files": [1, 2]}')
+    return "unreadable or not a commit record"
+
+
+def _commit_entry_too_short(out: Path):
+    (out / "checkpoints/step_00000020.commit.json").write_text('{"files": {"state/x": [1]}}')
+    return "unreadable or not a commit record"
+
+
 def _killed_in_orbax_write(out: Path):
     # What Orbax leaves when the write dies before its rename: only a temporary directory.
     ckpt = out / "checkpoints"
@@ -109,7 +118,16 @@ def _killed_in_orbax_write(out: Path):
 
 @pytest.mark.parametrize(
     "damage",
-    [_truncate, _delete_file, _flip_byte, _drop_commit, _garble_commit, _killed_in_orbax_write],
+    [
+        _truncate,
+        _delete_file,
+        _flip_byte,
+        _drop_commit,
+        _garble_commit,
+        _commit_not_a_record,
+        _commit_entry_too_short,
+        _killed_in_orbax_write,
+    ],
     ids=lambda f: f.__name__.strip("_"),
 )
 def test_damaged_newest_is_skipped_with_message(tmp_path, damage):
@@ -169,36 +187,64 @@ def test_commit_file_lists_every_file(tmp_path):
     assert any(name.startswith("state/") for name in on_disk)
 
 
-def test_refuses_to_clobber_without_flag(tmp_path):
-    _save_steps(tmp_path, [1])
-    with pytest.raises(FileExistsError, match=r"--resume.*--overwrite"):
-        prepare_run_dir(tmp_path, resume=False, overwrite=False)
-    prepare_run_dir(tmp_path, resume=True, overwrite=False)
-    assert latest_good(tmp_path)[0] == 1
-    prepare_run_dir(tmp_path, resume=False, overwrite=True)
-    assert latest_good(tmp_path) is None
+def test_relative_run_directory(tmp_path, monkeypatch):
+    # Orbax needs absolute paths; the store makes them so (a relative --out crashed at the
+    # first checkpoint, leaving a half-written one behind).
+    monkeypatch.chdir(tmp_path)
+    store = RunCheckpoints("run", keep=2, log=lambda message: None)
+    store.save(1, _state(1), _meta(1))
+    assert store.root == tmp_path / "run" / "checkpoints"
+    step, state, _ = RunCheckpoints("run").restore(_state(0))
+    assert step == 1
+    _assert_state_equal(state, _state(1))
 
 
-def test_new_or_empty_run_dir_is_accepted(tmp_path):
-    prepare_run_dir(tmp_path / "new", resume=False, overwrite=False)
-    prepare_run_dir(tmp_path, resume=False, overwrite=False)
+def test_keep_one_keeps_the_previous_until_the_next_is_committed(tmp_path, monkeypatch):
+    store = _save_steps(tmp_path, [1, 2, 3], keep=1)
+    assert [f.step for f in scan(tmp_path)] == [3, 2]
+
+    def crash(self, step, directory):
+        raise RuntimeError("killed before the commit file")
+
+    monkeypatch.setattr(RunCheckpoints, "commit", crash)
+    with pytest.raises(RuntimeError):
+        store.save(4, _state(4), _meta(4))
+    found = scan(tmp_path)
+    assert [(f.step, f.problem is None) for f in found] == [(4, False), (3, True)]
+    assert latest_good(tmp_path, log=lambda m: None)[0] == 3
 
 
-def test_resume_and_overwrite_together_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match=r"--resume.*--overwrite"):
-        prepare_run_dir(tmp_path, resume=True, overwrite=True)
+def test_rotation_leaves_no_commit_file_behind(tmp_path):
+    _save_steps(tmp_path, range(1, 8), keep=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == [
+        "step_00000006",
+        "step_00000006.commit.json",
+        "step_00000007",
+        "step_00000007.commit.json",
+    ]
+
+
+def test_scan_reports_every_checkpoint_newest_first(tmp_path):
+    _save_steps(tmp_path, [10, 20])
+    _truncate(tmp_path)
+    found = scan(tmp_path)
+    assert [(f.step, f.committed) for f in found] == [(20, True), (10, True)]
+    assert "bytes, expected" in found[0].problem and found[1].problem is None
 
 
 def test_keep_must_be_positive(tmp_path):
-    with pytest.raises(ValueError, match="--keep-checkpoints"):
+    with pytest.raises(ValueError, match="keep must be an integer of at least 1, got 0"):
         RunCheckpoints(tmp_path, keep=0)
 
 
 _KILLED_SAVE = textwrap.dedent(
     """
-    import sys
+    import os, sys
     import jax.numpy as jnp
+    from tests.faults import TEST_KILL_ENV, install
     from training._checkpoint import RunCheckpoints
+    install(os.environ[TEST_KILL_ENV])
     store = RunCheckpoints(sys.argv[1])
     for step in (1, 2):
         store.save(step, {"w": jnp.full((4, 4), step, jnp.float32)}, {"step": step})
@@ -214,7 +260,7 @@ _KILLED_SAVE = textwrap.dedent(
     ],
 )
 def test_sigkill_during_save_leaves_previous_checkpoint(tmp_path, point, leftover):
-    env = {**os.environ, _checkpoint.TEST_KILL_ENV: f"{point}:2", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, TEST_KILL_ENV: f"{point}:2", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
         [sys.executable, "-c", _KILLED_SAVE, str(tmp_path)],
         cwd=ROOT,

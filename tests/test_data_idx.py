@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import train
 from tests.conftest import SHARED_DATA, seeded_rng
 from training import ChecksumWarning, DataError, load_idx_dir
 from training._idx import TFDS_SHA256, _check_sha256
@@ -96,8 +97,43 @@ def test_not_a_directory(tmp_path):
 
 
 def test_unknown_dataset_name(tmp_path):
-    with pytest.raises(ValueError, match="--dataset must be one of mnist, fashion_mnist"):
+    with pytest.raises(ValueError, match="dataset must be one of mnist, fashion_mnist"):
         load_idx_dir(tmp_path, dataset="cifar10")
+
+
+def test_a_file_is_not_a_data_directory(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match=r"data_dir .*file is not a directory \(it is a file\)"):
+        load_idx_dir(tmp_path / "file")
+
+
+def test_unreadable_file_is_named(tmp_path, monkeypatch):
+    # A permission error, simulated: root (as in CI containers) reads files whatever their mode.
+    write_dir(tmp_path)
+    unreadable = tmp_path / "train-labels-idx1-ubyte.gz"
+    read_bytes = Path.read_bytes
+
+    def refuse(path):
+        if path == unreadable:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(DataError) as err:
+        load_quietly(tmp_path)
+    assert str(err.value) == (
+        f"{unreadable}: cannot be read (Permission denied); check that the file is readable"
+    )
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_empty_split_is_named(tmp_path, split):
+    arrays = make_arrays()
+    arrays[f"{split}_images"] = arrays[f"{split}_images"][:0]
+    arrays[f"{split}_labels"] = arrays[f"{split}_labels"][:0]
+    write_dir(tmp_path, arrays)
+    with pytest.raises(DataError, match=f"holds no images; the {split} split must not be empty"):
+        load_quietly(tmp_path)
 
 
 def _images(n=12, side=28):
@@ -160,6 +196,8 @@ def test_checksum_mismatch_warns_with_both_checksums(tmp_path):
     assert len(caught) == 4
     message = str(caught[0].message)
     expected = TFDS_SHA256["mnist"]["train-images-idx3-ubyte.gz"]
+    assert caught[0].message.expected == expected
+    assert caught[0].message.path == tmp_path / "train-images-idx3-ubyte.gz"
     assert "train-images-idx3-ubyte.gz" in message
     assert expected in message
     assert len([w for w in message.split() if len(w.strip(",")) == 64]) == 2
@@ -167,8 +205,9 @@ def test_checksum_mismatch_warns_with_both_checksums(tmp_path):
 
 def test_checksum_mismatch_is_fatal_when_strict(tmp_path):
     write_dir(tmp_path)
-    with pytest.raises(DataError, match="Rejected because of --strict-checksums"):
+    with pytest.raises(DataError, match="Rejected because of strict_checksums") as err:
         load_idx_dir(tmp_path, strict_checksums=True)
+    assert "Rejected because of --strict-checksums" in err.value.render(train.flag)
 
 
 def test_strict_rejects_files_without_a_registered_checksum(tmp_path):

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+import train
 from training import DataError, _tfds, load_tfds
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -49,9 +50,10 @@ def test_offline_fails_fast_with_advice(tmp_path, monkeypatch):
     with pytest.raises(DataError) as err:
         load_tfds("mnist", data_dir=str(tmp_path))
     elapsed = time.perf_counter() - start
-    message = str(err.value)
+    message = err.value.render(train.flag)
     assert "storage.googleapis.com:443 cannot be reached" in message
-    assert "--data-dir" in message
+    assert "--data-dir" in message and "--dataset fashion_mnist" in message
+    assert "pass data_dir DIR" in str(err.value)  # the library names its parameter
     assert elapsed < 30, f"took {elapsed:.1f} s to fail"
     assert not any(tmp_path.rglob("*.gz")), "nothing may be downloaded"
 
@@ -67,5 +69,5 @@ def test_probe_times_out_quickly():
 
 
 def test_unknown_dataset():
-    with pytest.raises(ValueError, match="--dataset must be one of"):
+    with pytest.raises(ValueError, match="dataset must be one of"):
         load_tfds("imagenet")

@@ -1,8 +1,9 @@
-"""training._distributed: cluster detection, initialisation, the mesh and global batches.
+"""training._distributed: the mesh, the batch-size rule and the collectives, on 1, 4 devices and
+2 processes.
 
 Multi-device and multi-process behaviour runs in subprocesses (4 forced CPU devices; two
 processes on localhost with CPU collectives), since a process's device count is fixed when its
-backend starts.
+backend starts. Which processes make up a run is tests/test_train_launch.py's subject.
 """
 
 from __future__ import annotations
@@ -19,71 +20,10 @@ import jax
 import numpy as np
 import pytest
 
-from training import _distributed
-from training._distributed import check_batch_size, detect_cluster, initialize_distributed
+from training import RunDirError, _distributed
+from training._distributed import check_batch_size
 
 ROOT = Path(__file__).resolve().parents[1]
-SLURM = {
-    "SLURM_JOB_ID": "7",
-    "SLURM_STEP_NODELIST": "node[1-2]",
-    "SLURM_PROCID": "0",
-    "SLURM_LOCALID": "0",
-}
-
-
-@pytest.mark.parametrize(
-    ("environ", "expected"),
-    [
-        pytest.param({}, None, id="laptop"),
-        pytest.param({**SLURM, "SLURM_NTASKS": "1"}, None, id="slurm-one-task"),
-        pytest.param({**SLURM, "SLURM_NTASKS": "4"}, "slurm", id="slurm-four-tasks"),
-        pytest.param({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, None, id="sbatch-without-srun"),
-        pytest.param(
-            {"OMPI_MCA_orte_hnp_uri": "x", "OMPI_COMM_WORLD_SIZE": "2"}, "openmpi", id="mpirun"
-        ),
-        pytest.param({"TPU_WORKER_HOSTNAMES": "a,b"}, "tpu", id="tpu-pod"),
-        pytest.param({"JAX_COORDINATOR_ADDRESS": "h:1234"}, "env", id="jax-env"),
-    ],
-)
-def test_detect_cluster(environ, expected):
-    assert detect_cluster(environ) == expected
-
-
-@pytest.fixture
-def calls(monkeypatch):
-    recorded: list[dict] = []
-    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: recorded.append(kw))
-    return recorded
-
-
-def test_single_machine_is_a_no_op(calls):
-    assert initialize_distributed(environ={}) == "single"
-    assert calls == []
-
-
-def test_cluster_lets_jax_read_its_environment(calls):
-    assert initialize_distributed(environ={**SLURM, "SLURM_NTASKS": "2"}) == "slurm"
-    assert calls == [{}]
-
-
-def test_flags_are_passed_through(calls):
-    assert initialize_distributed("10.0.0.1:1234", 2, 1, environ={}) == "flags"
-    assert calls == [{"coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1}]
-
-
-@pytest.mark.parametrize(
-    ("args", "match"),
-    [
-        pytest.param(("h:1", None, 0), "not --num-processes", id="missing-num-processes"),
-        pytest.param((None, 2, None), "not --coordinator-address, --process-id", id="two-missing"),
-        pytest.param(("h:1", 2, 2), r"--process-id must be in \[0, 2\)", id="id-out-of-range"),
-        pytest.param(("h:1", 0, 0), "--num-processes must be at least 1", id="zero-processes"),
-    ],
-)
-def test_bad_flags_raise(calls, args, match):
-    with pytest.raises(ValueError, match=match):
-        initialize_distributed(*args, environ={})
-    assert calls == []
 
 
 @pytest.mark.parametrize(
@@ -98,15 +38,30 @@ def test_batch_size_that_divides_is_accepted(batch, devices):
 @pytest.mark.parametrize(
     ("batch", "devices", "processes", "match"),
     [
-        (30, 4, 1, r"--batch-size 30 .* 4 devices: .* --batch-size 28 or --batch-size 32"),
-        (2, 4, 1, r"--batch-size 4 or --batch-size 4"),
+        (30, 4, 1, r"batch_size 30 .* 4 devices: .* batch_size 28 or batch_size 32"),
+        (2, 4, 1, r"batch_size 4 or batch_size 4"),
         (10, 8, 2, r"8 devices on 2 processes"),
     ],
     ids=["30-on-4", "smaller-than-devices", "multi-process"],
 )
 def test_batch_size_that_does_not_divide_is_an_error(batch, devices, processes, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as error:
         check_batch_size(batch, num_devices=devices, num_processes=processes)
+    flags = error.value.render(lambda name: "--" + name.replace("_", "-"))
+    assert f"--batch-size {batch} does not split evenly" in flags
+
+
+@pytest.mark.parametrize(
+    ("batch", "devices", "num_train", "largest"),
+    [(65, 1, 64, 64), (8, 4, 5, 8), (12, 4, 5, 8), (4, 4, 1, 4)],
+    ids=["one-over", "rounded-up-to-devices-is-fine", "past-rounded-up", "one-example"],
+)
+def test_batch_size_up_to_the_training_split(batch, devices, num_train, largest):
+    if batch <= largest:
+        check_batch_size(batch, num_devices=devices, num_train=num_train)
+        return
+    with pytest.raises(ValueError, match=f"at most batch_size {largest}"):
+        check_batch_size(batch, num_devices=devices, num_train=num_train)
 
 
 def test_one_device_mesh():
@@ -114,6 +69,13 @@ def test_one_device_mesh():
     assert mesh.axis_names == ("data",) and mesh.size == jax.device_count()
     assert _distributed.is_primary()
     assert _distributed.broadcast_int(5) == 5
+    assert _distributed.on_primary(lambda: {"path": "/x"}) == {"path": "/x"}
+
+    def refuse():
+        raise RunDirError("refused")
+
+    with pytest.raises(RunDirError, match="refused"):
+        _distributed.on_primary(refuse)
 
 
 _PROBE = textwrap.dedent(
@@ -121,20 +83,31 @@ _PROBE = textwrap.dedent(
     import json, sys
     import jax, numpy as np
     from training import _distributed as d
+    from training import RunDirError
+    from training._launch import join, resolve_launch
     args = [None if a == "-" else a for a in sys.argv[1:4]]
-    how = d.initialize_distributed(args[0], *(None if a is None else int(a) for a in args[1:]))
+    launch = resolve_launch(args[0], *(None if a is None else int(a) for a in args[1:]))
+    join(launch, timeout_s=60, log=lambda message: None)
     mesh = d.make_mesh()
     sharding = d.batch_sharded(mesh, 2)
     full = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
-    rows = d.local_rows(sharding, 8)
-    batch = d.global_batch(full[rows], sharding, full.shape)
+    batch = jax.make_array_from_callback(full.shape, sharding, lambda i: full[i])
     total = jax.jit(lambda x: (x * x).sum(), out_shardings=d.replicated(mesh))(batch)
     d.barrier("probe")
+    shared = d.on_primary(lambda: {"from": jax.process_index()})
+    def refuse():
+        raise RunDirError("{p} refused", p=jax.process_index())
+    try:
+        d.on_primary(refuse)
+    except RunDirError as err:
+        refused = str(err)
     print(json.dumps({
-        "how": how, "devices": mesh.size, "process": jax.process_index(),
-        "rows": [rows.start, rows.stop], "shard_rows": batch.addressable_shards[0].data.shape[0],
+        "how": launch.source, "devices": mesh.size, "process": jax.process_index(),
+        "shard_rows": batch.addressable_shards[0].data.shape[0],
         "total": float(total), "primary": d.is_primary(),
         "broadcast": d.broadcast_int(100 + jax.process_index()),
+        "text": d.broadcast_str(f"from {jax.process_index()}"), "shared": shared,
+        "refused": refused,
     }))
     """
 )
@@ -170,14 +143,16 @@ EXPECTED_TOTAL = float((np.arange(24, dtype=np.float64) ** 2).sum())
 def test_four_devices_one_process():
     result = _result(_probe(["-", "-", "-"], devices=4))
     assert result == {
-        "how": "single",
+        "how": "one process",
         "devices": 4,
         "process": 0,
-        "rows": [0, 8],
         "shard_rows": 2,
         "total": EXPECTED_TOTAL,
         "primary": True,
         "broadcast": 100,
+        "text": "from 0",
+        "shared": {"from": 0},
+        "refused": "0 refused",
     }
 
 
@@ -197,9 +172,11 @@ def test_two_processes_on_localhost_each_feed_their_rows():
             "how": "flags",
             "devices": 4,
             "process": i,
-            "rows": [4 * i, 4 * i + 4],
             "shard_rows": 2,
             "total": EXPECTED_TOTAL,
             "primary": i == 0,
             "broadcast": 100,
+            "text": "from 0",
+            "shared": {"from": 0},
+            "refused": "0 refused",
         }

@@ -1,8 +1,10 @@
 """Data parallelism end to end: train.py on 1 device, 4 devices and 2 processes agree.
 
-Real ``train.py`` subprocesses on ../shared/data/mnist-mini (2 epochs, tiny model): one process
-with one CPU device; one process with 4 forced CPU devices (``JAX_NUM_CPU_DEVICES``, the same
-as ``--xla_force_host_platform_device_count``); two processes on localhost with 2 devices each,
+Real ``train.py`` subprocesses on ../shared/data/mnist-mini (2 epochs, tiny model), started
+from the repository root with relative ``--data-dir`` and ``--out`` as a user types them: one
+process with one CPU device; one process with 4 forced CPU devices (``JAX_NUM_CPU_DEVICES``,
+the same as ``--xla_force_host_platform_device_count``); two processes on localhost with 2
+devices each,
 joined through ``jax.distributed`` and CPU collectives (gloo, jax's default). The batch is
 sharded over the devices, so the gradient is summed in another order: the losses agree within
 the ``data_parallel_loss`` tolerance, not bit for bit.
@@ -26,6 +28,7 @@ from tests.test_resume import (
     reference,  # noqa: F401 (the session fixture, shared with the resume tests)
     train_command,
     train_py,
+    xla_cache,  # noqa: F401 (the shared compilation cache of the test subprocesses)
 )
 from tests.tolerances import assert_close
 
@@ -55,7 +58,7 @@ def assert_same_training(actual: dict, expected: dict, context: str) -> None:
 def test_four_devices_match_one(tmp_path, one_device):
     out = tmp_path / "run"
     proc = ok(train_py(out, *FLAGS, devices=4))
-    assert "4 x cpu (cpu)" in output(proc)
+    assert "backend cpu: 4 x cpu (jax " in output(proc)
     four = metrics(out)
     assert (four["device"]["device_count"], four["device"]["process_count"]) == (4, 1)
     assert_same_training(four, one_device, "4 devices vs 1")
@@ -86,7 +89,10 @@ def test_two_processes_match_one(tmp_path, one_device):
     for p, (_, stderr) in zip(procs, results, strict=True):
         assert p.returncode == 0, stderr[-4000:]
     assert "epoch   2/2" in results[0][0]
+    assert "backend cpu: 4 x cpu over 2 processes" in results[0][0]
     assert "epoch" not in results[1][0]  # only process 0 logs
+    for i, (stdout, _) in enumerate(results):  # every process says whom it waits for
+        assert f"joining the run as process {i} of 2, coordinator {address} (flags)" in stdout
     both = metrics(out)
     assert (both["device"]["device_count"], both["device"]["process_count"]) == (4, 2)
     assert_same_training(both, one_device, "2 processes x 2 devices vs 1 device")

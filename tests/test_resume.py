@@ -2,15 +2,19 @@
 
 Each run is a real ``train.py`` subprocess on ../shared/data/mnist-mini (8000 examples, batch
 64: 125 steps per epoch) with a tiny model, 2 epochs, a checkpoint every 40 steps and 25
-training calls per epoch. Kills are real SIGKILLs, placed deterministically by the
-``JAXCE_TEST_KILL`` test hook (see `training._checkpoint`). A resumed run must end with
+training calls per epoch, started from the repository root with relative ``--data-dir`` and
+``--out``, as a user types them. Kills are real SIGKILLs, placed deterministically by the
+test-only launcher `tests.faults` (``JAXCE_TEST_KILL``). A resumed run must end with
 bit-identical parameters, optimizer state and metrics to an uninterrupted one (CPU).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,10 +25,13 @@ import jax
 import numpy as np
 import pytest
 
+import train
 from tests.conftest import SHARED_DATA
-from training._checkpoint import TEST_KILL_ENV, read_checkpoint
-from training._resume import NonFiniteLossError, ResumeError, RunCheckpointing
-from training._run import Config, chunk_bounds
+from tests.faults import TEST_KILL_ENV
+from training import Config, NonFiniteLossError, ResumeError
+from training._checkpoint import read_checkpoint
+from training._resume import RunCheckpointing
+from training._run import chunk_bounds
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_MINI = SHARED_DATA / "mnist-mini"
@@ -36,21 +43,63 @@ FINAL = "step_00000250"
 COMPARED = ("train_loss", "test_loss", "test_accuracy", "final_test_accuracy")
 
 
-def train_command(out, *flags) -> list[str]:
-    return [sys.executable, "train.py", "--data-dir", str(MNIST_MINI), "--out", str(out), *flags]
+def relative(path: Path) -> str:
+    """``path`` relative to the repository root, where the runs start (as a user types it)."""
+    return os.path.relpath(path, ROOT)
+
+
+def train_command(out, *flags, faults: bool = False) -> list[str]:
+    """train.py's command line (or the fault-injecting launcher's) with relative paths."""
+    program = ["-m", "tests.faults"] if faults else ["train.py"]
+    data = ["--data-dir", relative(MNIST_MINI)]
+    return [sys.executable, *program, *data, "--out", relative(Path(out)), *flags]
+
+
+XLA_CACHE_ENV = "JAXCE_TEST_XLA_CACHE"
 
 
 def cpu_env(devices: int = 1, **extra: str) -> dict[str, str]:
-    """This environment without JAX/XLA settings, on ``devices`` CPU devices, plus ``extra``."""
+    """This environment without JAX/XLA settings, on ``devices`` CPU devices, plus ``extra``.
+
+    With the `xla_cache` fixture active, the runs share jax's persistent compilation cache: a
+    run compiles what an earlier one with the same settings compiled in a fraction of the time
+    (the same executables, so results stay bit-identical).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
     env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), **extra)
+    if cache := os.environ.get(XLA_CACHE_ENV):
+        env.update(
+            JAX_COMPILATION_CACHE_DIR=cache,
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        )
     return env
 
 
+def shared_dir(tmp_path_factory) -> Path:
+    """A directory of this test session that every xdist worker shares."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def xla_cache(tmp_path_factory):
+    """Turns on the shared compilation cache for the test subprocesses (see `cpu_env`)."""
+    cache = shared_dir(tmp_path_factory) / "xla-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    previous = os.environ.get(XLA_CACHE_ENV)
+    os.environ[XLA_CACHE_ENV] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop(XLA_CACHE_ENV, None)
+    else:
+        os.environ[XLA_CACHE_ENV] = previous
+
+
 def train_py(out, *flags, env=None, devices: int = 1, timeout: int = 300):
-    """Runs train.py on mnist-mini in a fresh process; returns the CompletedProcess."""
+    """Runs train.py on mnist-mini in a fresh process from the repository root."""
     return subprocess.run(
-        train_command(out, *flags),
+        train_command(out, *flags, faults=bool(env and TEST_KILL_ENV in env)),
         cwd=ROOT,
         env=cpu_env(devices, **(env or {})),
         capture_output=True,
@@ -84,17 +133,19 @@ def assert_same_run(out: Path, reference: Path) -> None:
         assert meta["history"][key] == ref_meta["history"][key], key
 
 
-_RUNS: dict[str, Path] = {}  # per test process: pytest keeps one fixture per importing module
-
-
 @pytest.fixture(scope="session")
-def reference(tmp_path_factory) -> Path:
-    """The uninterrupted run on one device (shared with test_distributed_training.py)."""
-    if "reference" not in _RUNS:
-        out = tmp_path_factory.mktemp("reference") / "run"
-        ok(train_py(out, *FLAGS))
-        _RUNS["reference"] = out
-    return _RUNS["reference"]
+def reference(tmp_path_factory, xla_cache) -> Path:
+    """The uninterrupted run on one device, made once per test session and shared by the test
+    processes (the resume and data-parallel tests compare against it)."""
+    out = shared_dir(tmp_path_factory) / "train-reference" / "run"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other workers wait for the first one's run
+        if not (out / "metrics.json").is_file():
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(out)
+            ok(train_py(out, *FLAGS))
+    return out
 
 
 # Each run is killed at a point, then resumed; the last resume runs to the end. Checkpoints are
@@ -111,7 +162,7 @@ KILLS = [
 @needs_data
 def test_sigkill_then_resume_is_bit_identical(tmp_path, reference):
     out = tmp_path / "run"
-    proc = train_py(out, *FLAGS, env={TEST_KILL_ENV: KILLS[0][0]})
+    proc = train_py(out, *FLAGS, env={TEST_KILL_ENV: KILLS[0][0]})  # relative --out
     for i, (kill, resumed_from, skipped) in enumerate(KILLS):
         assert proc.returncode == -9, proc.stderr[-4000:]
         assert f"[test hook] {TEST_KILL_ENV}={kill}" in proc.stderr
@@ -178,9 +229,22 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path)
 # Unit tests of the pieces train.py puts together (no subprocess).
 
 
-def _checkpointing(tmp_path, **config) -> RunCheckpointing:
+DATA = {
+    "name": "mnist",
+    "source": "somewhere",
+    "num_train": 8000,
+    "num_test": 2000,
+    "sha256": "a" * 64,
+}
+
+
+def _checkpointing(tmp_path, *, data=DATA, steps_per_epoch=125, **config) -> RunCheckpointing:
     return RunCheckpointing(
-        Config(out=str(tmp_path), **config), steps_per_epoch=125, num_train=8000, log=print
+        Config(out=str(tmp_path), **config),
+        out=tmp_path,
+        steps_per_epoch=steps_per_epoch,
+        data=data,
+        log=print,
     )
 
 
@@ -231,14 +295,43 @@ def test_chunk_bounds_include_the_cuts():
     assert chunk_bounds(0, 10, 1, cuts=[0, 10, 12]) == [(0, 10)]
 
 
+def _refusal(checkpointing, meta) -> ResumeError:
+    with pytest.raises(ResumeError) as error:
+        checkpointing._check_compatible(meta)
+    return error.value
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
-    saved = {"config": {**vars(Config()), "lr": 0.01}, "num_train": 8000, "epoch": 1}
-    with pytest.raises(ResumeError, match=r"written with --lr 0\.01, this run has 0\.001"):
-        _checkpointing(tmp_path)._check_compatible(saved)
-    wider = {**saved, "config": {**vars(Config()), "hidden": [256, 128]}}
-    with pytest.raises(ResumeError, match="written with --hidden 256 128, this run has 128"):
-        _checkpointing(tmp_path)._check_compatible(wider)
-    with pytest.raises(ResumeError, match=r"trained on 8000 examples, this run's .* has 60000"):
-        RunCheckpointing(
-            Config(out=str(tmp_path)), steps_per_epoch=938, num_train=60000, log=print
-        )._check_compatible({**saved, "config": vars(Config())})
+    saved = {"config": {**Config().as_dict(), "learning_rate": 0.01}, "data": DATA, "epoch": 1}
+    error = _refusal(_checkpointing(tmp_path), saved)
+    assert "written with learning_rate 0.01, this run has 0.001" in str(error)
+    assert "written with --lr 0.01, this run has 0.001" in error.render(train.flag)
+    wider = {**saved, "config": {**Config().as_dict(), "hidden": [256, 128]}}
+    error = _refusal(_checkpointing(tmp_path), wider)
+    assert "written with --hidden 256 128, this run has 128" in error.render(train.flag)
+
+
+def test_resume_on_other_data_of_the_same_size_is_refused(tmp_path):
+    saved = {"config": Config().as_dict(), "data": DATA, "epoch": 1}
+    other = {**DATA, "sha256": "b" * 64, "source": "elsewhere"}
+    error = _refusal(_checkpointing(tmp_path, data=other), saved)
+    message = error.render(train.flag)
+    assert "trained on other data (SHA-256 aaaaaaaaaaaa..., 8000 training examples from " in message
+    assert "this run's data is bbbbbbbbbbbb... (8000 from elsewhere)" in message
+    assert "--resume" in message and "--overwrite" in message
+
+
+def test_checkpoint_without_a_data_fingerprint_compares_the_size(tmp_path, capsys):
+    # Checkpoints of an older train.py recorded only the number of training examples.
+    saved = {"config": Config().as_dict(), "num_train": 8000, "epoch": 1}
+    _checkpointing(tmp_path)._check_compatible(saved)
+    assert "records no data fingerprint" in capsys.readouterr().out
+    bigger = {**DATA, "num_train": 60000}
+    error = _refusal(_checkpointing(tmp_path, data=bigger, steps_per_epoch=938), saved)
+    assert re.search(r"trained on 8000 examples, this run's .* has 60000", str(error))
+
+
+def test_checkpoint_past_the_epochs_asks_for_more(tmp_path):
+    saved = {"config": Config().as_dict(), "data": DATA, "epoch": 5}
+    error = _refusal(_checkpointing(tmp_path, epochs=3), saved)
+    assert "at epoch 5, past --epochs 3; pass --epochs 5 or more" in error.render(train.flag)

@@ -1,9 +1,10 @@
-"""train.py and training's loop: end to end on mnist-mini, chunked epochs, the partial batch."""
+"""train.py and its loop: the README's command end to end, chunked epochs, the partial batch."""
 
 from __future__ import annotations
 
 import json
-import warnings
+import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +16,10 @@ import jaxce.loss
 import train
 from tests.conftest import SHARED_DATA, seeded_rng
 from tests.tolerances import assert_close
-from training import MLP, Dataset, Trainer, make_loss, put_dataset
-from training._run import Config, chunk_bounds
+from training import MLP, Config, Dataset, Trainer, make_loss, put_dataset
+from training._run import chunk_bounds
 
+ROOT = Path(__file__).resolve().parents[1]
 MNIST_MINI = SHARED_DATA / "mnist-mini"
 NUM_TRAIN = 300  # with batch 32: 10 steps, the last one of 12 examples
 BATCH = 32
@@ -131,8 +133,8 @@ def test_chunk_bounds_cover_the_epoch_from_any_step():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        pytest.param({"hidden": ()}, "--hidden needs positive integer widths", id="no-hidden"),
-        pytest.param({"hidden": (0,)}, "--hidden needs positive integer widths", id="zero"),
+        pytest.param({"hidden": ()}, "hidden needs positive integer widths", id="no-hidden"),
+        pytest.param({"hidden": (0,)}, "hidden needs positive integer widths", id="zero"),
     ],
 )
 def test_bad_model_settings(kwargs, match):
@@ -143,9 +145,21 @@ def test_bad_model_settings(kwargs, match):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        pytest.param({"learning_rate": 0.0}, "--lr must be positive", id="lr"),
-        pytest.param({"loss": "mse"}, "--loss must be one of jaxce, optax", id="loss"),
-        pytest.param({"batch_size": 0}, "--batch-size 0 does not split evenly", id="batch"),
+        pytest.param(
+            {"learning_rate": 0.0}, "learning_rate must be a positive, finite number", id="lr"
+        ),
+        pytest.param(
+            {"learning_rate": float("inf")}, "learning_rate must be a positive", id="lr-inf"
+        ),
+        pytest.param({"loss": "mse"}, "loss must be one of jaxce, optax", id="loss"),
+        pytest.param({"batch_size": 0}, "batch_size 0 does not split evenly", id="batch"),
+        pytest.param(
+            {"batch_size": 16},
+            r"batch_size 16 is larger than the training split \(10 examples\).* at most "
+            "batch_size 10",
+            id="batch-larger-than-data",
+        ),
+        pytest.param({"num_train": 0}, "the training split must not be empty", id="no-data"),
     ],
 )
 def test_bad_trainer_settings(kwargs, match):
@@ -156,33 +170,70 @@ def test_bad_trainer_settings(kwargs, match):
 
 def test_defaults_are_the_tutorials():
     config = train.parse_args([])
-    assert (config.epochs, config.batch_size, config.lr, config.hidden) == (10, 64, 1e-3, (128,))
+    assert (config.epochs, config.batch_size, config.learning_rate, config.hidden) == (
+        10,
+        64,
+        1e-3,
+        (128,),
+    )
     assert (config.loss, config.dataset, config.data_dir) == ("jaxce", "mnist", None)
-    assert config.out.startswith("runs/")
+    assert config.out is None  # a new runs/<timestamp>, made when the run starts
     assert train.parse_args(["--hidden", "256", "64"]).hidden == (256, 64)
-    with pytest.raises(ValueError, match="--epochs must be at least 1"):
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
         Config(epochs=0)
+
+
+def test_every_config_field_is_a_flag():
+    parser = train.build_parser()
+    flags = {a.dest: a.option_strings for a in parser._actions if a.dest != "help"}
+    assert set(flags) == {f for f in vars(Config())}
+    assert flags["learning_rate"] == ["--lr"] and flags["batch_size"] == ["--batch-size"]
+    assert train.parse_args([]) == Config()  # the flags' defaults are Config's
+
+
+@pytest.fixture
+def in_repo_root(monkeypatch):
+    """The working directory is the repository root, as for a user who follows the README."""
+    monkeypatch.chdir(ROOT)
+
+
+def created_run(output: str) -> Path:
+    """The run directory a run reported ("run directory <path>; ...")."""
+    line = next(x for x in output.splitlines() if x.startswith("run directory "))
+    return Path(line.removeprefix("run directory ").split(";")[0])
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not MNIST_MINI.is_dir(), reason="needs ../shared/data/mnist-mini")
-def test_end_to_end_on_mnist_mini(tmp_path):
-    out = tmp_path / "run"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        train.main(["--data-dir", str(MNIST_MINI), "--epochs", "2", "--out", str(out)])
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["train_loss"][1] < metrics["train_loss"][0]
-    assert metrics["test_loss"][1] < metrics["test_loss"][0]
-    assert metrics["final_test_accuracy"] >= 0.92  # 93.8% measured with seed 0 on CPU
-    assert metrics["dataset"]["num_train"] == 8000
-    assert metrics["steps_per_epoch"] == 125
-    assert len(metrics["epoch_seconds"]) == 2
-    assert metrics["compile_seconds"] > 0
-    assert metrics["device"]["device_count"] == len(jax.devices())
-    assert metrics["versions"]["jax"] == jax.__version__
-    assert metrics["config"]["hidden"] == [128]
-    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_readme_offline_command_from_the_repository_root(in_repo_root, capsys):
+    # `make train ARGS="--data-dir ../shared/data/mnist-mini --epochs 2"`, exactly: a relative
+    # --data-dir and the default --out, a new runs/<timestamp> under the repository root.
+    train.main(["--data-dir", "../shared/data/mnist-mini", "--epochs", "2"])
+    output = capsys.readouterr().out
+    out = created_run(output)
+    try:
+        assert out.parent == ROOT / "runs"
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["train_loss"][1] < metrics["train_loss"][0]
+        assert metrics["test_loss"][1] < metrics["test_loss"][0]
+        assert metrics["final_test_accuracy"] >= 0.92  # 93.8% measured with seed 0 on CPU
+        assert metrics["dataset"]["num_train"] == 8000
+        assert metrics["steps_per_epoch"] == 125
+        assert len(metrics["epoch_seconds"]) == 2
+        assert metrics["compile_seconds"] > 0
+        assert metrics["device"]["device_count"] == len(jax.devices())
+        assert metrics["versions"]["jax"] == jax.__version__
+        assert metrics["config"]["hidden"] == [128]
+        assert metrics["config"]["out"] == str(out)
+        assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+            "step_00000125",
+            "step_00000125.commit.json",
+            "step_00000250",
+            "step_00000250.commit.json",
+        ]
+    finally:
+        shutil.rmtree(out)
 
 
 @pytest.mark.parametrize(
