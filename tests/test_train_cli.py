@@ -1,0 +1,720 @@
+"""train.py as its users meet it: a corpus of bad input and faults, each with what the user sees.
+
+Every case calls ``train.main`` (or ``parse_args``) in this process with a command line and checks
+the exit status and the one ``train.py: error:`` line: 2 for a bad setting (before any work), 1
+for a run that cannot go on (data, run directory, resume). Runs that get as far as training use
+a tiny IDX dataset written to a temporary directory (256 training and 64 test images). The
+launcher cases, which need subprocesses, are in tests/test_train_launch.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import pytest
+
+import train
+from tests.test_data_idx import STEMS, idx_bytes, make_arrays, write_dir
+from training import _rundir
+from training._rundir import RunDir, default_out
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "1", "--hidden", "8", "--batch-size", "32"]  # 8 steps per epoch
+LAUNCHER_VARIABLES = (
+    "JAX_COORDINATOR_ADDRESS",
+    "SLURM_JOB_ID",
+    "SLURM_STEP_NODELIST",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "OMPI_MCA_orte_hnp_uri",
+    "PMI_RANK",
+    "PMI_SIZE",
+    "PMIX_RANK",
+    "MV2_COMM_WORLD_RANK",
+    "MV2_COMM_WORLD_SIZE",
+    "RANK",
+    "WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "TORCHELASTIC_RUN_ID",
+    "JOB_COMPLETION_INDEX",
+    "JOBSET_NAME",
+    "TPU_WORKER_HOSTNAMES",
+    "TPU_PROCESS_ADDRESSES",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+)
+
+
+@pytest.fixture(autouse=True)
+def no_launcher(monkeypatch):
+    """No launcher variables, and jax.distributed must not start in these in-process runs."""
+    for name in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")
+
+    def refuse(**kwargs):
+        raise AssertionError(f"jax.distributed.initialize called with {kwargs}")
+
+    monkeypatch.setattr(jax.distributed, "initialize", refuse)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A tiny MNIST-format dataset: 256 training and 64 test images, gzipped IDX files."""
+    folder = tmp_path_factory.mktemp("tiny-mnist")
+    write_dir(folder, make_arrays(256, 64))
+    return folder
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``train.main(argv)``: its exit status, stdout and stderr."""
+    try:
+        train.main([str(a) for a in argv])
+        status = 0
+    except SystemExit as exit_info:
+        status = exit_info.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def error_line(err: str) -> str:
+    """The one ``train.py: error:`` line (argparse prints its usage before it)."""
+    lines = [x for x in err.splitlines() if x.startswith("train.py: error: ")]
+    assert len(lines) == 1, err
+    return lines[0].removeprefix("train.py: error: ")
+
+
+# -- bad settings: usage errors (exit 2) before any work ------------------------------------
+
+USAGE = [
+    (["--lr", "-1"], "--lr must be a positive, finite number, got -1.0"),
+    (["--lr", "nan"], "--lr must be a positive, finite number, got nan"),
+    (["--lr", "inf"], "--lr must be a positive, finite number, got inf"),
+    (["--lr", "0"], "--lr must be a positive, finite number, got 0.0"),
+    (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+    (["--hidden", "-5"], "--hidden must be at least 1, got -5"),
+    (["--hidden", "0"], "--hidden must be at least 1, got 0"),
+    (["--hidden", "128", "0"], "--hidden must be at least 1, got 0"),
+    (["--hidden"], "argument --hidden: expected at least one argument"),
+    (["--seed", str(2**64)], "--seed must be from 0 to 4294967295 (jax's PRNG keys hold 32 bits"),
+    (["--seed", str(2**32)], "a larger seed repeats a smaller one), got 4294967296"),
+    (["--seed", "-1"], "--seed must be from 0 to 4294967295"),
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    (["--epochs", "-3"], "--epochs must be at least 1, got -3"),
+    (["--epochs", "2.5"], "argument --epochs: invalid int value: '2.5'"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--keep-checkpoints", "0"], "--keep-checkpoints must be at least 1, got 0"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every must be at least 0, got -1"),
+    (["--chunks", "0"], "--chunks must be at least 1, got 0"),
+    (["--resume", "--overwrite"], "--resume continues the run in --out and --overwrite deletes"),
+    (["--dataset", "cifar10"], "argument --dataset: invalid choice: 'cifar10'"),
+    (["--loss", "mse"], "argument --loss: invalid choice: 'mse'"),
+    (["--out", ""], "--out must name a directory, got ''"),
+    (["--out", "  "], "--out must name a directory, got '  '"),
+    (["--coordinator-address", "localhost"], "--coordinator-address must be HOST:PORT"),
+    (["--coordinator-address", "host:0"], "a port from 1 to 65535"),
+    (["--coordinator-address", "host:65536"], "got 'host:65536'"),
+    (["--coordinator-address", ":1234"], "got ':1234'"),
+    (["--coordinator-address", "::1:1234"], "an IPv6 host in brackets, [::1]:1234"),
+    (["--coordinator-address", "host:12a"], "got 'host:12a'"),
+    (["--num-processes", "0"], "--num-processes must be at least 1, got 0"),
+    (["--process-id", "-1"], "--process-id must be at least 0, got -1"),
+    (["--num-processes", "2", "--process-id", "2"], "--process-id must be from 0 to 1, got 2"),
+    (["--coordinator-timeout", "0"], "--coordinator-timeout must be a positive, finite number"),
+    (["--coordinator-timeout", "nan"], "--coordinator-timeout must be a positive, finite"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), USAGE, ids=[" ".join(a) or "empty" for a, _ in USAGE])
+def test_bad_setting_is_a_usage_error(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("the run started"))
+    status, out, err = run(argv, capsys)
+    assert status == 2
+    assert message in error_line(err)
+    assert err.startswith("usage: train.py")
+    assert "Traceback" not in err and out == ""
+
+
+def test_bracketed_ipv6_coordinator_is_accepted():
+    config = train.parse_args(
+        ["--coordinator-address", "[::1]:1234", "--num-processes", "2", "--process-id", "1"]
+    )
+    assert config.coordinator_address == "[::1]:1234"
+
+
+LAUNCH_USAGE = [
+    pytest.param(
+        ["--num-processes", "2"],
+        {},
+        "several processes need --coordinator-address, --num-processes and --process-id "
+        "together; got --num-processes 2 but not --coordinator-address, --process-id.",
+        id="num-processes-alone",
+    ),
+    pytest.param(
+        ["--process-id", "1"],
+        {},
+        "got --process-id 1 but not --coordinator-address, --num-processes",
+        id="process-id-alone",
+    ),
+    pytest.param(
+        ["--coordinator-address", "h:1"],
+        {},
+        "got --coordinator-address h:1 but not --num-processes, --process-id",
+        id="coordinator-alone",
+    ),
+    pytest.param(
+        [],
+        {"JAX_COORDINATOR_ADDRESS": "h:1"},
+        "got --coordinator-address h:1 but not --num-processes, --process-id",
+        id="jax-coordinator-variable-alone",
+    ),
+    pytest.param(
+        [],
+        {"JOB_COMPLETION_INDEX": "1", "KUBERNETES_SERVICE_HOST": "10.0.0.1"},
+        "this process runs under Kubernetes Indexed Job, which gives --process-id 1 but not "
+        "--coordinator-address, --num-processes: pip install kubernetes",
+        id="kubernetes-indexed-job",
+    ),
+    pytest.param(
+        [],
+        {"JOB_COMPLETION_INDEX": "0", "JOBSET_NAME": "train"},
+        "this process runs under Kubernetes JobSet, which gives --process-id 0",
+        id="kubernetes-jobset",
+    ),
+    pytest.param(
+        [],
+        {"RANK": "1", "WORLD_SIZE": "4"},
+        "torchrun-style RANK/WORLD_SIZE, which gives --num-processes 4, --process-id 1 but not "
+        "--coordinator-address",
+        id="rank-without-master",
+    ),
+    pytest.param(
+        [],
+        {
+            "RANK": "1",
+            "WORLD_SIZE": "4",
+            "MASTER_ADDR": "h",
+            "MASTER_PORT": "29500",
+            "TORCHELASTIC_RUN_ID": "r",
+        },
+        "torchrun's own store listens on MASTER_PORT: pass --coordinator-address",
+        id="under-torchrun",
+    ),
+    pytest.param(
+        [],
+        {"RANK": "4", "WORLD_SIZE": "4", "MASTER_ADDR": "h", "MASTER_PORT": "1"},
+        "--process-id must be in [0, 4) for --num-processes 4, got 4 (from torchrun-style",
+        id="rank-out-of-range",
+    ),
+    pytest.param(
+        [],
+        {
+            "SLURM_JOB_ID": "7",
+            "SLURM_STEP_NODELIST": "n1",
+            "SLURM_NTASKS": "two",
+            "SLURM_PROCID": "0",
+            "SLURM_LOCALID": "0",
+        },
+        "the launcher's SLURM_NTASKS must be an integer, got 'two'",
+        id="slurm-garbage",
+    ),
+    pytest.param(
+        ["--num-processes", "3"],
+        {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2"},
+        "this process runs under Open MPI, which gives --num-processes 3, --process-id 1 but "
+        "not --coordinator-address",  # the flag wins over OMPI_COMM_WORLD_SIZE
+        id="flag-overrides-launcher",
+    ),
+]
+
+
+@pytest.mark.parametrize(("argv", "environ", "message"), LAUNCH_USAGE)
+def test_incomplete_multi_process_settings_are_refused(argv, environ, message, capsys, monkeypatch):
+    # Neither mpi4py nor kubernetes installed, whatever this machine has.
+    monkeypatch.setattr("training._launch._has_module", lambda name: False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    status, _out, err = run(argv, capsys)
+    assert status == 2
+    assert message in error_line(err)
+    assert "Traceback" not in err
+
+
+def test_mpi_without_mpi4py_says_how_to_find_the_coordinator(capsys, monkeypatch):
+    monkeypatch.setenv("PMI_RANK", "1")
+    monkeypatch.setenv("PMI_SIZE", "4")
+    monkeypatch.setattr("training._launch._has_module", lambda name: False)
+    status, _, err = run([], capsys)
+    assert status == 2
+    assert error_line(err) == (
+        "this process runs under MPI (PMI), which gives --num-processes 4, --process-id 1 but "
+        "not --coordinator-address: pip install mpi4py (jax then asks MPI for rank 0's "
+        "address), or pass --coordinator-address on every process (a worker that cannot tell "
+        "its place would run as a copy of process 0)."
+    )
+
+
+def test_one_task_of_a_launcher_is_a_single_process_run(tiny, tmp_path, capsys, monkeypatch):
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "JOB_COMPLETION_INDEX": "0"}.items():
+        monkeypatch.setenv(name, value)
+    status, out, _ = run(["--data-dir", tiny, "--out", tmp_path / "run", *TINY], capsys)
+    assert status == 0 and "joining" not in out
+
+
+# -- settings that do not fit the data: usage errors after loading it, before compiling ------
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        pytest.param(
+            ["--batch-size", "1000"],
+            "--batch-size 1000 is larger than the training split (256 examples): every step "
+            "would be mostly padding. Use at most --batch-size 256.",
+            id="batch-over-data",
+        ),
+        pytest.param(
+            ["--batch-size", "32", "--chunks", "100"],
+            "--chunks 100 is more than the 8 steps of an epoch (at most one compiled call per "
+            "step); use --chunks 8 or less",
+            id="chunks-over-steps",
+        ),
+    ],
+)
+def test_settings_against_the_data(tiny, tmp_path, flags, message, capsys, monkeypatch):
+    monkeypatch.setattr("training._loop.Trainer.compile", lambda *a: pytest.fail("compiled"))
+    out = tmp_path / "run"
+    status, _, err = run(["--data-dir", tiny, "--out", out, "--epochs", "1", *flags], capsys)
+    assert status == 2
+    assert error_line(err) == message
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing that refuses a rerun
+
+
+def test_a_failed_start_leaves_an_out_the_next_run_accepts(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(["--data-dir", tiny, "--out", out, "--batch-size", "1000"], capsys)[0] == 2
+    status, _stdout, _ = run(["--data-dir", tiny, "--out", out, *TINY], capsys)
+    assert status == 0 and (out / "metrics.json").is_file()
+
+
+def test_a_batch_of_the_whole_split_works(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = ["--epochs", "2", "--hidden", "8", "--batch-size", "256"]
+    status, _stdout, _ = run(["--data-dir", tiny, "--out", out, *flags], capsys)
+    assert status == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps_per_epoch"] == 1 and len(metrics["train_loss"]) == 2
+
+
+# -- data: runtime errors (exit 1) naming the file -------------------------------------------
+
+
+def _damage(folder: Path, field: str, data: bytes) -> None:
+    (folder / f"{STEMS[field]}.gz").unlink()
+    (folder / STEMS[field]).write_bytes(data)
+
+
+DATA_ERRORS = [
+    pytest.param(
+        lambda d: shutil.rmtree(d), "{d} is not a directory (it does not exist)", id="gone"
+    ),
+    pytest.param(
+        lambda d: (shutil.rmtree(d), d.write_text("x")),
+        "{d} is not a directory (it is a file)",
+        id="a-file",
+    ),
+    pytest.param(
+        lambda d: (d / "t10k-labels-idx1-ubyte.gz").unlink(),
+        "t10k-labels-idx1-ubyte[.gz] not found in {d}",
+        id="missing-file",
+    ),
+    pytest.param(
+        lambda d: _damage(d, "train_images", idx_bytes(make_arrays(0, 4)["train_images"])),
+        "{d}/train-images-idx3-ubyte holds 0 images but",
+        id="empty-train-images",
+    ),
+    pytest.param(
+        lambda d: (
+            _damage(d, "test_images", idx_bytes(make_arrays(4, 0)["test_images"])),
+            _damage(d, "test_labels", idx_bytes(make_arrays(4, 0)["test_labels"])),
+        ),
+        "{d}/t10k-images-idx3-ubyte holds no images; the test split must not be empty",
+        id="empty-test-split",
+    ),
+    pytest.param(
+        lambda d: (d / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b" + bytes(30)),
+        "{d}/train-images-idx3-ubyte.gz: not a readable gzip file",
+        id="corrupt-gzip",
+    ),
+    pytest.param(
+        lambda d: _damage(d, "test_labels", idx_bytes(make_arrays(256, 64)["test_images"])),
+        "{d}/t10k-labels-idx1-ubyte: magic number 0x00000803 (an images file?)",
+        id="swapped-files",
+    ),
+]
+
+
+@pytest.mark.parametrize(("damage", "message"), DATA_ERRORS)
+def test_bad_data_is_named(tiny, tmp_path, damage, message, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny, data)
+    damage(data)
+    status, _, err = run(["--data-dir", data, "--out", tmp_path / "run", *TINY], capsys)
+    assert status == 1
+    assert message.format(d=data) in error_line(err)
+    assert "Traceback" not in err
+
+
+def test_unreadable_data_file_is_named(tiny, tmp_path, capsys, monkeypatch):
+    unreadable = tiny / "train-images-idx3-ubyte.gz"
+    read_bytes = Path.read_bytes
+
+    def refuse(path):
+        if path == unreadable:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    status, _, err = run(["--data-dir", tiny, "--out", tmp_path / "run", *TINY], capsys)
+    assert status == 1
+    assert error_line(err) == (
+        f"{unreadable}: cannot be read (Permission denied); check that the file is readable"
+    )
+
+
+def test_strict_checksums_names_its_flag(tiny, tmp_path, capsys):
+    flags = ["--data-dir", tiny, "--out", tmp_path / "run", "--strict-checksums", *TINY]
+    status, _, err = run(flags, capsys)
+    assert status == 1
+    assert error_line(err).endswith("Rejected because of --strict-checksums.")
+
+
+# -- the run directory: checked and locked before the data loads -----------------------------
+
+
+@pytest.fixture
+def no_data_loading(monkeypatch):
+    monkeypatch.setattr("training._run.load_data", lambda *a, **k: pytest.fail("data loaded"))
+
+
+def test_out_that_is_a_file(tmp_path, capsys, no_data_loading):
+    (tmp_path / "file").write_text("mine")
+    status, _, err = run(["--data-dir", tmp_path / "nowhere", "--out", tmp_path / "file"], capsys)
+    assert status == 1  # about --out: it is checked before --data-dir is read
+    assert error_line(err) == (
+        f"--out {tmp_path / 'file'} is a file, not a directory; choose another --out"
+    )
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_out_under_a_file(tmp_path, capsys, no_data_loading):
+    (tmp_path / "file").write_text("mine")
+    status, _, err = run(["--out", tmp_path / "file" / "run"], capsys)
+    assert status == 1
+    assert error_line(err) == (
+        f"--out {tmp_path / 'file' / 'run'} cannot be created (Not a directory); choose "
+        "another --out"
+    )
+
+
+def test_out_that_is_not_writable(tmp_path, capsys, monkeypatch, no_data_loading):
+    # Simulated: root (as in CI containers) may write anywhere whatever the mode bits say.
+    write_bytes = Path.write_bytes
+
+    def refuse(path, data):
+        if path.name.startswith(".write-test"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", refuse)
+    status, _, err = run(["--out", tmp_path / "run"], capsys)
+    assert status == 1
+    assert error_line(err) == (
+        f"--out {tmp_path / 'run'} is not writable (Permission denied); choose another --out"
+    )
+
+
+def test_out_in_use_by_a_live_run_in_this_process(tmp_path, capsys, no_data_loading):
+    with RunDir.open(tmp_path / "run", resume=False, overwrite=False):
+        status, _, err = run(["--out", tmp_path / "run", "--resume"], capsys)
+    assert status == 1
+    message = error_line(err)
+    assert message.startswith(f"--out {tmp_path / 'run'} is in use by another run (process ")
+    assert f"process {os.getpid()} on " in message
+    assert message.endswith("); wait for it to finish, or choose another --out")
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, b'{"pid": %d, "host": "elsewhere", "started": 0}' % os.getpid())
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_out_in_use_by_another_process_then_free_when_it_dies(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(out / ".lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        status, _, err = run(["--data-dir", tiny, "--out", out, *TINY], capsys)
+        assert status == 1
+        assert f"is in use by another run (process {holder.pid} on elsewhere" in error_line(err)
+    finally:
+        holder.kill()
+        holder.wait()
+    # The dead process's lock file stays, but the kernel dropped its lock: no stale lock.
+    status, _out_text, err = run(["--data-dir", tiny, "--out", out, *TINY], capsys)
+    assert status == 0, err
+    assert json.loads((out / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_out_holding_other_files_is_not_used(tmp_path, capsys, no_data_loading):
+    (tmp_path / "notes.txt").write_text("keep me")
+    status, _, err = run(["--out", tmp_path], capsys)
+    assert status == 1
+    assert error_line(err).startswith(
+        f"--out {tmp_path} already holds other files (notes.txt). Pass --resume"
+    )
+
+
+def test_leftovers_of_a_run_killed_in_its_first_checkpoint_are_cleared(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step_00000008.orbax-checkpoint-tmp" / "state").mkdir(parents=True)
+    status, stdout, err = run(["--data-dir", tiny, "--out", out, *TINY], capsys)
+    assert status == 0, err
+    assert f"removed {out / 'checkpoints'}: it held only unfinished checkpoint writes" in stdout
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_00000008",
+        "step_00000008.commit.json",
+    ]
+
+
+def test_default_out_names_are_new_directories(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    now = time.mktime((2030, 1, 2, 3, 4, 5, 0, 0, -1))
+    first, second = default_out(now), default_out(now)
+    assert first == Path("runs/20300102-030405") and second == Path("runs/20300102-030405-2")
+    assert first.is_dir() and second.is_dir()
+
+
+def test_lock_file_is_released_and_reused(tmp_path):
+    with RunDir.open(tmp_path / "run", resume=False, overwrite=False) as run_dir:
+        assert run_dir.path == (tmp_path / "run").resolve()
+        owner = json.loads((run_dir.path / _rundir.LOCK_FILE).read_text())
+        assert owner["pid"] == os.getpid()
+    with RunDir.open(tmp_path / "run", resume=True, overwrite=False):
+        pass
+
+
+# -- resume: never a silent start-over, never other data -------------------------------------
+
+
+RESUME = ["--epochs", "2", "--hidden", "8", "--batch-size", "32", "--checkpoint-every", "4"]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory) -> Path:
+    """A finished 2-epoch run on the tiny data, checkpointed every 4 steps (keep 3)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        for name in LAUNCHER_VARIABLES:
+            patch.delenv(name, raising=False)
+        train.main(["--data-dir", str(tiny), "--out", str(out), *RESUME])
+    return out
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def test_resume_on_other_data_of_the_same_size_is_refused(finished, tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    other = tmp_path / "other"
+    arrays = make_arrays(256, 64)
+    arrays["train_labels"][0] = (arrays["train_labels"][0] + 1) % 10  # one label differs
+    write_dir(other, arrays)
+    before = _snapshot(out)
+    status, _, err = run(["--data-dir", other, "--out", out, "--resume", *RESUME], capsys)
+    assert status == 1
+    message = error_line(err)
+    assert message.startswith("--resume: the checkpoint was trained on other data (SHA-256 ")
+    assert f"256 training examples from {tiny})" in message
+    assert f"(256 from {other})" in message
+    assert _snapshot(out) == before
+
+
+def _corrupt_every_checkpoint(out: Path) -> None:
+    for directory in (out / "checkpoints").glob("step_????????"):
+        meta = next(p for p in (directory / "meta").rglob("*") if p.is_file())
+        meta.write_bytes(meta.read_bytes() + b" ")
+
+
+def test_resume_with_every_checkpoint_damaged_refuses_and_keeps_the_run(
+    finished, tiny, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    _corrupt_every_checkpoint(out)
+    before = _snapshot(out)
+    status, _, err = run(["--data-dir", tiny, "--out", out, "--resume", *RESUME], capsys)
+    assert status == 1
+    message = error_line(err)
+    assert message.startswith(
+        f"--resume: {out} holds a run (metrics.json, curves.png, checkpoints) but no usable "
+        "checkpoint (step_00000016: file meta/"
+    )
+    assert "bytes, expected" in message and "step_00000012: file meta/" in message
+    assert message.endswith(
+        "Nothing was changed. Restore the checkpoints from a copy, or start over with "
+        "--overwrite (deletes the run) or another --out."
+    )
+    assert _snapshot(out) == before  # metrics.json and curves.png untouched
+
+
+def test_resume_of_a_finished_run_without_checkpoints_refuses(finished, tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    shutil.rmtree(out / "checkpoints")
+    status, _, err = run(["--data-dir", tiny, "--out", out, "--resume", *RESUME], capsys)
+    assert status == 1
+    assert f"{out} holds a run (metrics.json, curves.png) but no usable checkpoint (none)" in (
+        error_line(err)
+    )
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        pytest.param("[]", id="a-list"),
+        pytest.param('{"files": [1, 2]}', id="files-a-list"),
+        pytest.param('{"files": {"a": "b"}}', id="entry-a-string"),
+        pytest.param('{"format": 1}', id="no-files"),
+        pytest.param('{"files": {"a": [1]}}', id="entry-too-short"),
+    ],
+)
+def test_commit_file_of_valid_json_but_wrong_shape_is_a_bad_checkpoint(
+    finished, tiny, tmp_path, capsys, record
+):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    newest = out / "checkpoints" / "step_00000016.commit.json"
+    newest.write_text(record)
+    status, stdout, err = run(["--data-dir", tiny, "--out", out, "--resume", *RESUME], capsys)
+    # The other checkpoints are good: the run resumes from the one before, after saying why.
+    assert status == 0, err
+    assert (
+        f"skipping checkpoint {out / 'checkpoints' / 'step_00000016'}: commit file "
+        "step_00000016.commit.json is unreadable or not a commit record"
+    ) in stdout
+    assert f"resuming from {out / 'checkpoints' / 'step_00000012'}:" in stdout
+
+
+def test_resume_with_nothing_to_resume_starts_a_new_run(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    status, stdout, err = run(["--data-dir", tiny, "--out", out, "--resume", *TINY], capsys)
+    assert status == 0, err
+    assert f"nothing to resume in {out} (no checkpoint); starting from scratch" in stdout
+
+
+def test_resume_after_a_kill_in_the_first_checkpoint_starts_over(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step_00000008.orbax-checkpoint-tmp").mkdir(parents=True)
+    status, stdout, err = run(["--data-dir", tiny, "--out", out, "--resume", *TINY], capsys)
+    assert status == 0, err
+    assert "skipping checkpoint" in stdout and "no commit file" in stdout
+    assert "(unfinished checkpoint writes only); starting from scratch" in stdout
+
+
+def test_resume_with_other_settings_names_the_flag(finished, tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    flags = [*RESUME, "--lr", "0.01"]
+    status, _, err = run(["--data-dir", tiny, "--out", out, "--resume", *flags], capsys)
+    assert status == 1
+    assert "was written with --lr 0.001, this run has 0.01" in error_line(err)
+
+
+def test_overwrite_deletes_the_run_but_not_other_files(finished, tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    (out / "notes.txt").write_text("mine")
+    status, stdout, err = run(["--data-dir", tiny, "--out", out, "--overwrite", *TINY], capsys)
+    assert status == 0, err
+    assert f"deleted the earlier run in {out} (checkpoints, curves.png, metrics.json)" in stdout
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "metrics.json").read_text())["config"]["epochs"] == 1
+
+
+def test_keep_checkpoints_keeps_the_newest(finished):
+    names = sorted(p.name for p in (finished / "checkpoints").iterdir())
+    assert names == [
+        "step_00000008",
+        "step_00000008.commit.json",
+        "step_00000012",
+        "step_00000012.commit.json",
+        "step_00000016",
+        "step_00000016.commit.json",
+    ]
+
+
+# -- what a run shows: paths as typed, quiet output, the backend ------------------------------
+
+
+def test_relative_out_from_the_repository_root(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    relative = os.path.relpath(tmp_path / "run", ROOT)
+    assert not os.path.isabs(relative)
+    status, stdout, err = run(["--data-dir", tiny, "--out", relative, *TINY], capsys)
+    assert status == 0, err
+    out = (tmp_path / "run").resolve()
+    assert json.loads((out / "metrics.json").read_text())["config"]["out"] == str(out)
+    assert f"run directory {out}; backend " in stdout
+
+
+def test_relative_out_and_data_dir_in_another_directory(tiny, tmp_path, capsys, monkeypatch):
+    shutil.copytree(tiny, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run(["--data-dir", "data", "--out", "run", *TINY, "--resume"], capsys)
+    assert status == 0, err
+    status, stdout, err = run(["--data-dir", "data", "--out", "run", *RESUME, "--resume"], capsys)
+    assert status == 0, err
+    assert f"resuming from {tmp_path / 'run' / 'checkpoints' / 'step_00000008'}:" in stdout
+
+
+def test_output_is_quiet_and_readable(tiny, tmp_path, capsys, recwarn):
+    status, stdout, err = run(["--data-dir", tiny, "--out", tmp_path / "run", *TINY], capsys)
+    assert status == 0
+    warnings = [x for x in stdout.splitlines() if x.startswith("warning:")]
+    assert warnings == [
+        f"warning: the 4 files in {tiny} are not the SHA-256 tensorflow-datasets registers for "
+        "mnist (a subset or a repack?); their format checks passed (--strict-checksums refuses "
+        "them)"
+    ]
+    assert not [w for w in recwarn if "SHA-256" in str(w.message)]  # no Python warning printer
+    assert f"backend cpu: {jax.device_count()} x cpu (jax {jax.__version__})" in stdout
+    assert "step/s" not in err and "\r" not in err  # no progress bar when not on a terminal
+    assert "epoch   1/1  train loss " in stdout
