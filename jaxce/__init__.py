@@ -1,11 +1,28 @@
 """jaxce: torch.nn.CrossEntropyLoss semantics in JAX, with better numerics.
 
-The public API is exactly what ``__all__`` lists; every other module is private.
+The public API is exactly what ``__all__`` lists (every loss is also in ``jaxce.loss``); every
+other module is private.
 """
 
+from importlib import metadata as _metadata
+
 from jaxce import loss
-from jaxce.loss import CrossEntropyLoss, cross_entropy
+from jaxce.loss import (
+    CrossEntropyLoss,
+    cross_entropy,
+    linear_cross_entropy,
+    sharded_cross_entropy,
+)
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("jaxce")
+except _metadata.PackageNotFoundError:  # imported from a source tree that is not installed
+    __version__ = "0+unknown"
 
-__all__ = ["CrossEntropyLoss", "cross_entropy", "loss"]
+__all__ = [
+    "CrossEntropyLoss",
+    "cross_entropy",
+    "linear_cross_entropy",
+    "loss",
+    "sharded_cross_entropy",
+]

@@ -1,119 +1,160 @@
 """Static argument checks shared by the public wrappers.
 
-Everything here runs once, at trace time, on shapes, dtypes and Python options. Each error names
-the argument, the value it got and the fix. Nothing here touches array values.
+Everything here runs once, at trace time, in the public wrapper, on Python options, shapes and
+dtypes (and, for concrete class weights, their values), before any compiled work. Each error
+names the argument, the value it got and the fix. Label values are checked in
+``jaxce._labels``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import numbers
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxce._kernels import Options
-
 REDUCTIONS = ("none", "mean", "sum")
+Reduction = Literal["none", "mean", "sum"]
+_NUMERIC_KINDS = "biufc"  # numpy dtype kinds: bool, signed, unsigned, floating, complex
 
 
 class Spec(NamedTuple):
     """The validated, static description of one cross-entropy call."""
 
     axis: int  # non-negative class axis of ``logits``
-    num_classes: int
+    num_classes: int  # the logits' size along ``axis`` (padding included)
     soft_labels: bool  # True: ``labels`` are probabilities; False: class indices
     batch_shape: tuple[int, ...]  # logits' shape without the class axis
 
 
-def as_array(value, name: str) -> jax.Array:
-    """Converts array-likes to JAX arrays, rejecting objects that are not arrays."""
-    if isinstance(value, (jax.Array, np.ndarray, np.generic, numbers.Number)):
-        return jnp.asarray(value)
-    if isinstance(value, (list, tuple)):
-        try:
-            return jnp.asarray(value)
-        except (TypeError, ValueError) as err:
-            raise TypeError(
-                f"{name} must be an array; got a {type(value).__name__} that "
-                f"jnp.asarray cannot convert ({err})."
-            ) from err
-    raise TypeError(
-        f"{name} must be a jax.Array or numpy array; got {type(value).__name__}. "
-        f"Convert it first, e.g. jnp.asarray({name})."
-    )
-
-
-def real_option(value, name: str, *, low: float, high: float | None = None) -> float:
-    """Checks a Python scalar option lies in [low, high] and returns it as a float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+def as_unconverted(value, name: str) -> jax.Array | np.ndarray:
+    """A JAX array as it is, anything array-like as a numpy array (its values not converted)."""
+    if isinstance(value, jax.Array):
+        return value
+    if not isinstance(value, (np.ndarray, np.generic, numbers.Number, list, tuple)):
         raise TypeError(
-            f"{name} must be a Python float; got {value!r} of type {type(value).__name__}. "
-            f"It is a static hyperparameter: pass a number, not an array."
+            f"{name} must be a jax.Array or numpy array; got {type(value).__name__}. "
+            f"Convert it first, e.g. jnp.asarray({name})."
         )
-    value = float(value)
-    if not np.isfinite(value) or value < low or (high is not None and value > high):
-        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be in {bounds}; got {value}.")
-    return value
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise TypeError(
+            f"{name} must be an array; got a {type(value).__name__} that numpy cannot "
+            f"convert to one ({err}). Pass a rectangular array of numbers."
+        ) from None
+    if array.dtype.kind not in _NUMERIC_KINDS:
+        raise TypeError(
+            f"{name} must be an array of numbers; got a {type(value).__name__} of dtype "
+            f"{array.dtype}. Pass numbers, e.g. jnp.asarray({name}, jnp.float32)."
+        )
+    return array
+
+
+def as_array(value, name: str) -> jax.Array:
+    """Converts array-likes to JAX arrays, rejecting objects that are not arrays of numbers."""
+    array = as_unconverted(value, name)
+    try:
+        return jnp.asarray(array)
+    except TypeError as err:
+        raise TypeError(f"{name} has a dtype JAX does not support: {err}") from None
+
+
+def _interval(low: float, high: float | None, low_open: bool) -> str:
+    return f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
+
+
+def real_option(value, name: str, *, low: float, high=None, low_open=False, meaning="") -> float:
+    """A static real option in its interval (finite, always), as a float.
+
+    Every real option has one rule: a Python (or numpy) real number, not a bool or an array,
+    finite and inside ``[low, high]`` (``(low, ...`` when ``low_open``); the message states the
+    interval, what its ends mean, the value got and the fix.
+    """
+    interval = _interval(low, high, low_open)
+    meaning = f" ({meaning})" if meaning else ""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a Python float in {interval}; got {value!r} of type "
+            f"{type(value).__name__}. It is a static hyperparameter: pass a number{meaning}, "
+            f"e.g. float(x), not an array or a bool."
+        )
+    number = float(value)
+    inside = (number > low if low_open else number >= low) and (high is None or number <= high)
+    if not (np.isfinite(number) and inside):
+        raise ValueError(
+            f"{name} must be in {interval}; got {number}. Pass a finite number in that "
+            f"interval{meaning}."
+        )
+    return number
+
+
+def check_options(label_smoothing, z_loss, softcap) -> tuple[float, float, float | None]:
+    """The real options every loss shares, checked in this order; the first bad one raises."""
+    eps = real_option(
+        label_smoothing, "label_smoothing", low=0.0, high=1.0,
+        meaning="0 for no smoothing, 1 for the uniform target",
+    )  # fmt: skip
+    z = real_option(z_loss, "z_loss", low=0.0, meaning="0 turns the z-loss off")
+    if softcap is not None:
+        softcap = real_option(
+            softcap, "softcap", low=0.0, low_open=True,
+            meaning="the cap c in c * tanh(x / c); None turns the cap off",
+        )  # fmt: skip
+    return eps, z, softcap
 
 
 def check_reduction(reduction) -> str:
-    if reduction not in REDUCTIONS:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(
             f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {reduction!r}."
         )
-    return reduction
-
-
-def check_softcap(softcap) -> float | None:
-    if softcap is None:
-        return None
-    value = real_option(softcap, "softcap", low=0.0)
-    if value == 0.0:
-        raise ValueError("softcap must be > 0 (the cap c in c*tanh(x/c)) or None; got 0.0.")
-    return value
+    return str(reduction)
 
 
 def check_ignore_index(ignore_index) -> int:
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+    """Any Python (or numpy) int; one the labels' dtype cannot hold matches no label."""
+    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(
             f"ignore_index must be a Python int; got {ignore_index!r} of type "
-            f"{type(ignore_index).__name__}."
+            f"{type(ignore_index).__name__}. It is static: pass a number, e.g. int(x)."
         )
     return int(ignore_index)
 
 
-def check_options(axis: int, reduction, label_smoothing, z_loss, softcap) -> tuple[Options, str]:
-    """Checks the scalar options every public loss shares; the first bad one raises.
-
-    The order is label_smoothing, z_loss, softcap, reduction: the public wrappers' order.
-
-    Args:
-      axis: the kernels' class axis, already checked (non-negative).
-      reduction: ``"none"``, ``"mean"`` or ``"sum"``.
-      label_smoothing: a Python real in [0, 1].
-      z_loss: a Python real >= 0.
-      softcap: None or a Python real > 0.
-
-    Returns:
-      ``(Options(axis, label_smoothing, z_loss, softcap), reduction)``, the numbers as floats.
-
-    Raises:
-      TypeError: label_smoothing, z_loss or softcap not a Python real (a bool or an array).
-      ValueError: one of them out of range, or an unknown reduction.
-    """
-    opts = Options(
-        axis=axis,
-        label_smoothing=real_option(label_smoothing, "label_smoothing", low=0.0, high=1.0),
-        z_loss=real_option(z_loss, "z_loss", low=0.0),
-        softcap=check_softcap(softcap),
-    )
-    return opts, check_reduction(reduction)
+def check_flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"{name} must be True or False; got {value!r} of type {type(value).__name__}."
+        )
+    return bool(value)
 
 
-def check_logits_labels(logits: jax.Array, labels: jax.Array, axis) -> Spec:
+def check_int(value, name: str, what: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be a Python int ({what}); got {value!r} of type {type(value).__name__}."
+        )
+    return int(value)
+
+
+def check_num_classes(num_classes, available: int, where: str) -> int:
+    """The true class count of a padded class axis (``available`` entries), or all of them."""
+    if num_classes is None:
+        return available
+    count = check_int(num_classes, "num_classes", "the true class count; the rest is padding")
+    if not 0 <= count <= available:
+        raise ValueError(
+            f"num_classes must be in [0, {available}], the {where}; got {count}. Pass the "
+            f"number of real classes (those before the padding), or None for all of them."
+        )
+    return count
+
+
+def check_logits_labels(logits: jax.Array, labels, axis) -> Spec:
     """Checks dtypes, the class axis and the labels' shape; says which label kind they are."""
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(
@@ -125,7 +166,7 @@ def check_logits_labels(logits: jax.Array, labels: jax.Array, axis) -> Spec:
             "logits must have at least one dimension (the class axis); got a scalar. "
             "Pass an array of shape (num_classes,) or (..., num_classes)."
         )
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"axis must be a Python int; got {axis!r} of type {type(axis).__name__}.")
     if not -logits.ndim <= axis < logits.ndim:
         raise ValueError(
@@ -133,12 +174,6 @@ def check_logits_labels(logits: jax.Array, labels: jax.Array, axis) -> Spec:
             f"(ndim {logits.ndim}); use an axis in [{-logits.ndim}, {logits.ndim})."
         )
     axis = int(axis) % logits.ndim
-    num_classes = logits.shape[axis]
-    if num_classes == 0:
-        raise ValueError(
-            f"logits has 0 classes along axis {axis} (shape {logits.shape}); "
-            f"cross-entropy needs at least one class."
-        )
     batch_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
     if jnp.issubdtype(labels.dtype, jnp.integer):
         if labels.shape != batch_shape:
@@ -162,24 +197,33 @@ def check_logits_labels(logits: jax.Array, labels: jax.Array, axis) -> Spec:
             f"labels must be integer class indices or floating probabilities; got dtype "
             f"{labels.dtype}. Cast them, e.g. labels.astype(jnp.int32)."
         )
-    return Spec(axis, num_classes, soft, batch_shape)
+    return Spec(axis, logits.shape[axis], soft, batch_shape)
 
 
-def check_weight(weight, num_classes: int) -> jax.Array | None:
-    if weight is None:
+def check_class_vector(value, name: str, num_classes: int, hint: str) -> jax.Array | None:
+    """A floating (C,) vector (class weights, a bias), or None; concrete ones must be finite."""
+    if value is None:
         return None
-    weight = as_array(weight, "weight")
-    if not jnp.issubdtype(weight.dtype, jnp.floating):
+    vector = as_array(value, name)
+    if not jnp.issubdtype(vector.dtype, jnp.floating):
         raise TypeError(
-            f"weight must have a floating dtype; got {weight.dtype}. "
-            f"Cast it, e.g. weight.astype(jnp.float32)."
+            f"{name} must have a floating dtype; got {vector.dtype}. "
+            f"Cast it, e.g. {name}.astype(jnp.float32)."
         )
-    if weight.shape != (num_classes,):
+    if vector.shape != (num_classes,):
         raise ValueError(
-            f"weight must have shape (num_classes,) = ({num_classes},); got {weight.shape}. "
-            f"Pass one weight per class."
+            f"{name} must have shape (num_classes,) = ({num_classes},); got {vector.shape}. {hint}"
         )
-    return weight
+    if not isinstance(vector, jax.core.Tracer):
+        values = np.asarray(vector, np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"{name} must be finite; got {values[i]} at position {i} ({int(bad.sum())} "
+                f"non-finite value(s) in all). {hint}"
+            )
+    return vector
 
 
 def check_where(where, batch_shape: tuple[int, ...]) -> jax.Array | None:
@@ -192,7 +236,6 @@ def check_where(where, batch_shape: tuple[int, ...]) -> jax.Array | None:
             f"Pass e.g. where=mask.astype(bool)."
         )
     try:
-        np.broadcast_shapes(where.shape, batch_shape)
         fits = np.broadcast_shapes(where.shape, batch_shape) == batch_shape
     except ValueError:
         fits = False
@@ -202,3 +245,63 @@ def check_where(where, batch_shape: tuple[int, ...]) -> jax.Array | None:
             f"without the class axis); got {where.shape}."
         )
     return jnp.broadcast_to(where, batch_shape)
+
+
+@contextlib.contextmanager
+def reverse_mode_only(name: str, fix: str):
+    """Turns JAX's error for forward-mode autodiff through a custom VJP into one naming ``fix``.
+
+    Reverse mode (``jax.grad``, ``jax.vjp``, ``jax.jacrev``, and ``jax.hessian``, which is
+    forward over reverse) is unaffected.
+    """
+    try:
+        yield
+    except TypeError as err:
+        if "forward-mode autodiff" not in str(err) or "custom_vjp" not in str(err):
+            raise
+        raise TypeError(
+            f"{name} has a custom VJP: it supports reverse-mode autodiff (jax.grad, jax.vjp, "
+            f"jax.jacrev, and jax.hessian, forward over reverse) but not forward-mode autodiff "
+            f"of the loss itself (jax.jvp, jax.jacfwd). {fix}"
+        ) from None
+
+
+def check_linear_arrays(hidden: jax.Array, kernel: jax.Array, labels) -> None:
+    """linear_cross_entropy's arrays: floating (..., D) hidden, (D, C) kernel, index labels."""
+    for name, array in (("hidden", hidden), ("kernel", kernel)):
+        if not jnp.issubdtype(array.dtype, jnp.floating):
+            raise TypeError(
+                f"{name} must have a floating dtype; got {array.dtype}. "
+                f"Cast it, e.g. {name}.astype(jnp.float32)."
+            )
+    if hidden.ndim == 0:
+        raise ValueError("hidden must have shape (..., D) with D features; got a scalar.")
+    if kernel.ndim != 2 or kernel.shape[0] != hidden.shape[-1]:
+        raise ValueError(
+            f"kernel must have shape (D, C) = ({hidden.shape[-1]}, num_classes), D from "
+            f"hidden {hidden.shape}; got {kernel.shape}. A torch nn.Linear weight is (C, D): "
+            f"pass its transpose."
+        )
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(
+            f"labels must be integer class indices; got dtype {labels.dtype}. "
+            f"linear_cross_entropy does not take class probabilities: compute the logits and "
+            f"use cross_entropy, or cast indices with labels.astype(jnp.int32)."
+        )
+    if labels.shape != hidden.shape[:-1]:
+        raise ValueError(
+            f"labels must have shape hidden.shape[:-1] = {hidden.shape[:-1]} (one class index "
+            f"per row of hidden); got {labels.shape}."
+        )
+
+
+def check_chunk_size(chunk_size, num_classes: int) -> int | None:
+    """Classes per chunk, at most ``num_classes`` (None: the caller's default)."""
+    if chunk_size is None:
+        return None
+    chunk = check_int(chunk_size, "chunk_size", "classes per chunk, or None for the default")
+    if chunk < 1:
+        raise ValueError(
+            f"chunk_size must be >= 1 (classes per chunk) or None for the default; got {chunk}."
+        )
+    return max(1, min(chunk, num_classes))

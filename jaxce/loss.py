@@ -1,9 +1,15 @@
-"""Cross-entropy losses with torch.nn.CrossEntropyLoss semantics (public namespace)."""
+"""Cross-entropy losses with torch.nn.CrossEntropyLoss semantics (public namespace).
+
+- ``cross_entropy``: logits and class indices or probabilities, any class axis.
+- ``CrossEntropyLoss``: the torch module, in torch's layout (classes on dim 1).
+- ``linear_cross_entropy``: a final linear layer fused with the loss, chunked over classes.
+- ``sharded_cross_entropy``: logits split over a mesh axis by class, inside ``jax.shard_map``.
+"""
 
 from jaxce._cross_entropy import cross_entropy
+from jaxce._cross_entropy_loss import CrossEntropyLoss
 from jaxce._linear_cross_entropy import linear_cross_entropy
-from jaxce._module import CrossEntropyLoss
-from jaxce._sharded import sharded_cross_entropy
+from jaxce._sharded_cross_entropy import sharded_cross_entropy
 
 __all__ = [
     "CrossEntropyLoss",

@@ -32,7 +32,7 @@ STATIC_ERRORS = {
     "smoothing-array": (LOGITS, LABELS, {"label_smoothing": jnp.float32(0.1)}, TypeError, "label_smoothing must be a Python float"),
     "smoothing-nan": (LOGITS, LABELS, {"label_smoothing": float("nan")}, ValueError, "label_smoothing must be in"),
     "z-loss-negative": (LOGITS, LABELS, {"z_loss": -1.0}, ValueError, "z_loss must be in"),
-    "softcap-zero": (LOGITS, LABELS, {"softcap": 0.0}, ValueError, "softcap must be > 0"),
+    "softcap-zero": (LOGITS, LABELS, {"softcap": 0.0}, ValueError, r"softcap must be in \(0.0, inf\); got 0.0\. .*None turns the cap off"),
     "softcap-negative": (LOGITS, LABELS, {"softcap": -2.0}, ValueError, "softcap must be in"),
     "weight-length": (LOGITS, LABELS, {"weight": jnp.ones(4)}, ValueError, r"weight must have shape \(num_classes,\) = \(3,\); got \(4,\)"),
     "weight-dtype": (LOGITS, LABELS, {"weight": jnp.ones(3, jnp.int32)}, TypeError, "weight must have a floating dtype; got int32"),

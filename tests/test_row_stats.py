@@ -1,10 +1,10 @@
 """The row statistics behind every kernel: the CPU split into parts against the textbook form.
 
-On CPU, rows of more than 32768 classes are reduced in equal parts (``jaxce._row_stats``). These
-tests pin the part counts, compare the split with the plain two reductions and a float64
-log-sum-exp on awkward rows (-inf entries, a part of only -inf, a row of only -inf, |x| up to
-3e4), and check the loss and gradient of ``cross_entropy`` on such rows against autodiff of the
-independent reference.
+On CPU, rows of more than 32768 classes are reduced in equal parts (``jaxce._xla_cpu``, chosen
+by ``jaxce._reductions``). These tests pin the part counts, compare the split with the plain two
+reductions and a float64 log-sum-exp on awkward rows (-inf entries, a part of only -inf, a row of
+only -inf, |x| up to 3e4), and check the loss and gradient of ``cross_entropy`` on such rows
+against autodiff of the independent reference.
 """
 
 from __future__ import annotations
@@ -16,16 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxce import loss
-from jaxce._row_stats import (
-    CPU_ROW_LIMIT,
-    _plain,
-    _split,
-    _target_sum_guarded,
-    num_parts,
-    shifted_sum,
-    target_sum,
-)
+from jaxce import _xla_cpu, loss
+from jaxce._reductions import guarded_target_sum, textbook_row_stats
+from jaxce._xla_cpu import CPU_ROW_LIMIT, num_parts
 from tests.reference import reference_cross_entropy
 from tests.tolerances import assert_close
 
@@ -71,8 +64,8 @@ def _awkward_rows(rng, shape, axis):
 )
 def test_split_matches_plain_and_float64(rng, shape, axis):
     x = _awkward_rows(rng, shape, axis)
-    m, lse0 = jax.jit(_split, static_argnums=1)(x, axis)
-    m_plain, lse0_plain = jax.jit(_plain, static_argnums=1)(x, axis)
+    m, lse0 = jax.jit(_xla_cpu.split, static_argnums=1)(x, axis)
+    m_plain, lse0_plain = jax.jit(textbook_row_stats, static_argnums=1)(x, axis)
     np.testing.assert_array_equal(np.asarray(m), np.asarray(m_plain))
     assert_close(lse0, lse0_plain, dtype="float32", quantity="loss", context="split vs plain")
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -94,8 +87,8 @@ def test_split_matches_plain_and_float64(rng, shape, axis):
 def test_shifted_sum_matches_float64(rng, shape, axis):
     """The label-smoothing sum ``sum(xs - m)`` in parts, -inf rows and parts included."""
     x = _awkward_rows(rng, shape, axis)
-    m, _ = jax.jit(_plain, static_argnums=1)(x, axis)
-    got = jax.jit(shifted_sum, static_argnums=2)(x, m, axis)
+    m, _ = jax.jit(textbook_row_stats, static_argnums=1)(x, axis)
+    got = jax.jit(_xla_cpu.shifted_sum, static_argnums=2)(x, m, axis)
     with np.errstate(invalid="ignore"):
         want = np.sum(np.asarray(x, np.float64) - np.asarray(m, np.float64), axis, keepdims=True)
     assert_close(got, want, dtype="float32", quantity="loss")
@@ -113,13 +106,14 @@ def test_target_sum_fast_path_and_guard(rng, case, batched):
     if case == "mass-on-inf":
         q[2, 7], x[2, 7] = 0.25, -np.inf
     x, q = jnp.asarray(x), jnp.asarray(q)
-    m, _ = _plain(x, 1)
-    fn = functools.partial(target_sum, axis=1, autodiff=False)
+    m, _ = textbook_row_stats(x, 1)
+    guarded = functools.partial(guarded_target_sum, axis=1)
+    fn = functools.partial(_xla_cpu.target_sum, axis=1, guarded=guarded)
     if batched:
         got = jax.jit(jax.vmap(lambda q, x, m: fn(q[None], x[None], m[None])[0]))(q, x, m)
     else:
         got = jax.jit(fn)(q, x, m)
-    want = _target_sum_guarded(q, x, m, 1)
+    want = guarded_target_sum(q, x, m, 1)
     assert_close(got, want, dtype="float32", quantity="loss")
     assert np.isneginf(np.asarray(got)[2, 0]) == (case == "mass-on-inf")
     assert np.isfinite(np.asarray(got)[1, 0])

@@ -7,31 +7,36 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import ArrayLike
 
-from jaxce import _blocks, _kernels, _validation
+from jaxce import _labels, _validation
+from jaxce import _online_lse as ol
+from jaxce import _row_math as rm
+from jaxce._validation import Reduction
 
 
 def sharded_cross_entropy(
-    logits_shard,
-    labels,
+    logits_shard: ArrayLike,
+    labels: ArrayLike,
     *,
-    mesh_axis,
-    weight=None,
+    mesh_axis: str | tuple[str, ...],
+    weight: ArrayLike | None = None,
     ignore_index: int = -100,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
-    where=None,
+    where: ArrayLike | None = None,
+    num_classes: int | None = None,
 ) -> jax.Array:
     r"""Cross-entropy of vocabulary-parallel logits, inside ``jax.shard_map``.
 
     Call it inside ``jax.shard_map`` where the class (last) axis of the logits is split over
     the mesh axis ``mesh_axis`` (tensor parallelism: ``in_specs=P(..., mesh_axis)``). Device
     ``r`` of the ``k`` devices along ``mesh_axis`` holds classes ``[r * C_l, (r + 1) * C_l)``
-    of the ``C = k * C_l`` classes. The result is the loss of the whole (unsharded) logits,
+    of the ``k * C_l`` classes. The result is the loss of the whole (unsharded) logits,
     identical on every device of ``mesh_axis``, without gathering them: with the global row
-    maximum ``m``, ``s = x - m`` and class weights ``w`` (ones by default),
+    maximum ``m``, ``s = x - m``, C classes and class weights ``w`` (ones by default),
 
     .. math::
 
@@ -59,15 +64,21 @@ def sharded_cross_entropy(
         ``mesh_axis``; each device finds its own classes from ``lax.axis_index(mesh_axis)``.
       mesh_axis: the mesh axis name (or tuple of names) the classes are split over.
       weight: optional floating (C_l,) class weights of THIS device's classes, i.e. the global
-        (C,) weights sharded like the logits (``in_specs=P(mesh_axis)``).
-      ignore_index: class index whose rows are skipped.
+        (k * C_l,) weights sharded like the logits (``in_specs=P(mesh_axis)``).
+      ignore_index: class index whose rows are skipped; one the labels' dtype cannot hold
+        matches no label.
       reduction: ``"none"``, ``"mean"`` or ``"sum"`` over the rows this device holds; ``"mean"``
         divides by their summed target weight. With rows also sharded over a data axis,
         use ``"sum"`` and divide by a ``psum`` of the weights over that axis.
       label_smoothing: ``eps`` in [0, 1], torch's definition ``q = (1 - eps) onehot + eps/C``.
       z_loss: coefficient >= 0 of ``lse^2``.
-      softcap: optional ``c > 0``: logits become ``c * tanh(x / c)`` first.
+      softcap: optional ``c > 0``: logits become ``c * tanh(x / c)`` first (-inf stays -inf).
       where: optional boolean mask broadcastable to the rows' shape; False drops a row.
+      num_classes: the true class count C of a vocabulary padded to ``k * C_l`` classes (the
+        padding at the end): padding classes are left out of the softmax, the smoothing's
+        ``eps / C``, the weights and the labels' range, and get gradient 0, so the result
+        equals the unpadded loss exactly; padding logits and weights may hold anything.
+        Default: all ``k * C_l`` classes are real.
 
     Returns:
       A scalar for ``"mean"`` and ``"sum"``, else an array of the rows' shape; in the logits'
@@ -77,22 +88,26 @@ def sharded_cross_entropy(
     Raises:
       TypeError: non-floating logits, non-integer labels (probabilities are not supported),
         non-floating weight, non-boolean ``where``, a ``mesh_axis`` that is not a name or a
-        tuple of names, or options of the wrong type.
+        tuple of names, options of the wrong type, or forward-mode autodiff.
       ValueError: a call outside ``shard_map`` over ``mesh_axis``, logits that do not vary
         over ``mesh_axis`` (replicated, or ``shard_map(..., check_vma=False)``), labels not of
-        the rows' shape, weight not (C_l,), an unknown reduction, or an option out of range.
+        the rows' shape, weight not (C_l,), an unknown reduction, an option out of range, or
+        ``num_classes`` outside [0, k * C_l].
 
     Numerics:
       float16/bfloat16 accumulate in float32. Labels outside [0, C) give NaN (no value check is
-      possible on traced labels). The class count C must be divisible by the mesh axis size
-      (``shard_map``'s rule): pad the vocabulary with logits of -inf and weight 0, which is
-      exact, also with label smoothing.
+      possible on traced labels). The class count must be divisible by the mesh axis size
+      (``shard_map``'s rule): pad the vocabulary and pass ``num_classes``, which is exact with
+      label smoothing, weights and softcap. Padding with -inf logits and weight 0 alone is
+      exact only without label smoothing, whose ``eps / C`` would count the padding.
 
     Differences from torch:
-      torch has no vocabulary-parallel loss. Compared with Megatron-LM's
-      ``vocab_parallel_cross_entropy``: smoothing is torch's ``eps/C`` (not ``eps * C/(C-1)``)
-      and is globally correct, and class weights, ``ignore_index``, z-loss and soft-capping are
-      supported.
+      torch's ``loss_parallel`` context (``torch.distributed.tensor.parallel``) computes the
+      same loss for DTensor logits sharded on the class dim; this is its ``shard_map``
+      counterpart, with class weights, ``ignore_index`` and smoothing as in
+      ``F.cross_entropy``, plus z-loss, soft-capping, ``where``, ``num_classes`` and the weight
+      gradient. Compared with Megatron-LM's ``vocab_parallel_cross_entropy``: smoothing is
+      torch's ``eps/C`` (not ``eps * C/(C-1)``) and is globally correct.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -108,33 +123,33 @@ def sharded_cross_entropy(
       0.2832 0.2832
     """
     logits = _validation.as_array(logits_shard, "logits_shard")
-    labels = _validation.as_array(labels, "labels")
+    labels = _validation.as_unconverted(labels, "labels")
     spec = _validation.check_logits_labels(logits, labels, -1)
     if spec.soft_labels:
         raise TypeError(
             f"labels must be integer class indices; got dtype {labels.dtype}. "
             f"sharded_cross_entropy does not take class probabilities."
         )
-    axis_size = _check_mesh_axis(mesh_axis, logits)
-    try:
-        weight = _validation.check_weight(weight, spec.num_classes)
-    except ValueError as err:
-        raise ValueError(
-            f"{err} Pass this device's shard of the class weights (shard them like the "
-            f"logits' class axis, in_specs=P({mesh_axis!r})), not the global ones."
-        ) from None
-    opts, reduction = _validation.check_options(
-        _blocks.BLOCK_AXIS, reduction, label_smoothing, z_loss, softcap
+    total = _check_mesh_axis(mesh_axis, logits) * spec.num_classes
+    count = _validation.check_num_classes(num_classes, total, "classes of all shards")
+    hint = (
+        f"Pass this device's shard of the class weights (shard them like the logits' class "
+        f"axis, in_specs=P({mesh_axis!r})), not the global ones."
     )
-    keep = labels != _validation.check_ignore_index(ignore_index)
+    weight = _validation.check_class_vector(weight, "weight", spec.num_classes, hint)
+    ignore_index = _validation.check_ignore_index(ignore_index)
+    opts = rm.Options(ol.BLOCK_AXIS, *_validation.check_options(label_smoothing, z_loss, softcap))
+    reduction = _validation.check_reduction(reduction)
     where = _validation.check_where(where, spec.batch_shape)
-    if where is not None:
-        keep = keep & where
-    static = (opts, mesh_axis, axis_size * spec.num_classes)
+    labels, ignore_index = _labels.prepare(labels, count, ignore_index, check_traced=False)
+    index, ignored = _labels.normalize(labels.reshape(-1), count, ignore_index)
+    keep = ~ignored if where is None else ~ignored & where.reshape(-1)
     flat = logits.reshape(-1, spec.num_classes)
-    rows, w_y = sharded_rows(static, flat, labels.reshape(-1), weight, keep.reshape(-1))
-    row_weight = jnp.where(keep.reshape(-1), w_y, 0)
-    return _blocks.reduce_rows(rows.reshape(labels.shape), row_weight, reduction, logits.dtype)
+    fix = "For forward mode, gather the logits and use cross_entropy(..., custom_vjp=False)."
+    with _validation.reverse_mode_only("sharded_cross_entropy", fix):
+        rows, w_y = sharded_rows((opts, mesh_axis, total, count), flat, index, weight, keep)
+    row_weight = jnp.where(keep, w_y, 0)
+    return rm.reduce_rows(rows.reshape(labels.shape), row_weight, reduction, logits.dtype)
 
 
 def _check_mesh_axis(mesh_axis, logits) -> int:
@@ -165,54 +180,71 @@ def _check_mesh_axis(mesh_axis, logits) -> int:
     return size
 
 
-def _forward(static, logits, labels, weight, keep):
-    opts, mesh_axis, num_classes = static
-    ct = _kernels.compute_dtype(logits.dtype)
+def _block(static, logits, weight, ct):
+    """This device's capped logits and class weights, its first class, its real classes.
+
+    With padding, padding classes get logit -inf and weight 0 (``real`` marks the others;
+    None without padding): out of the softmax and of the smoothing's weighted sums.
+    """
+    opts, mesh_axis, total, count = static
     size = logits.shape[1]
-    xs = _kernels.capped(opts, logits, ct)
+    offset = lax.axis_index(mesh_axis) * size
+    xs, w, real = rm.softcap(opts, logits, ct), weight, None
+    if count < total:
+        real = lax.broadcasted_iota(jnp.int32, (size,), 0) + offset < count
+        xs = jnp.where(real, xs, -jnp.inf)
+        w = jnp.where(real, 1.0 if weight is None else weight.astype(ct), 0).astype(ct)
+    return xs, w, offset, real
+
+
+def _forward(static, logits, index, weight, keep):
+    opts, mesh_axis, _, count = static
+    ct = rm.compute_dtype(logits.dtype)
+    size = logits.shape[1]
+    xs, w, offset, _ = _block(static, logits, weight, ct)
     m = lax.pmax(jnp.max(xs, axis=1, keepdims=True), mesh_axis)
     m = jnp.where(m == -jnp.inf, 0, m)  # a row of only -inf logits
-    s = xs - m
-    hot = _blocks.onehot(labels, lax.axis_index(mesh_axis) * size, size)
-    sums = _blocks.block_sums(opts, s, hot, weight)
-    hit = jnp.any(hot, axis=1, keepdims=True).astype(ct)
-    w_y = hit if weight is None else jnp.sum(jnp.where(hot, weight.astype(ct), 0), 1, keepdims=True)
-    w_sum = jnp.zeros((), ct) if weight is None else jnp.sum(weight.astype(ct))
-    sums, hit, w_y, w_sum = lax.psum((sums, hit, w_y, w_sum), mesh_axis)
-    w_sum = num_classes if weight is None else w_sum
-    in_range = hit > 0
-    lse0, smooth, t = _blocks.row_terms(opts, num_classes, w_sum, sums, in_range, w_y)
-    loss = _kernels.index_loss(
-        opts, num_classes, t, m, lse0, smooth, keep[:, None], weighted=weight is not None
-    )
+    sums = ol.block_sums(opts, xs - m, ol.onehot(index, offset, size), w)
+    hit = (index >= offset) & (index < offset + size)  # the label is one of this block's
+    w_y = rm.label_weight(w, index - offset, hit, ct)
+    w_sum = jnp.zeros((), ct) if w is None else jnp.sum(w.astype(ct))
+    sums, hit, w_y, w_sum = lax.psum((sums, hit.astype(ct), w_y, w_sum), mesh_axis)
+    w_sum = count if w is None else w_sum
+    in_range, w_y = hit[:, None] > 0, w_y[:, None]
+    lse0, smooth, t = ol.row_terms(sums, w_sum, in_range, w_y)
+    loss = rm.row_loss(opts, count, t, m, lse0, smooth, keep[:, None], weighted=w is not None)
     return (loss[:, 0], w_y[:, 0]), (m, lse0, t.nll, w_y, in_range, w_sum)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def sharded_rows(static, logits, labels, weight, keep):
-    """(per-row loss, per-row target weight) for (N, C_l) logits; ``static`` = (opts,
-    mesh_axis, C)."""
-    return _forward(static, logits, labels, weight, keep)[0]
+def sharded_rows(static, logits, index, weight, keep):
+    """(per-row loss, per-row label weight) for (N, C_l) logits and int32 class indices.
+
+    ``static`` is (opts, mesh_axis, classes of all shards, real classes).
+    """
+    return _forward(static, logits, index, weight, keep)[0]
 
 
-def _sharded_rows_fwd(static, logits, labels, weight, keep):
-    out, rows = _forward(static, logits, labels, weight, keep)
-    return out, (logits, labels, weight, keep, *rows)
+def _sharded_rows_fwd(static, logits, index, weight, keep):
+    out, rows = _forward(static, logits, index, weight, keep)
+    return out, (logits, index, weight, keep, *rows)
 
 
 def _sharded_rows_bwd(static, res, cotangents):
-    opts, mesh_axis, num_classes = static
-    logits, labels, weight, keep, m, lse0, nll, w_y, in_range, w_sum = res
+    opts, _, _, count = static
+    logits, index, weight, keep, m, lse0, nll, w_y, in_range, w_sum = res
     g, g_w_y = cotangents
-    ct = _kernels.compute_dtype(logits.dtype)
-    size = logits.shape[1]
-    s = _kernels.capped(opts, logits, ct) - m
-    hot = _blocks.onehot(labels, lax.axis_index(mesh_axis) * size, size)
-    t = _kernels.IndexTerms(None, in_range, hot, w_y, nll)
+    ct = rm.compute_dtype(logits.dtype)
+    xs, w, offset, real = _block(static, logits, weight, ct)
+    hot = ol.onehot(index, offset, logits.shape[1])
+    t = rm.RowTerms(in_range, hot, w_y, nll)
     g = g[:, None].astype(ct)
-    dx, dw = _kernels.index_grad(opts, num_classes, w_sum, s, m, lse0, t, weight, g, keep[:, None])
-    if weight is not None:  # the target weight's own output (the mean's divisor)
+    dx, dw = rm.row_grad(opts, count, w_sum, xs - m, m, lse0, t, w, g, keep[:, None])
+    if weight is None:
+        dw = None
+    else:  # plus the label weight's own output (the mean's divisor)
         dw = dw + jnp.sum(jnp.where(hot, g_w_y[:, None].astype(ct), 0), axis=0)
+        dw = dw if real is None else jnp.where(real, dw, 0)
         dw = _sum_to_type(dw, weight).astype(weight.dtype)
     return _sum_to_type(dx, logits).astype(logits.dtype), None, dw, None
 

@@ -1,4 +1,4 @@
-"""Cross-entropy over a class axis split into blocks: what one block of classes contributes.
+"""Online log-sum-exp over a class axis split into blocks: what one block of classes adds.
 
 A vocabulary chunk (``linear_cross_entropy``) or a device's shard (``sharded_cross_entropy``)
 sees only some classes. Shifted by a per-row reference ``m`` (the row maximum, or the maximum
@@ -10,8 +10,9 @@ over the classes seen so far), each block contributes three row sums that add up
   neg_s_w`` with ``W`` the summed class weight: the smoothing term needs every class, not only
   the local ones.
 
-The per-row loss and a block's gradients then come from the core kernel's ``index_loss`` and
-``index_grad``, so all variants share one formula. Blocks are (rows, classes), classes last.
+``row_terms`` turns the summed blocks into the row terms of ``jaxce._row_math``, whose
+``row_loss`` and ``row_grad`` then give the loss and each block's gradients, so every variant
+shares one formula. Blocks are (rows, classes), classes last.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxce import _kernels
+from jaxce._row_math import Options, RowTerms
 
 BLOCK_AXIS = 1  # classes of a (rows, classes) block
 
@@ -33,13 +34,13 @@ class BlockSums(NamedTuple):
     neg_s_w: jax.Array | None  # (rows, 1); None without label smoothing
 
 
-def onehot(labels: jax.Array, offset, size: int) -> jax.Array:
-    """(rows, size) bool: the label falls on this block's classes [offset, offset + size)."""
+def onehot(index: jax.Array, offset, size: int) -> jax.Array:
+    """(rows, size) bool: the label ``index`` (rows,) falls on classes [offset, offset + size)."""
     classes = lax.broadcasted_iota(jnp.int32, (1, size), 1) + offset
-    return classes == labels[:, None]
+    return classes == index[:, None]
 
 
-def block_sums(opts: _kernels.Options, s, hot, weight) -> BlockSums:
+def block_sums(opts: Options, s, hot, weight) -> BlockSums:
     """Row sums of one block of shifted logits ``s``; ``weight`` is the block's (or None)."""
     se = jnp.sum(jnp.exp(s), axis=1, keepdims=True)
     s_y = jnp.sum(jnp.where(hot, s, 0), axis=1, keepdims=True)
@@ -64,19 +65,12 @@ def rebase(sums: BlockSums, delta, seen, w_seen) -> BlockSums:
     return BlockSums(sums.se * jnp.exp(-delta), sums.s_y - delta * seen, neg_s_w)
 
 
-def row_terms(opts, num_classes: int, w_sum, sums: BlockSums, in_range, w_y, hot=None):
-    """(lse0, smooth, terms) over all classes from summed block sums; ``hot`` for gradients."""
+def row_terms(sums: BlockSums, w_sum, in_range, w_y) -> tuple[jax.Array, jax.Array, RowTerms]:
+    """(lse0, smooth, terms) over all classes from the blocks' summed sums.
+
+    ``smooth`` is ``sum_c w_c (-log p_c)`` (None without label smoothing), with ``w_sum`` the
+    summed class weight; ``terms.onehot`` is left None (each block forms its own).
+    """
     lse0 = jnp.log(sums.se)
     smooth = None if sums.neg_s_w is None else w_sum * lse0 + sums.neg_s_w
-    terms = _kernels.IndexTerms(None, in_range, hot, w_y, lse0 - sums.s_y)
-    return lse0, smooth, terms
-
-
-def reduce_rows(rows, row_weight, reduction: str, dtype):
-    """torch's reductions: "none", "sum", or "mean" dividing by the kept rows' summed weight."""
-    if reduction == "none":
-        return rows.astype(dtype)
-    total = jnp.sum(rows)
-    if reduction == "mean":
-        total = total / jnp.sum(row_weight)
-    return total.astype(dtype)
+    return lse0, smooth, RowTerms(in_range, None, w_y, lse0 - sums.s_y)

@@ -1,0 +1,161 @@
+"""The per-row math of cross-entropy with class indices, written once for every loss.
+
+The dense, fused linear and sharded losses all reduce one row of logits to a few row terms and
+build the row's loss and its gradient from them; they differ only in how they gather the terms
+(all classes at once, chunk by chunk, or shard by shard). Notation along the class axis
+(C classes, class weights ``w``, all ones without ``weight``), with ``xs = softcap(x)``:
+``m = max(xs)``, ``s = xs - m``, ``lse0 = log(sum(exp(s)))``, so ``-log p = lse0 - s``.
+Every formula is written in shifted terms, which keeps |x| up to 3e4 accurate in float32.
+
+For a label ``y`` (``eps = label_smoothing``), the row loss is
+
+    (1 - eps) w_y (lse0 - s_y) + eps / C * sum_c w_c (lse0 - s_c) + z_loss * w_y * (lse0 + m)^2
+
+and its gradient w.r.t. the capped logits is ``coef * softmax - q`` with the target
+``q_c = (1 - eps) w_y [c = y] + eps / C * w_c`` and ``coef = sum_c q_c + 2 z_loss w_y lse``.
+The label weight ``w_y`` (``label_weight``) is also the row's share of the mean's divisor
+(``reduce_rows``). Row arrays keep the class axis at size 1.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxce._reductions import softmax
+
+
+class Options(NamedTuple):
+    """Static options of a kernel call (hashable, so they can be jit/VJP static arguments)."""
+
+    axis: int
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    softcap: float | None = None
+
+
+def compute_dtype(*dtypes) -> jnp.dtype:
+    """float64 when any input is float64, else float32 (fp16/bf16 accumulate in float32)."""
+    return jnp.dtype(jnp.promote_types(jnp.float32, jnp.result_type(*dtypes)))
+
+
+def class_vector(vector: jax.Array, axis: int, ndim: int) -> jax.Array:
+    """Reshapes a (C,) vector to broadcast along ``axis`` of an ndim-dimensional array."""
+    shape = [1] * ndim
+    shape[axis] = vector.shape[0]
+    return vector.reshape(shape)
+
+
+def softcap(opts: Options, logits: jax.Array, ct) -> jax.Array:
+    """The logits in the compute dtype, soft-capped to ``c * tanh(x / c)`` when set.
+
+    A -inf logit (a masked class) stays -inf: the cap keeps masks, so a masked class gets no
+    probability back (``c * tanh(-inf)`` would be ``-c``).
+    """
+    xs = logits.astype(ct)
+    if opts.softcap is not None:
+        xs = jnp.where(xs == -jnp.inf, xs, opts.softcap * jnp.tanh(xs / opts.softcap))
+    return xs
+
+
+def softcap_slope(opts: Options, xs: jax.Array) -> jax.Array | float:
+    """d softcap(x) / dx = 1 - (softcap(x) / c)^2 from the capped logits; 0 at masked ones."""
+    if opts.softcap is None:
+        return 1.0
+    return jnp.where(xs == -jnp.inf, 0, 1 - jnp.square(xs / opts.softcap))
+
+
+def neg_log_p(lse0: jax.Array, s: jax.Array, coef: jax.Array | None) -> jax.Array:
+    """-log p, with 0 where its coefficient is 0 and the logit is -inf (0 * log 0 = 0)."""
+    d = lse0 - s
+    if coef is None:
+        return d
+    return jnp.where((coef == 0) & (d == jnp.inf), 0, d)
+
+
+def label_weight(weight: jax.Array | None, index: jax.Array, present: jax.Array, ct):
+    """The label's class weight ``w_y``: ``weight[index]`` where ``present``, else 0.
+
+    ``weight`` is a block of class weights (all classes, or one device's shard) and ``index``
+    the label's position in it; ``present`` says the label lies in the block (and in range).
+    Without weights it is 1 where present. Summed over the blocks of a row it is ``w_y``.
+    """
+    if weight is None:
+        return present.astype(ct)
+    picked = jnp.take(weight.astype(ct), jnp.where(present, index, 0))
+    return jnp.where(present, picked, 0)
+
+
+class RowTerms(NamedTuple):
+    in_range: jax.Array  # bool: the label is a class in [0, C)
+    onehot: jax.Array | None  # bool, the label's one-hot over a block of classes (gradients)
+    w_y: jax.Array | float  # the label's class weight
+    nll: jax.Array  # -log p[label] = lse0 - s_y
+
+
+def row_loss(opts: Options, num_classes: int, t: RowTerms, m, lse0, smooth, keep, *, weighted):
+    """Per-row loss from row terms over all ``num_classes`` classes.
+
+    ``smooth`` is ``sum_c w_c * (-log p_c)`` over every class (unused without label
+    smoothing); ``keep`` (bool) zeroes rows; a kept row whose label is out of range is NaN.
+    """
+    eps = opts.label_smoothing
+    loss = jnp.where(t.w_y == 0, 0, t.w_y * t.nll) if weighted else t.nll
+    if eps == 1:  # the label term is absent, not 0 * inf (a -inf label logit)
+        loss = smooth / num_classes
+    elif eps:
+        loss = (1 - eps) * loss + (eps / num_classes) * smooth
+    if opts.z_loss:
+        loss = loss + opts.z_loss * t.w_y * jnp.square(lse0 + m)
+    loss = jnp.where(t.in_range, loss, jnp.nan)
+    return jnp.where(keep, loss, 0)
+
+
+def row_grad(opts: Options, num_classes: int, w_sum, s, m, lse0, t: RowTerms, weight, g, keep):
+    """Gradients w.r.t. a block of logits and its class weights, from row terms.
+
+    ``s`` holds the shifted capped logits of a block of classes along ``opts.axis`` (all
+    classes, or a chunk or shard of them); ``t.onehot`` and ``weight`` cover that block, while
+    ``m``, ``lse0``, ``t.nll``, ``t.w_y``, ``num_classes`` and ``w_sum`` (the summed class
+    weight) describe the whole class axis. Returns ``(dx, dw)`` in the compute dtype: ``dx``
+    w.r.t. the uncapped logits, NaN on kept rows whose label is out of range; ``dw`` the
+    per-class weight gradient of the block (None without weights).
+    """
+    eps, axis = opts.label_smoothing, opts.axis
+    p = softmax(s, lse0, axis)
+    wb = None if weight is None else class_vector(weight.astype(s.dtype), axis, s.ndim)
+    coef_y = (1 - eps) * t.w_y
+    coef = coef_y + (eps / num_classes) * w_sum  # sum over classes of the target q
+    if opts.z_loss:
+        coef = coef + 2 * opts.z_loss * t.w_y * (lse0 + m)
+    q = jnp.where(t.onehot, coef_y, 0)
+    if eps:
+        q = q + (eps / num_classes) * (1.0 if wb is None else wb)
+    dx = g * (coef * p - q) * softcap_slope(opts, s + m)
+    dx = jnp.where(keep, jnp.where(t.in_range, dx, jnp.nan), 0)
+    dw = None
+    if weight is not None:
+        row = g * opts.z_loss * jnp.square(lse0 + m)
+        if eps != 1:  # at eps = 1 the label term is absent, not 0 * inf
+            row = row + g * (1 - eps) * t.nll
+        per_class = jnp.where(t.onehot, row, 0)
+        if eps:
+            per_class = per_class + (eps / num_classes) * g * neg_log_p(lse0, s, wb)
+        per_class = jnp.where(keep & t.in_range, per_class, 0)
+        dw = jnp.sum(per_class, axis=tuple(i for i in range(s.ndim) if i != axis))
+    return dx, dw
+
+
+def reduce_rows(rows: jax.Array, row_weight: jax.Array, reduction: str, dtype) -> jax.Array:
+    """torch's reductions: "none", "sum", or "mean" dividing by the rows' summed weight.
+
+    ``row_weight`` is each row's share of the divisor: ``w_y`` for kept rows, 0 for dropped.
+    """
+    if reduction == "none":
+        return rows.astype(dtype)
+    total = jnp.sum(rows)
+    if reduction == "mean":
+        total = total / jnp.sum(row_weight)
+    return total.astype(dtype)

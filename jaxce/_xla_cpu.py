@@ -1,0 +1,131 @@
+"""XLA:CPU's fast forms of the row reductions (chosen only by ``jaxce._reductions``).
+
+Everything in this module exists because of how XLA:CPU compiles row reductions, measured on
+the 2-core benchmark machine (``python -m benchmarks._profile --reductions`` and ``--shape
+NxC``). It computes exactly what the textbook forms in ``jaxce._reductions`` compute; delete
+it, and the switch there, when XLA:CPU no longer needs it.
+
+- ``sum(exp(x - m))`` over rows of up to 32768 classes runs at about 0.25 ns per element, over
+  rows of 65536 or more at about 2.5 ns (10x slower): the fused exponential leaves the
+  vectorised path. So the classes are split into ``k`` equal parts of at most
+  ``CPU_ROW_LIMIT`` and the row terms combined from per-part maxima ``m_j`` and sums
+  ``se_j = sum(exp(x - m_j))``: ``lse0 = log(sum_j se_j * exp(m_j - m))``.
+- The split (a reshape, even for ``k = 1``) also keeps ``xs - m`` from being shared with the
+  backward pass: shared, XLA writes it out as a [rows, classes] temporary, a write and a read
+  of the whole logits. Forward and backward then make three reads and one write of the logits.
+- The same holds for every other row sum: each is formed on the parts view (at least two
+  parts, so it is not merged with ``row_stats``'s reduction into one slow fusion) and has no
+  elementwise select inside (``target_sum`` runs its guarded form only when needed).
+- With fewer than ``CPU_FEW_CLASSES`` classes per row the exponentials, not the memory
+  passes, set the pace (measured at 8192x1000: 3.3-4.3 ms a step against 4.5-7.2 ms split;
+  equal at 16384x2048); there the backward reuses the forward's ``exp(s)`` instead.
+
+Numerics: every ``se_j`` lies in [1, C / k] (0 for a part of only -inf) and every factor
+``exp(m_j - m)`` in [0, 1], so the combination adds at most one rounding per part to the
+textbook sum.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CPU_ROW_LIMIT = 32768  # longest row XLA:CPU reduces with a fused exp at full speed
+CPU_FEW_CLASSES = 2048  # below this, share exp(s) between forward and backward instead
+_MAX_PARTS = 64  # beyond this (a large prime C), one part: correct, slower on CPU
+
+
+def row_stats(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """(m, lse0) of ``xs`` along ``axis``: shared exp for few classes, else split in parts."""
+    if xs.shape[axis] < CPU_FEW_CLASSES:
+        return _shared_exp(xs, axis)
+    return split(xs, axis)
+
+
+def softmax(s: jax.Array, lse0: jax.Array, axis: int) -> jax.Array:
+    """``exp(s - lse0)``; for few classes ``exp(s) * exp(-lse0)``, sharing the forward's exp.
+
+    ``exp(s)`` is the very expression ``_shared_exp`` summed: under one jit of forward and
+    backward XLA computes it once. Both factors lie in (0, 1], so the product is within a few
+    ulp of ``exp(s - lse0)``.
+    """
+    if s.shape[axis] >= CPU_FEW_CLASSES:
+        return jnp.exp(s - lse0)
+    return jnp.exp(s) * lax.optimization_barrier(jnp.exp(-lse0))
+
+
+def shifted_sum(xs: jax.Array, m: jax.Array, axis: int) -> jax.Array:
+    """``sum(xs - m)`` formed on the parts view: the reduction stays on the fast path."""
+    axis = axis % xs.ndim
+    parts, k = _parts_view(xs, axis, at_least=2)
+    return _add_parts(jnp.sum(parts - jnp.expand_dims(m, axis + 1), axis=axis + 1), axis, k)
+
+
+def target_sum(q, xs, m, axis: int, *, guarded):
+    """``sum(q * (xs - m))`` unguarded on the parts view; ``guarded`` only if a row is NaN.
+
+    The guard against ``0 * -inf`` (a select) keeps XLA:CPU from fusing the reduction, which
+    then writes (N, C) temporaries; so the unguarded sum runs first, and ``guarded(q, xs, m)``
+    only when a row came out NaN (a zero target on a -inf logit, or NaN inputs).
+    """
+    axis = axis % xs.ndim
+    q_parts, k = _parts_view(q, axis, at_least=2)
+    x_parts, _ = _parts_view(xs, axis, at_least=2)
+    per_part = jnp.sum(q_parts * (x_parts - jnp.expand_dims(m, axis + 1)), axis=axis + 1)
+    fast = _add_parts(per_part, axis, k)
+    return lax.cond(jnp.any(jnp.isnan(fast)), guarded, lambda q, xs, m: fast, q, xs, m)
+
+
+def num_parts(num_classes: int) -> int:
+    """The fewest equal parts of at most ``CPU_ROW_LIMIT`` classes (1 if none up to 64 divide)."""
+    first = -(-num_classes // CPU_ROW_LIMIT)
+    return next((k for k in range(first, _MAX_PARTS + 1) if num_classes % k == 0), 1)
+
+
+def _parts_view(xs: jax.Array, axis: int, at_least: int = 1) -> tuple[jax.Array, int]:
+    """``xs`` reshaped to (..., k, C / k, ...) along ``axis`` (non-negative), and ``k``.
+
+    ``at_least=2`` splits even rows that would fit in one part in two, so that the view's shape
+    differs from ``row_stats``'s and XLA does not merge the two reductions into one fusion
+    (which XLA:CPU runs on its slow path).
+    """
+    num_classes = xs.shape[axis]
+    k = num_parts(num_classes)
+    if k < at_least and num_classes % at_least == 0:
+        k = at_least
+    return xs.reshape((*xs.shape[:axis], k, num_classes // k, *xs.shape[axis + 1 :])), k
+
+
+def _add_parts(per_part: jax.Array, axis: int, k: int) -> jax.Array:
+    """Sums the k entries along ``axis`` one by one, keeping ``axis`` at size 1.
+
+    Not ``jnp.sum``: XLA would fold a sum over parts back into one long reduction.
+    """
+    pieces = [lax.slice_in_dim(per_part, j, j + 1, axis=axis) for j in range(k)]
+    return functools.reduce(jnp.add, pieces)
+
+
+def _finite(m: jax.Array) -> jax.Array:
+    """A row maximum with 0 for a row of only -inf (so that ``xs - m`` is -inf, not NaN)."""
+    return jnp.where(m == -jnp.inf, 0, m)
+
+
+def _shared_exp(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """The textbook form with ``exp(xs - m)`` kept out of the reduction's fusion (softmax)."""
+    m = _finite(jnp.max(xs, axis=axis, keepdims=True))
+    e = lax.optimization_barrier(jnp.exp(xs - m))
+    return m, jnp.log(jnp.sum(e, axis=axis, keepdims=True))
+
+
+def split(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """(m, lse0) from per-part maxima and sums of ``num_parts`` equal parts of each row."""
+    axis = axis % xs.ndim
+    parts, k = _parts_view(xs, axis)
+    m_j = jnp.max(parts, axis=axis + 1, keepdims=True)  # -inf: a part of only -inf
+    se_j = jnp.sum(jnp.exp(parts - _finite(m_j)), axis=axis + 1)
+    m = _finite(jnp.max(m_j, axis=axis, keepdims=True))
+    m_j, m = jnp.squeeze(m_j, axis + 1), jnp.squeeze(m, axis + 1)
+    return m, jnp.log(_add_parts(se_j * jnp.exp(m_j - m), axis, k))  # -inf part: 0 * 0
