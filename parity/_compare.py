@@ -1,14 +1,15 @@
 """Verdicts: each case's outputs against torch and against the float64 reference.
 
 A case passes when, for every quantity (value, gradient w.r.t. logits, gradient w.r.t.
-probability targets), the implementation under test agrees with torch within the tolerance table
-AND with the float64 reference rounded to the case's dtype. A case listed as an intentional
-difference must still agree with the reference; it is then reported as an intentional
-difference (not a pass) when torch disagrees, and as a pass when torch happens to agree. An
-intentional difference may name quantities (OFF_REFERENCE) where the implementation also
-departs from the math; only the reference's non-finite positions are waived there, and their
-count is recorded. Torch and
-optax are measured against the reference too, so the report can say who is closer to the truth.
+probability targets), the implementation under test agrees with torch (the "loss"/"grad" rows of
+the tolerance table) AND with the float64 reference rounded to the case's dtype (the
+"..._vs_float64" rows). When torch raises for a case, the implementation must raise too (both
+refusing the input is agreement). A case listed as an intentional difference must still agree
+with the reference; it is then reported as an intentional difference (not a pass) when torch
+disagrees, and as a pass when torch happens to agree. An intentional difference may name
+quantities (OFF_REFERENCE) where the implementation also departs from the math; only the
+reference's non-finite positions are waived there, and their count is recorded. Torch and optax
+are measured against the reference too, so the report can say who is closer to the truth.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import numpy as np
 from parity._cases import Case, Inputs
 from parity._intentional import OFF_REFERENCE
 from parity._reference import Result
-from parity._tolerances import QUANTITIES, compare, round_to
+from parity._tolerances import compare, describe, round_to
 
 PASSED, FAILED, INTENTIONAL = "passed", "failed", "intentional"
+# The parity report's quantities and the tolerance rows they are judged by.
+QUANTITIES = {"value": "loss", "grad_logits": "grad", "grad_target": "grad"}
 
 
 def _distance(stats: dict) -> float:
@@ -39,25 +42,50 @@ def _closer(impl: dict, torch: dict) -> str:
     return "impl" if a < b else "torch"
 
 
-def gradient_unit(case: Case, inputs: Inputs) -> float:
-    """The natural size of d loss / d logits: |upstream factor| * max class weight."""
-    g = float(np.max(np.abs(inputs.cotangent))) if inputs.cotangent.size else 0.0
-    w = 1.0 if inputs.weight is None else float(np.max(inputs.weight))
-    if case.reduction == "mean":
-        if case.target == "prob":
-            denom = inputs.labels.size / max(case.shape[case.class_axis], 1)
+def grad_unit(
+    labels, *, class_axis: int, weight=None, cotangent=1.0, reduction="mean", ignore_index=-100
+) -> float:
+    """The natural size of d loss / d logits: |cotangent| * max class weight / mean's divisor.
+
+    Its entries are differences of probabilities times that factor, and may all cancel to
+    rounding noise (probabilities equal to the softmax); the tolerance rule judges them against
+    this unit then. ``labels`` are class indices or probabilities in torch's layout.
+    """
+    cotangent = np.asarray(cotangent, np.float64)
+    labels = np.asarray(labels)
+    g = float(np.max(np.abs(cotangent))) if cotangent.size else 0.0
+    w = 1.0 if weight is None or not np.size(weight) else float(np.max(weight))
+    if reduction == "mean":
+        if np.issubdtype(labels.dtype, np.floating):
+            denom = labels.size / max(labels.shape[class_axis] if labels.ndim else 1, 1)
         else:
-            kept = inputs.labels[inputs.labels != case.ignore_index]
-            denom = float(kept.size if inputs.weight is None else inputs.weight[kept].sum())
+            kept = labels[labels != ignore_index]
+            denom = float(kept.size if weight is None else np.asarray(weight)[kept].sum())
         g = g / denom if denom > 0 else 0.0
     return g * w
 
 
+def gradient_unit(case: Case, inputs: Inputs) -> float:
+    """``grad_unit`` of a case's inputs."""
+    return grad_unit(
+        inputs.labels,
+        class_axis=case.class_axis,
+        weight=inputs.weight,
+        cotangent=inputs.cotangent,
+        reduction=case.reduction,
+        ignore_index=case.ignore_index,
+    )
+
+
+def _raised(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}".splitlines()[0]
+
+
 def evaluate(
     case: Case,
-    impl: Result,
-    torch: Result,
-    reference: Result,
+    impl: Result | Exception,
+    torch: Result | Exception,
+    reference: Result | None,
     optax: Result | None,
     *,
     grad_unit: float = 0.0,
@@ -66,43 +94,36 @@ def evaluate(
 
     Args:
       case: the case.
-      impl, torch, reference, optax: float64 results in torch's layout (optax None when it
-        does not support the case).
+      impl, torch: float64 results in torch's layout, or the exception each raised.
+      reference: the float64 reference (None where it cannot evaluate the inputs).
+      optax: optax's result (None when it does not support the case or raised).
       grad_unit: ``gradient_unit(case, inputs)``, the natural unit of grad_logits.
 
     Returns:
       A JSON-ready dict: the case's options, ``status`` (passed/failed/intentional), ``failures``
-      (readable reasons) and ``errors[quantity][pair]`` statistics from ``compare``, plus
-      ``closer[quantity]`` ("impl", "torch" or "tie": who is nearer the float64 truth).
+      (readable reasons), ``raised`` (what each side raised, if it did), ``errors[quantity][pair]``
+      statistics from ``compare``, and ``closer[quantity]`` ("impl", "torch" or "tie": who is
+      nearer the float64 truth).
     """
+    raised = {
+        side: _raised(out) for side, out in (("impl", impl), ("torch", torch))
+        if isinstance(out, Exception)
+    }  # fmt: skip
     errors, closer, failures = {}, {}, []
-    for q in QUANTITIES:
-        ref = getattr(reference, q)
-        if ref is None:
-            continue
-        truth = round_to(ref, case.dtype)
-        unit = grad_unit if q == "grad_logits" else 0.0
-
-        def cmp(a, b, quantity, unit=unit):
-            return compare(a, b, case.dtype, quantity, unit=unit)
-
-        pairs = {
-            "impl_vs_torch": cmp(getattr(impl, q), getattr(torch, q), q),
-            "impl_vs_reference": cmp(getattr(impl, q), truth, q + "_ref"),
-            "torch_vs_reference": cmp(getattr(torch, q), truth, q + "_ref"),
-        }
-        if optax is not None:
-            pairs["optax_vs_reference"] = cmp(getattr(optax, q), truth, q + "_ref")
-            pairs["impl_vs_optax"] = cmp(getattr(impl, q), getattr(optax, q), q)
-        closer[q] = _closer(pairs["impl_vs_reference"], pairs["torch_vs_reference"])
-        if q in OFF_REFERENCE.get(case.intentional, ()):
-            pairs["impl_vs_reference"] = _waived(getattr(impl, q), truth, case.dtype, q)
-        errors[q] = pairs
-        for pair in ("impl_vs_torch", "impl_vs_reference"):
-            stats = pairs[pair]
-            if not stats["ok"] and not (case.intentional and pair == "impl_vs_torch"):
-                failures.append(_describe(q, pair, stats))
-    torch_agrees = all(e["impl_vs_torch"]["ok"] for e in errors.values())
+    if not raised:
+        errors, closer, failures = _numbers(case, impl, torch, reference, optax, grad_unit)
+        torch_agrees = all(e["impl_vs_torch"]["ok"] for e in errors.values())
+    elif "impl" not in raised:  # torch raised, the implementation returned: still vs the truth
+        errors, closer, failures = _numbers(case, impl, None, reference, optax, grad_unit)
+        if not case.intentional:
+            failures.append(f"torch raises ({raised['torch']}); the implementation returned")
+        torch_agrees = False
+    elif "torch" not in raised:
+        if not case.intentional:
+            failures.append(f"implementation raised {raised['impl']}")
+        torch_agrees = False
+    else:  # both refuse the input
+        torch_agrees = True
     if failures:
         status = FAILED
     elif case.intentional and not torch_agrees:
@@ -126,25 +147,52 @@ def evaluate(
         "intentional": case.intentional,
         "status": status,
         "failures": failures,
+        "raised": raised,
         "errors": errors,
         "closer": closer,
     }
 
 
-def _waived(actual: np.ndarray, truth: np.ndarray, dtype: str, quantity: str) -> dict:
+def _numbers(case, impl, torch, reference, optax, grad_unit):
+    """errors, closer and failures of the numeric comparisons (torch None: not compared)."""
+    errors, closer, failures = {}, {}, []
+    if reference is None:
+        return errors, closer, ["the float64 reference cannot evaluate these inputs"]
+    for q, kind in QUANTITIES.items():
+        ref = getattr(reference, q)
+        if ref is None:
+            continue
+        truth = round_to(ref, case.dtype)
+        unit = 1.0 if q == "value" else (grad_unit if q == "grad_logits" else 0.0)
+
+        def cmp(a, b, quantity, unit=unit):
+            return compare(a, b, dtype=case.dtype, quantity=quantity, unit=unit)
+
+        pairs = {"impl_vs_reference": cmp(getattr(impl, q), truth, kind + "_vs_float64")}
+        if torch is not None:
+            pairs["impl_vs_torch"] = cmp(getattr(impl, q), getattr(torch, q), kind)
+            pairs["torch_vs_reference"] = cmp(getattr(torch, q), truth, kind + "_vs_float64")
+        if optax is not None:
+            pairs["optax_vs_reference"] = cmp(getattr(optax, q), truth, kind + "_vs_float64")
+            pairs["impl_vs_optax"] = cmp(getattr(impl, q), getattr(optax, q), kind)
+        if torch is not None:
+            closer[q] = _closer(pairs["impl_vs_reference"], pairs["torch_vs_reference"])
+        if q in OFF_REFERENCE.get(case.intentional, ()):
+            pairs["impl_vs_reference"] = _waived(getattr(impl, q), truth, case.dtype, kind, unit)
+        errors[q] = pairs
+        for pair in ("impl_vs_torch", "impl_vs_reference"):
+            stats = pairs.get(pair)
+            if stats and not stats["ok"] and not (case.intentional and pair == "impl_vs_torch"):
+                failures.append(f"{q} {pair}: {describe(stats)}")
+    return errors, closer, failures
+
+
+def _waived(actual, truth: np.ndarray, dtype: str, kind: str, unit: float) -> dict:
     """compare() over the truth's finite positions; counts the waived non-finite ones."""
     finite = np.isfinite(truth)
-    stats = compare(actual[finite], truth[finite], dtype, quantity + "_ref")
+    stats = compare(
+        np.asarray(actual)[finite], truth[finite], dtype=dtype, quantity=kind + "_vs_float64",
+        unit=unit,
+    )  # fmt: skip
     stats["waived_positions"] = int(np.sum(~finite & (actual != truth)))
     return stats
-
-
-def _describe(quantity: str, pair: str, stats: dict) -> str:
-    if stats.get("shape_mismatch"):
-        return f"{quantity} {pair}: shapes differ ({stats['shape_mismatch']})"
-    if stats["nonfinite_mismatch"]:
-        return f"{quantity} {pair}: NaN/inf at {stats['nonfinite_mismatch']} different positions"
-    return (
-        f"{quantity} {pair}: max abs error {stats['max_abs']:.3g} is {stats['ratio']:.3g}x "
-        f"the tolerance"
-    )

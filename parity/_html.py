@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import html
 
-from parity._compare import FAILED, INTENTIONAL, PASSED
+from parity._compare import FAILED, INTENTIONAL, PASSED, QUANTITIES
 from parity._plots import closeness_scatter, error_histograms
 from parity._report import PAIRS, case_errors, fmt
-from parity._tolerances import DTYPES, QUANTITIES
+from parity._tolerances import DTYPES
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1400px;color:#222}

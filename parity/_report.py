@@ -7,10 +7,10 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from parity._compare import FAILED, PASSED
+from parity._compare import FAILED, PASSED, QUANTITIES
 from parity._compare import INTENTIONAL as INTENTIONAL_STATUS
 from parity._intentional import INTENTIONAL
-from parity._tolerances import DTYPES, QUANTITIES, TOLERANCES
+from parity._tolerances import DTYPES, RULE, TOLERANCES
 
 PAIRS = ("impl_vs_torch", "impl_vs_reference", "torch_vs_reference", "optax_vs_reference")
 
@@ -75,10 +75,12 @@ def summarize(records: list[dict]) -> dict:
 
 
 def tolerance_rows() -> list[dict]:
+    """The rows of the one tolerance table that judge the loss parity report."""
+    used = {kind + suffix for kind in QUANTITIES.values() for suffix in ("", "_vs_float64")}
     return [
         {"dtype": d, "quantity": q, "rtol": t.rtol, "atol": t.atol, "reason": t.reason}
         for (d, q), t in TOLERANCES.items()
-        if q.removesuffix("_ref") in QUANTITIES
+        if q in used
     ]
 
 
@@ -89,8 +91,10 @@ def build_payload(records, *, config: dict, environment: dict, elapsed_s: float)
         "config": config,
         "environment": environment,
         "elapsed_s": round(elapsed_s, 2),
-        "tolerance_rule": "|a - b| <= rtol*|b| + atol*max(|b|) + 2*smallest_subnormal; "
-        "NaN/inf must match by position",
+        "tolerance_rule": RULE,
+        "tolerance_units": "unit = 1 for value; |cotangent| * max weight / divisor for "
+        "grad_logits; 0 for grad_target. Quantities value -> loss, grad_* -> grad; pairs with "
+        "the reference use the *_vs_float64 rows.",
         "tolerances": tolerance_rows(),
         "intentional_differences": INTENTIONAL,
         "cases": records,
@@ -112,6 +116,9 @@ def fmt(x) -> str:
 def case_errors(r: dict, quantity: str) -> str:
     e = r["errors"].get(quantity)
     if not e:
+        raised = r.get("raised") or {}
+        if raised and quantity == "value":
+            return "raised: " + ", ".join(f"{k} {v.split(':')[0]}" for k, v in raised.items())
         return "-"
 
     def one(pair):
@@ -189,7 +196,7 @@ def markdown(payload: dict) -> str:
         "",
         "## Tolerances",
         "",
-        f"Rule: {payload['tolerance_rule']}",
+        f"Rule: {payload['tolerance_rule']}. {payload['tolerance_units']}",
         "",
         "| dtype | quantity | rtol | atol | reason |",
         "|---|---|---|---|---|",

@@ -1,54 +1,32 @@
-"""The comparison every test uses, against the project's one tolerance table.
+"""``assert_close``: the tests' side of the project's one tolerance rule.
 
-The table is ``parity._tolerances.TOLERANCES`` (keyed by dtype and quantity, each row with its
-reason), shared with the parity reports. A comparison passes when NaN and +-inf sit at the same
-positions on both sides and, at every finite position,
-``|actual - expected| <= rtol * |expected| + atol * max|expected|``: ``atol`` is relative to
-the largest expected magnitude, so one row serves losses of any scale and gradients that shrink
-like 1/N under a mean.
+The rule and its table (keyed by dtype and quantity, each row with its reason) live in
+``parity/_tolerances.py`` and judge the parity reports too. In short: NaN, +inf and -inf must
+sit at the same positions, and every finite position must satisfy
+``|actual - expected| <= rtol * |expected| + atol * max|expected| + 2 * smallest subnormal``.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from parity._tolerances import Tolerance, compare, describe, tolerance
 
-from parity._tolerances import TOLERANCES, Tolerance
-
-
-def tolerance(dtype, quantity: str) -> Tolerance:
-    key = (np.dtype(dtype).name if not isinstance(dtype, str) else dtype, quantity)
-    if key not in TOLERANCES:
-        raise KeyError(
-            f"no tolerance row for {key}; add one, with its reason, to TOLERANCES in "
-            "parity/_tolerances.py."
-        )
-    return TOLERANCES[key]
+__all__ = ["Tolerance", "assert_close", "tolerance"]
 
 
-def assert_close(actual, expected, *, dtype, quantity: str, context: str = "") -> None:
-    """Asserts equal NaN/inf positions and finite values within the (dtype, quantity) row."""
-    tol = tolerance(dtype, quantity)
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
-    where = f" [{context}]" if context else ""
-    if a.shape != e.shape:
-        raise AssertionError(f"shape {a.shape} != expected {e.shape}{where}")
-    for name, test in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
-        if not np.array_equal(test(a), test(e)):
-            raise AssertionError(
-                f"{name} positions differ{where}: actual at {np.argwhere(test(a)).tolist()[:5]}, "
-                f"expected at {np.argwhere(test(e)).tolist()[:5]}"
-            )
-    finite = np.isfinite(e)
-    if not finite.any():
-        return
-    scale = np.max(np.abs(e[finite]))
-    err = np.abs(a[finite] - e[finite])
-    bound = tol.rtol * np.abs(e[finite]) + tol.atol * scale
-    if np.any(err > bound):
-        worst = int(np.argmax(err - bound))
-        raise AssertionError(
-            f"{quantity} ({dtype}) differs{where}: max abs error {err.max():.3e}, worst "
-            f"{a[finite][worst]!r} vs {e[finite][worst]!r}; allowed rtol={tol.rtol}, "
-            f"atol={tol.atol}*{scale:.3e} ({tol.reason})"
-        )
+def assert_close(
+    actual, expected, *, dtype, quantity: str, context: str = "", unit: float = 0.0
+) -> None:
+    """Asserts that ``actual`` agrees with ``expected`` under the (dtype, quantity) row.
+
+    Args:
+      actual, expected: arrays of one shape (any float dtype).
+      dtype: the dtype whose row applies (a name such as "float32", or a dtype).
+      quantity: "loss", "grad", "second_order", "data_parallel_loss", ... (a row of the table).
+      context: what is compared, for the failure message.
+      unit: the quantity's natural size, if the expected values may all be tiny (see the rule).
+    """
+    stats = compare(actual, expected, dtype=dtype, quantity=quantity, unit=unit)
+    if not stats["ok"]:
+        reason = tolerance(dtype, quantity).reason
+        where = f" [{context}]" if context else ""
+        raise AssertionError(f"{describe(stats)}{where} -- row's reason: {reason}")
