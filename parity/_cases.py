@@ -5,6 +5,8 @@ the layout ``NdC`` hands the implementation under test the same arrays with the 
 moved last and calls it with ``axis=-1`` (the JAX-native layout). Inputs are drawn in float64
 from a seed and rounded to the case's dtype, so torch, the implementation under test and the
 float64 reference all see exactly the same numbers.
+
+A case is also the unit the tests use: ``make_case`` and ``make_inputs`` are public to them.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ class Case:
     shape: tuple[int, ...]  # logits' shape in torch's layout
     target: str  # "index" | "prob"
     weight: bool
-    ignore: str  # "none" | "some" | "all"
-    ignore_index: int
+    ignore: str  # "none" | "some" | "all": labels equal to ignore_index (class indices)
+    ignore_index: int  # passed for class indices; for probabilities only when not -100
     reduction: str
     smoothing: float
     logits: str  # "normal" | "neg_inf" | "large"
@@ -54,6 +56,17 @@ class Inputs(NamedTuple):
     labels: np.ndarray  # int64 indices (batch shape) or float64 probabilities (logits' shape)
     weight: np.ndarray | None  # (C,)
     cotangent: np.ndarray  # the loss' shape: () or the batch shape for reduction="none"
+
+
+def torch_options(case: Case, inputs: Inputs) -> dict:
+    """The keyword arguments of a torch-layout call (torch and the reference) for a case."""
+    return {
+        "weight": inputs.weight,
+        "cotangent": inputs.cotangent,
+        "ignore_index": case.ignore_index,
+        "reduction": case.reduction,
+        "label_smoothing": case.smoothing,
+    }
 
 
 def make_case(
@@ -77,6 +90,7 @@ def make_case(
     parts = [group + (f"-{tag}" if tag else ""), dtype, layout, target]
     parts += ["weight"] if weight else []
     parts += [f"ignore{ignore_index}-{ignore}"] if ignore != "none" else []
+    parts += [f"ignore_index{ignore_index}"] if target == "prob" and ignore_index != -100 else []
     parts += [reduction] + ([f"ls{smoothing:g}"] if smoothing else [])
     parts += [logits] if logits != "normal" else []
     if group != "grid":
@@ -102,51 +116,40 @@ def make_case(
 
 
 def _grid(quick: bool, seed: int) -> list[Case]:
-    index = list(itertools.product((False, True), ("none", "some"), REDUCTIONS, (0.0, 0.1)))
-    prob = list(itertools.product((False, True), REDUCTIONS, (0.0, 0.1)))
+    # (target, weight, which labels equal ignore_index, reduction, smoothing)
+    both = (False, True)
+    options = [
+        (target, w, ign, red, ls)
+        for target, ignores in (("index", ("none", "some")), ("prob", ("none",)))
+        for w, ign, red, ls in itertools.product(both, ignores, REDUCTIONS, (0.0, 0.1))
+    ]
     if quick:
-        index = [
-            (False, "none", "mean", 0.0),
-            (True, "some", "mean", 0.1),
-            (True, "some", "none", 0.1),
-            (False, "some", "sum", 0.1),
+        options = [
+            ("index", False, "none", "mean", 0.0),
+            ("index", True, "some", "mean", 0.1),
+            ("index", True, "some", "none", 0.1),
+            ("index", False, "some", "sum", 0.1),
+            ("prob", False, "none", "mean", 0.0),
+            ("prob", True, "none", "sum", 0.1),
+            ("prob", True, "none", "none", 0.1),
         ]
-        prob = [(False, "mean", 0.0), (True, "sum", 0.1), (True, "none", 0.1)]
-    cases = []
-    for dtype, layout in itertools.product(DTYPES, LAYOUTS):
-        if quick and layout not in ("NC", "NdC") and dtype != "float32":
-            continue
-        shape = GRID_SHAPES[layout]
-        for w, ign, red, ls in index:
-            cases.append(
-                make_case(
-                    "grid",
-                    dtype,
-                    layout,
-                    shape,
-                    "index",
-                    weight=w,
-                    ignore=ign,
-                    reduction=red,
-                    smoothing=ls,
-                    base_seed=seed,
-                )
-            )
-        for w, red, ls in prob:
-            cases.append(
-                make_case(
-                    "grid",
-                    dtype,
-                    layout,
-                    shape,
-                    "prob",
-                    weight=w,
-                    reduction=red,
-                    smoothing=ls,
-                    base_seed=seed,
-                )
-            )
-    return cases
+    return [
+        make_case(
+            "grid",
+            dtype,
+            layout,
+            GRID_SHAPES[layout],
+            target,
+            weight=w,
+            ignore=ign,
+            reduction=red,
+            smoothing=ls,
+            base_seed=seed,
+        )
+        for dtype, layout in itertools.product(DTYPES, LAYOUTS)
+        if not quick or layout in ("NC", "NdC") or dtype == "float32"
+        for target, w, ign, red, ls in options
+    ]
 
 
 # (tag, dtype, target, reduction) of the edge cases that --quick keeps.
@@ -166,16 +169,20 @@ _QUICK_EDGES = {
     ("smoothing-1-masked", "float32", "prob", "mean"),
     ("ignore-a-class", "float32", "index", "mean"),
     ("smoothing-1", "float32", "prob", "mean"),
+    ("zero-classes", "float32", "prob", "mean"),
+    ("zero-classes", "float32", "prob", "none"),
+    ("zero-classes", "bfloat16", "prob", "sum"),
+    ("ignore-index-prob", "float32", "prob", "mean"),
 }
 
 
 def _edge(quick: bool, seed: int) -> list[Case]:
     cases = []
 
-    def edge(tag, dtype, shape, target, **kw):
+    def edge(tag, dtype, shape, target, layout="NC", **kw):
         if not quick or (tag, dtype, target, kw.get("reduction", "mean")) in _QUICK_EDGES:
             cases.append(
-                make_case("edge", dtype, "NC", shape, target, tag=tag, base_seed=seed, **kw)
+                make_case("edge", dtype, layout, shape, target, tag=tag, base_seed=seed, **kw)
             )
 
     for dtype, red, (w, ls) in itertools.product(DTYPES, REDUCTIONS, [(0, 0.0), (1, 0.1)]):
@@ -195,6 +202,17 @@ def _edge(quick: bool, seed: int) -> list[Case]:
             edge("empty", dtype, (0, 5), target, **kw)
             edge("large", dtype, (8, 6), target, logits="large", **kw)
             edge("one-class", dtype, (6, 1), target, **kw)
+        # Zero classes (torch 2.13: an empty sum per row, NaN mean); class indices only with
+        # an empty batch, since any index is out of range.
+        edge("zero-classes", dtype, (3, 0), "prob", **kw)
+        edge("zero-classes", dtype, (0, 0), "prob", **kw)
+        if not w and not ls:  # torch's smoothing term is (e / 0) * 0 = NaN even for an empty sum
+            edge("zero-classes", dtype, (0, 0), "index", **kw)
+    for layout, shape in (("C", (0,)), ("NCd", (2, 0, 4)), ("NdC", (2, 0, 4))):
+        edge("zero-classes", "float32", shape, "prob", layout=layout, weight=True)
+    for ignore_index in (1, -1):  # torch 2.13 raises for >= 0 and ignores a negative one
+        edge("ignore-index-prob", "float32", (8, 6), "prob", ignore_index=ignore_index,
+             intentional="ignore_index_prob" if ignore_index < 0 else None)  # fmt: skip
     for dtype, red, target in itertools.product(DTYPES[1:], ("mean", "sum"), ("index", "prob")):
         why = "fp16_accumulation" if (dtype, red) == ("float16", "mean") else None
         edge("70k-rows", dtype, (70000, 4), target, reduction=red, intentional=why)
@@ -283,13 +301,17 @@ def make_inputs(case: Case) -> Inputs:
         keep = rng.integers(0, c, size=batch)  # one class per row stays finite
         masked &= np.arange(c) != keep[..., None]
         last = np.where(masked, -np.inf, last)
-    if case.target == "index":
+    if c == 0:  # no class to draw: an empty batch of indices, or empty probability rows
+        labels = np.zeros(case.shape) if case.target == "prob" else np.zeros(batch, np.int64)
+    elif case.target == "index":
         allowed = np.where(masked, -np.inf, rng.random(last.shape))
         labels = np.array(np.argmax(allowed, axis=-1), dtype=np.int64)
         if case.ignore == "all":
             labels[...] = case.ignore_index
         elif case.ignore == "some" and case.ignore_index < 0:
             labels[rng.random(batch) < 0.3] = case.ignore_index
+        elif case.ignore == "some" and labels.size:  # a real class: at least one row has it
+            labels.flat[0] = case.ignore_index
     else:
         z = np.where(masked, -np.inf, rng.normal(0.0, 1.5, last.shape))
         z = np.exp(z - z.max(axis=-1, keepdims=True))

@@ -1,14 +1,14 @@
 """The implementation under test (jaxce by default) and optax, run on a case's inputs.
 
 Both run under ``jax.jit``, the loss and its VJP of a whole group of cases in one compiled
-function. The ``NdC`` layout hands over the arrays with the class axis moved last and calls
-with ``axis=-1``; results come back in torch's layout.
+function (see ``Runner``). The ``NdC`` layout hands over the arrays with the class axis moved
+last and calls with ``axis=-1``; results come back in torch's layout.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,24 +18,6 @@ import optax
 from parity._cases import Case, Inputs
 from parity._reference import Result
 from parity._tolerances import numpy_dtype
-
-DEFAULT_IMPL = "jaxce.loss:cross_entropy"
-
-
-def load_impl(spec: str) -> Callable:
-    """Imports ``MODULE:FUNCTION``; raises ValueError naming the spec when it does not resolve."""
-    module_name, sep, name = spec.partition(":")
-    if not sep or not module_name or not name:
-        raise ValueError(
-            f"--impl must look like MODULE:FUNCTION (e.g. {DEFAULT_IMPL}); got {spec!r}."
-        )
-    try:
-        fn = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"--impl {spec!r} does not resolve: {err}") from err
-    if not callable(fn):
-        raise ValueError(f"--impl {spec!r} is a {type(fn).__name__}, not a function.")
-    return fn
 
 
 def _class_last(case: Case, inputs: Inputs) -> tuple[np.ndarray, np.ndarray, int]:
@@ -77,12 +59,40 @@ def _static(case: Case, axis: int) -> tuple:
     return (case.target, axis, case.ignore_index, case.reduction, case.smoothing)
 
 
-class Runner:
-    """Runs a cross_entropy-like callable on groups of cases, one jit per group.
+class _Unit(NamedTuple):
+    """Cases of one signature (options, shapes, dtypes): traced once, run over stacked inputs."""
 
-    XLA's fixed cost per compilation dominates small cases, so a group of cases is traced into
-    one program (the cases stay independent: separate inputs, separate outputs). If the group
-    raises, each case is retried on its own, so the error lands on the case that caused it.
+    static: tuple
+    positions: list[int]  # where its cases sit in the group
+    args: tuple  # (x, t, w, cot), each stacked along a new leading axis (w may be None)
+
+
+def _units(statics: list[tuple], prepared: list[tuple]) -> list[_Unit]:
+    by_signature: dict[tuple, list[int]] = {}
+    for i, (static, args) in enumerate(zip(statics, prepared, strict=True)):
+        avals = tuple(None if a is None else (a.shape, a.dtype.name) for a in args)
+        by_signature.setdefault((static, avals), []).append(i)
+    units = []
+    for (static, _), positions in by_signature.items():
+        stacked = tuple(
+            None if prepared[positions[0]][k] is None
+            else np.stack([prepared[i][k] for i in positions])
+            for k in range(4)
+        )  # fmt: skip
+        units.append(_Unit(static, positions, stacked))
+    return units
+
+
+class Runner:
+    """Runs a cross_entropy-like callable on groups of cases, one compiled program per group.
+
+    XLA's fixed cost per compilation dominates small cases, so a group is traced into one
+    program, and cases of one signature (the same options, shapes and dtypes) share one traced
+    body, run case after case by ``lax.map`` (not vmap: each case runs the unbatched
+    computation a user's call runs). float64 cases run with ``jax_enable_x64`` on, the others
+    with it off (JAX's default), so each dtype sees the configuration users run it under. A
+    signature whose tracing raises fails its own cases (the implementation rejected them) and
+    the rest of the group still runs as one program.
     """
 
     def __init__(self, loss_fn: Callable):
@@ -92,7 +102,7 @@ class Runner:
     def _one(self, static: tuple, x, t, w, cot) -> Result:
         target, axis, ignore_index, reduction, smoothing = static
         kwargs = {"axis": axis, "reduction": reduction, "label_smoothing": smoothing}
-        if target == "index":
+        if target == "index" or ignore_index != -100:
             kwargs["ignore_index"] = ignore_index
 
         def loss(x, t):
@@ -105,36 +115,93 @@ class Runner:
         value, vjp = jax.vjp(lambda x: loss(x, t), x)
         return Result(value, vjp(cot)[0], None)
 
-    def _run(self, statics: tuple, args: list) -> list[Result]:
-        if statics not in self._compiled:
-            self._compiled[statics] = jax.jit(
-                lambda args: [self._one(st, *a) for st, a in zip(statics, args, strict=True)]
+    def _unit_fn(self, static: tuple, count: int) -> Callable:
+        if count == 1:
+            return lambda x, t, w, cot: jax.tree.map(
+                lambda a: a[None],
+                self._one(static, x[0], t[0], None if w is None else w[0], cot[0]),
             )
-        return jax.device_get(self._compiled[statics](args))
+        return lambda x, t, w, cot: jax.lax.map(
+            lambda a: self._one(static, a[0], a[1], a[2], a[3]), (x, t, w, cot)
+        )
+
+    def _run(self, units: list[_Unit], x64: bool) -> list:
+        key = (x64, *((u.static, len(u.positions)) for u in units))
+        if key not in self._compiled:
+            fns = [self._unit_fn(u.static, len(u.positions)) for u in units]
+            self._compiled[key] = jax.jit(
+                lambda args: [f(*a) for f, a in zip(fns, args, strict=True)]
+            )
+        with jax.enable_x64(x64):
+            return jax.device_get(self._compiled[key]([u.args for u in units]))
+
+    def _traces(self, unit: _Unit, x64: bool) -> Exception | None:
+        """None if the unit traces, else what the implementation raised while tracing."""
+        try:
+            with jax.enable_x64(x64):
+                jax.eval_shape(self._unit_fn(unit.static, len(unit.positions)), *unit.args)
+        except Exception as err:  # the implementation under test is arbitrary code
+            return err
+        return None
 
     def run_group(self, items: list[tuple[Case, Inputs]]) -> list[Result | Exception]:
         """Results in torch's layout, or the exception a case raised."""
-        prepared = [_device_inputs(case, inputs) for case, inputs in items]
-        statics = tuple(_static(case, p[4]) for (case, _), p in zip(items, prepared, strict=True))
-        try:
-            outs = self._run(statics, [p[:4] for p in prepared])
-        except Exception:  # find the culprit(s): retry one by one
-            outs = []
-            for static, p in zip(statics, prepared, strict=True):
-                try:
-                    outs.append(self._run((static,), [p[:4]])[0])
-                except Exception as err:  # the implementation under test is arbitrary code
-                    outs.append(err)
+        out: list[Result | Exception | None] = [None] * len(items)
+        for x64 in (False, True):
+            positions = [i for i, (c, _) in enumerate(items) if (c.dtype == "float64") == x64]
+            if positions:
+                sub = [items[i] for i in positions]
+                for i, o in zip(positions, self._run_same_x64(sub, x64), strict=True):
+                    out[i] = o
         return [
             o if isinstance(o, Exception) else _back_to_torch_layout(case, o)
-            for (case, _), o in zip(items, outs, strict=True)
+            for (case, _), o in zip(items, out, strict=True)
         ]
+
+    def _run_same_x64(self, items, x64: bool) -> list:
+        prepared = [_device_inputs(case, inputs) for case, inputs in items]
+        statics = [_static(case, p[4]) for (case, _), p in zip(items, prepared, strict=True)]
+        units = _units(statics, [p[:4] for p in prepared])
+        out: list = [None] * len(items)
+        try:
+            results = self._run(units, x64)
+        except Exception:  # find the signatures the implementation rejects; run the rest
+            failed = {id(u): self._traces(u, x64) for u in units}
+            good = [u for u in units if failed[id(u)] is None]
+            for u in units:
+                for i in u.positions:
+                    out[i] = failed[id(u)]
+            results = self._run_each(good, x64)
+            units = good
+        for unit, result in zip(units, results, strict=True):
+            if isinstance(result, Exception):
+                for i in unit.positions:
+                    out[i] = result
+                continue
+            for k, i in enumerate(unit.positions):
+                out[i] = Result(*(None if a is None else a[k] for a in result))
+        return out
+
+    def _run_each(self, units: list[_Unit], x64: bool) -> list:
+        """The units that trace, together; if that still fails (at run time), one by one."""
+        if not units:
+            return []
+        try:
+            return self._run(units, x64)
+        except Exception:
+            results = []
+            for u in units:
+                try:
+                    results.append(self._run([u], x64)[0])
+                except Exception as err:  # the implementation under test is arbitrary code
+                    results.append(err)
+            return results
 
 
 def optax_supports(case: Case) -> bool:
     """optax has no class weights, no ignore_index and no smoothing of integer labels."""
     no_smoothing = case.target == "prob" or case.smoothing == 0.0
-    return not case.weight and case.ignore == "none" and case.ignore_index < 0 and no_smoothing
+    return not case.weight and case.ignore == "none" and case.ignore_index == -100 and no_smoothing
 
 
 def optax_cross_entropy(

@@ -2,96 +2,146 @@
 
 from __future__ import annotations
 
-import fnmatch
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
-import jax
 from tqdm import tqdm
 
-from parity._cases import Case, build_matrix, make_inputs
+from parity._cases import Case, Inputs, make_inputs, torch_options
 from parity._compare import FAILED, evaluate, gradient_unit
 from parity._env import environment
 from parity._html import loss_html
-from parity._jax_side import Runner, load_impl, optax_cross_entropy, optax_supports
+from parity._jax_side import Runner, optax_cross_entropy, optax_supports
 from parity._reference import Result
 from parity._reference import cross_entropy as reference_cross_entropy
 from parity._report import build_payload, markdown, write_json
 from parity._torch_side import run_torch
 
-GROUP_SIZE = 24  # cases per compiled program
+GROUP_SIZE = 24  # signatures (options, shapes, dtype) per compiled program
 
 
-def _reference(case: Case, inputs) -> Result:
-    return reference_cross_entropy(
-        inputs.logits,
-        inputs.labels,
-        weight=inputs.weight,
-        ignore_index=case.ignore_index,
-        reduction=case.reduction,
-        label_smoothing=case.smoothing,
-        cotangent=inputs.cotangent,
+class Outcome(NamedTuple):
+    """Everything one case produced; ``impl``/``torch`` hold the exception if one raised."""
+
+    case: Case
+    inputs: Inputs
+    impl: Result | Exception
+    torch: Result | Exception
+    reference: Result | None  # None where the float64 reference cannot evaluate the inputs
+    optax: Result | None  # None where optax does not support the case (or raised)
+
+
+def _reference(case: Case, inputs: Inputs) -> Result:
+    return reference_cross_entropy(inputs.logits, inputs.labels, **torch_options(case, inputs))
+
+
+class CaseRunner:
+    """Runs cases through the implementation under test, torch, optax and the reference.
+
+    The implementation and optax run a whole list of cases as one compiled program (see
+    ``parity._jax_side.Runner``); torch and the numpy reference run case by case.
+    """
+
+    def __init__(self, impl_fn: Callable, *, with_optax: bool = True):
+        self._impl = Runner(impl_fn)
+        self._optax = Runner(optax_cross_entropy) if with_optax else None
+
+    def run(self, cases: list[Case]) -> list[Outcome]:
+        """The outcomes of ``cases``, in order; the implementation's cases compile together."""
+        items = [(c, make_inputs(c)) for c in cases]
+        impl_outs = self._impl.run_group(items)
+        optax_outs = {}
+        if self._optax is not None:
+            supported = [(c, i) for c, i in items if optax_supports(c)]
+            outs = self._optax.run_group(supported)
+            optax_outs = {c.id: o for (c, _), o in zip(supported, outs, strict=True)}
+        outcomes = []
+        for (case, inputs), impl_out in zip(items, impl_outs, strict=True):
+            try:
+                torch_out = run_torch(case, inputs)
+            except Exception as err:  # torch refusing the input is its answer
+                torch_out = err
+            try:
+                reference = _reference(case, inputs)
+            except Exception:  # inputs outside the reference's domain: evaluate() says so
+                reference = None
+            optax_out = optax_outs.get(case.id)
+            optax_out = None if isinstance(optax_out, Exception) else optax_out
+            outcomes.append(Outcome(case, inputs, impl_out, torch_out, reference, optax_out))
+        return outcomes
+
+
+def record(outcome: Outcome) -> dict:
+    """The report record of an outcome (see ``parity._compare.evaluate``)."""
+    case, inputs = outcome.case, outcome.inputs
+    return evaluate(
+        case,
+        outcome.impl,
+        outcome.torch,
+        outcome.reference,
+        outcome.optax,
+        grad_unit=gradient_unit(case, inputs),
     )
 
 
-def _record(case, inputs, impl_out, torch_out, reference, optax_out) -> dict:
-    unit = gradient_unit(case, inputs)
-    if not isinstance(impl_out, Exception):
-        return evaluate(case, impl_out, torch_out, reference, optax_out, grad_unit=unit)
-    record = evaluate(case, torch_out, torch_out, reference, optax_out, grad_unit=unit)
-    record.update(
-        status=FAILED,
-        errors={},
-        closer={},
-        failures=[f"implementation raised {type(impl_out).__name__}: {impl_out}"],
+def _signature(case: Case) -> tuple:
+    return (
+        case.dtype == "float64",
+        case.dtype,
+        case.layout,
+        case.shape,
+        case.target,
+        case.weight,
+        case.ignore_index,
+        case.reduction,
+        case.smoothing,
     )
-    return record
 
 
-def run_matrix(cases: list[Case], impl_fn: Callable, *, progress: bool = True) -> list[dict]:
-    """Evaluates every case and returns one report record per case (see ``evaluate``).
+def groups(cases: list[Case]) -> list[list[int]]:
+    """Positions of ``cases`` in compile groups: equal signatures together, at most GROUP_SIZE
+    signatures per group, float64 cases (run with x64 on) apart from the others."""
+    order = sorted(range(len(cases)), key=lambda i: _signature(cases[i]))
+    out: list[list[int]] = []
+    signatures: set = set()
+    for i in order:
+        sig = _signature(cases[i])
+        full = sig not in signatures and len(signatures) == GROUP_SIZE
+        if not out or full or sig[0] != _signature(cases[out[-1][0]])[0]:
+            out.append([])
+            signatures = set()
+        signatures.add(sig)
+        out[-1].append(i)
+    return out
+
+
+def run_matrix(cases: list[Case], impl_fn: Callable, *, progress: bool = False) -> list[dict]:
+    """Evaluates every case and returns one report record per case, in the order of ``cases``.
 
     An exception raised by the implementation under test fails that case with its message;
     the run goes on. Optax failing on a case it should support is recorded, not fatal.
     """
-    impl, opt = Runner(impl_fn), Runner(optax_cross_entropy)
-    records = []
-    bar = tqdm(
-        total=len(cases), desc="loss parity", unit="case", disable=not progress, dynamic_ncols=True
-    )
+    runner = CaseRunner(impl_fn)
+    records: list[dict | None] = [None] * len(cases)
     failed = 0
-    for start in range(0, len(cases), GROUP_SIZE):
-        group = [(c, make_inputs(c)) for c in cases[start : start + GROUP_SIZE]]
-        impl_outs = impl.run_group(group)
-        supported = [(c, i) for c, i in group if optax_supports(c)]
-        optax_outs = dict(zip([c.id for c, _ in supported], opt.run_group(supported), strict=True))
-        for (case, inputs), impl_out in zip(group, impl_outs, strict=True):
-            optax_out = optax_outs.get(case.id)
-            optax_out = None if isinstance(optax_out, Exception) else optax_out
-            record = _record(
-                case, inputs, impl_out, run_torch(case, inputs), _reference(case, inputs), optax_out
-            )
-            failed += record["status"] == FAILED
-            records.append(record)
+    with tqdm(
+        total=len(cases), desc="loss parity", unit="case", disable=not progress, dynamic_ncols=True
+    ) as bar:
+        for positions in groups(cases):
+            for i, outcome in zip(
+                positions, runner.run([cases[i] for i in positions]), strict=True
+            ):
+                records[i] = record(outcome)
+                failed += records[i]["status"] == FAILED
             bar.set_postfix(failed=failed, refresh=False)
-            bar.update()
-    bar.close()
+            bar.update(len(positions))
     return records
 
 
-def run_loss_parity(config) -> int:
-    """``python -m parity``: runs the matrix, writes the three reports; 0 only if none failed."""
-    jax.config.update("jax_enable_x64", True)  # the float64 cases; float32 stays float32
-    impl_fn = load_impl(config.impl)
-    cases = build_matrix(quick=config.quick, seed=config.seed)
-    if config.only is not None:
-        cases = [c for c in cases if fnmatch.fnmatchcase(c.id, config.only)]
-        if not cases:
-            raise ValueError(
-                f"--only {config.only!r} matches no case id; ids look like "
-                f"'grid/float32/NC/index/weight/mean' (see report.json)."
-            )
+def run_loss_parity(config, impl_fn: Callable, cases: list[Case]) -> int:
+    """``python -m parity``: runs the cases, writes the three reports; 0 only if none failed."""
     start = time.perf_counter()
     records = run_matrix(cases, impl_fn, progress=config.progress)
     payload = build_payload(
@@ -101,7 +151,6 @@ def run_loss_parity(config) -> int:
         elapsed_s=time.perf_counter() - start,
     )
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     write_json(payload, out / "report.json")
     (out / "report.md").write_text(markdown(payload))
     (out / "report.html").write_text(loss_html(payload))

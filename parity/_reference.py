@@ -17,6 +17,9 @@ Conventions where the arithmetic would say NaN but the math does not:
     turn an infinite log-probability into NaN;
   * the gradient of an ignored row is 0, and the gradient of an all-ignored or empty mean is 0
     (the numerator does not depend on the inputs), as in torch; the mean itself is 0/0 = NaN.
+Zero classes (C = 0) follow torch 2.13: each row's loss is an empty sum (0), so "sum" is 0 and
+"none" is 0 per row; the mean of probability targets divides by torch's row count numel / C, which
+is 0 / 0 = NaN; the smoothing term e / C is absent (it multiplies an empty sum).
 A target class whose logit is -inf gives loss +inf (with a finite gradient); that is the math.
 """
 
@@ -76,17 +79,18 @@ def cross_entropy(
     axis = 0 if x.ndim == 1 else 1
     xl = np.moveaxis(x, axis, -1)
     c = xl.shape[-1]
-    rows = xl.reshape(-1, c)
+    rows = xl.reshape(int(np.prod(xl.shape[:-1])), c)
     w = np.ones(c) if weight is None else np.asarray(weight, np.float64)
     e = float(label_smoothing)
-    logp = _log_softmax(rows) if rows.size else np.zeros((0, c))
+    e_per_class = e / c if c else 0.0  # with no class the smoothing term is an empty sum
+    logp = _log_softmax(rows) if rows.size else np.zeros(rows.shape)
     p = np.exp(logp)
     soft = np.issubdtype(np.asarray(labels).dtype, np.floating)
     if soft:
-        t = np.moveaxis(np.asarray(labels, np.float64), axis, -1).reshape(-1, c)
-        ts = (1.0 - e) * t + e / c
+        t = np.moveaxis(np.asarray(labels, np.float64), axis, -1).reshape(rows.shape)
+        ts = (1.0 - e) * t + e_per_class
         per_row = -np.sum(_times(w * ts, logp), axis=-1)
-        denom = float(rows.shape[0])
+        denom = float(rows.shape[0]) if c else np.nan  # torch divides by numel / C
         row_coef = np.sum(w * ts, axis=-1)  # d loss_i / d x_i = row_coef * p - w * t'
         d_rows = row_coef[:, None] * p - w * ts
     else:
@@ -96,10 +100,10 @@ def cross_entropy(
         wy = np.where(kept, w[ys], 0.0)
         nll = -_times(wy, logp[np.arange(y.size), ys])
         smooth = np.where(kept, -np.sum(_times(w, logp), axis=-1), 0.0)
-        per_row = _times(1.0 - e, nll) + _times(e / c, smooth)
+        per_row = _times(1.0 - e, nll) + _times(e_per_class, smooth)
         denom = float(np.sum(wy))
         onehot = np.eye(c)[ys]
-        d_rows = (1.0 - e) * wy[:, None] * (p - onehot) + (e / c) * (w.sum() * p - w)
+        d_rows = (1.0 - e) * wy[:, None] * (p - onehot) + e_per_class * (w.sum() * p - w)
         d_rows = np.where(kept[:, None], d_rows, 0.0)
     batch = xl.shape[:-1]
     g = np.asarray(cotangent, np.float64)
@@ -110,7 +114,7 @@ def cross_entropy(
     else:
         with np.errstate(invalid="ignore", divide="ignore"):
             value = np.asarray(np.sum(per_row) / denom)
-        g_rows = np.full(per_row.shape, float(g) / denom if denom != 0 else 0.0)
+        g_rows = np.full(per_row.shape, float(g) / denom if denom else 0.0)
     grad_x = (g_rows[:, None] * d_rows).reshape(xl.shape)
     grad_t = None
     if soft:

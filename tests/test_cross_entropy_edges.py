@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from jaxce import loss
+from parity._torch_side import torch_cross_entropy
 from tests.conftest import seeded_rng, x64_scope
 from tests.reference import reference_cross_entropy
 from tests.tolerances import assert_close
-from tests.torch_side import torch_cross_entropy
 
 REDUCTIONS = ["mean", "sum", "none"]
 
@@ -29,15 +29,15 @@ def test_all_ignored_batch_matches_torch(reduction, weighted):
     labels = np.full((4,), -100)
     weight = np.array([0.5, 1.0, 2.0]) if weighted else None
     expected = torch_cross_entropy(
-        logits, labels, dtype="float32", class_dim=1, weight=weight, reduction=reduction
+        logits, labels, dtype="float32", weight=weight, reduction=reduction
     )
     w = None if weight is None else jnp.asarray(weight, jnp.float32)
     out, grad = _value_and_grad(
         jnp.asarray(logits, jnp.float32), jnp.asarray(labels), weight=w, reduction=reduction
     )
     assert np.isnan(out) if reduction == "mean" else not np.isnan(out).any()
-    assert_close(out, expected["loss"], dtype="float32", quantity="loss")
-    assert_close(grad, expected["grad"], dtype="float32", quantity="grad")
+    assert_close(out, expected.value, dtype="float32", quantity="loss")
+    assert_close(grad, expected.grad_logits, dtype="float32", quantity="grad")
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -45,13 +45,11 @@ def test_all_ignored_batch_matches_torch(reduction, weighted):
 def test_empty_batch_matches_torch(reduction, target):
     logits = np.zeros((0, 3))
     labels = np.zeros((0,), np.int64) if target == "index" else np.zeros((0, 3))
-    expected = torch_cross_entropy(
-        logits, labels, dtype="float32", class_dim=1, reduction=reduction
-    )
+    expected = torch_cross_entropy(logits, labels, dtype="float32", reduction=reduction)
     jl = jnp.asarray(labels, jnp.int32 if target == "index" else jnp.float32)
     out, grad = _value_and_grad(jnp.zeros((0, 3), jnp.float32), jl, reduction=reduction)
-    assert out.shape == expected["loss"].shape
-    assert_close(out, expected["loss"], dtype="float32", quantity="loss")
+    assert out.shape == expected.value.shape
+    assert_close(out, expected.value, dtype="float32", quantity="loss")
     assert grad.shape == (0, 3)
 
 
@@ -75,7 +73,6 @@ def test_neg_inf_logits_with_indices_match_torch(case):
         logits,
         labels,
         dtype="float32",
-        class_dim=1,
         weight=None if weight is None else np.array(weight),
         **options,
     )
@@ -84,8 +81,8 @@ def test_neg_inf_logits_with_indices_match_torch(case):
         jnp.asarray(logits, jnp.float32), jnp.asarray(labels), weight=w, **options
     )
     assert np.isfinite(grad).all(), "gradients stay finite with -inf logits"
-    assert_close(out, expected["loss"], dtype="float32", quantity="loss")
-    assert_close(grad, expected["grad"], dtype="float32", quantity="grad")
+    assert_close(out, expected.value, dtype="float32", quantity="loss")
+    assert_close(grad, expected.grad_logits, dtype="float32", quantity="grad")
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
@@ -95,8 +92,8 @@ def test_neg_inf_logits_with_probabilities_are_finite_where_torch_is_nan(smoothi
     logits = np.array([[0.0, INF, 1.0], [INF, 2.0, INF]])
     probs = np.array([[0.5, 0.0, 0.5], [0.0, 1.0, 0.0]])
     weight = np.array([1.0, 3.0, 0.5]) if weighted else None
-    torch_out = torch_cross_entropy(logits, probs, dtype="float64", class_dim=1, weight=weight)
-    assert np.isnan(torch_out["loss"]), "torch's behaviour this difference is documented against"
+    torch_out = torch_cross_entropy(logits, probs, dtype="float64", weight=weight)
+    assert np.isnan(torch_out.value), "torch's behaviour this difference is documented against"
     w = None if weight is None else jnp.asarray(weight, jnp.float32)
     x, t = jnp.asarray(logits, jnp.float32), jnp.asarray(probs, jnp.float32)
     f = lambda x, t: loss.cross_entropy(x, t, weight=w, label_smoothing=smoothing)
@@ -123,14 +120,14 @@ def test_large_logits_stay_accurate_in_float32(scale, target):
     else:
         labels = rng.dirichlet(np.ones(50), size=16).astype(np.float32)
     truth = torch_cross_entropy(
-        logits.astype(np.float64), labels, dtype="float64", class_dim=1, reduction="none"
+        logits.astype(np.float64), labels, dtype="float64", reduction="none"
     )
     jl = jnp.asarray(labels)
     out = loss.cross_entropy(jnp.asarray(logits), jl, reduction="none")
     grad = jax.grad(lambda x: loss.cross_entropy(x, jl, reduction="sum"))(jnp.asarray(logits))
     assert np.isfinite(out).all() and np.isfinite(grad).all()
-    assert_close(out, truth["loss"], dtype="float32", quantity="loss")
-    assert_close(grad, truth["grad"], dtype="float32", quantity="grad")
+    assert_close(out, truth.value, dtype="float32", quantity="loss")
+    assert_close(grad, truth.grad_logits, dtype="float32", quantity="grad")
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.3])
@@ -141,11 +138,10 @@ def test_single_class_has_zero_loss_and_gradient(smoothing):
         np.asarray(logits),
         np.zeros(5, np.int64),
         dtype="float32",
-        class_dim=1,
         label_smoothing=smoothing,
     )
-    assert_close(out, expected["loss"], dtype="float32", quantity="loss")
-    assert_close(grad, expected["grad"], dtype="float32", quantity="grad")
+    assert_close(out, expected.value, dtype="float32", quantity="loss")
+    assert_close(grad, expected.grad_logits, dtype="float32", quantity="grad")
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -162,15 +158,14 @@ def test_low_precision_matches_torch_on_the_same_rounded_inputs(dtype, reduction
         logits,
         labels,
         dtype=dtype,
-        class_dim=1,
         reduction=reduction,
         cotangent=np.ones(32) if reduction == "none" else None,
     )
     jl = jnp.asarray(labels, dtype) if target == "probs" else jnp.asarray(labels)
     out, grad = _value_and_grad(jnp.asarray(logits, dtype), jl, reduction=reduction)
     assert out.dtype == jnp.dtype(dtype) and grad.dtype == jnp.dtype(dtype)
-    assert_close(out, expected["loss"], dtype=dtype, quantity="loss")
-    assert_close(grad, expected["grad"], dtype=dtype, quantity="grad")
+    assert_close(out, expected.value, dtype=dtype, quantity="loss")
+    assert_close(grad, expected.grad_logits, dtype=dtype, quantity="grad")
 
 
 def test_float16_mean_over_many_rows_accumulates_in_float32():
@@ -179,8 +174,8 @@ def test_float16_mean_over_many_rows_accumulates_in_float32():
     logits = rng.normal(size=(70_000, 10))
     labels = rng.integers(0, 10, size=70_000)
     rounded = np.asarray(jnp.asarray(logits, jnp.float16), np.float64)
-    truth = torch_cross_entropy(rounded, labels, dtype="float64", class_dim=1)["loss"]
-    torch_fp16 = torch_cross_entropy(rounded, labels, dtype="float16", class_dim=1)["loss"]
+    truth = torch_cross_entropy(rounded, labels, dtype="float64").value
+    torch_fp16 = torch_cross_entropy(rounded, labels, dtype="float16").value
     out = loss.cross_entropy(jnp.asarray(logits, jnp.float16), jnp.asarray(labels))
     assert out.dtype == jnp.float16
     assert not np.isfinite(torch_fp16), "torch's behaviour this difference is documented against"

@@ -1,36 +1,48 @@
 """Differential tests: jaxce.loss against torch.nn.functional.cross_entropy, values and gradients.
 
-The grid covers every layout torch accepts ((C), (N, C), (N, C, d1..dk)) and JAX's class-last
-layout, float32 and float64, each reduction, class weights, ignore_index (the default -100 and a
-valid class index), label smoothing, and class-index and probability targets.
+The grid covers every layout torch accepts ((C), (N, C), (N, C, d1), (N, C, d1, d2)) and JAX's
+class-last layout, float32 and float64, each reduction, class weights, ignore_index (the default
+-100 with no label equal to it, -100 on some labels, and a valid class index on some labels),
+label smoothing, and class-index and probability targets: 480 cases.
+
+They run through the parity runner (``parity._matrix.CaseRunner``), as ``python -m parity`` does:
+the cases of one layout and dtype compile as one program, torch runs on the same inputs (exact in
+the dtype), and each case is judged by the one tolerance rule against torch, and by parity's
+verdict against the float64 reference as well.
 """
 
 from __future__ import annotations
 
 import itertools
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from jaxce import loss
-from tests.conftest import seeded_rng, x64_scope
+from parity._cases import make_case, make_inputs
+from parity._compare import PASSED, QUANTITIES
+from parity._matrix import CaseRunner, record
+from tests.conftest import x64_scope
 from tests.tolerances import assert_close
-from tests.torch_side import torch_cross_entropy
 
-# name: (shape in torch's layout, torch's class dim, JAX axis the test passes to jaxce)
+# test name: (parity layout, logits' shape in torch's layout)
 LAYOUTS = {
-    "C": ((5,), 0, 0),
-    "NC": ((6, 5), 1, 1),
-    "NCd": ((3, 5, 4), 1, 1),
-    "NCdd": ((2, 5, 3, 2), 1, 1),
-    "NdC-class-last": ((3, 5, 4), 1, -1),
+    "C": ("C", (5,)),
+    "NC": ("NC", (6, 5)),
+    "NCd": ("NCd", (3, 5, 4)),
+    "NCdd": ("NCd", (2, 5, 3, 2)),
+    "NdC-class-last": ("NdC", (3, 5, 4)),
 }
-IGNORE = {"no-ignore": None, "ignore-default": -100, "ignore-class-1": 1}
+# test name: (which labels equal ignore_index, ignore_index)
+IGNORE = {
+    "no-ignore": ("none", -100),
+    "ignore-default": ("some", -100),
+    "ignore-class-1": ("some", 1),
+}
 
 
-def _cases():
+def _grid() -> list:
+    params = []
     for layout, dtype, reduction, target, weighted, smoothing in itertools.product(
         LAYOUTS,
         ("float32", "float64"),
@@ -40,99 +52,77 @@ def _cases():
         (0.0, 0.25),
     ):
         for ignore in IGNORE if target == "index" else ("no-ignore",):
-            case_id = (
+            parity_layout, shape = LAYOUTS[layout]
+            labels_ignored, ignore_index = IGNORE[ignore]
+            case = make_case(
+                "torch",
+                dtype,
+                parity_layout,
+                shape,
+                "index" if target == "index" else "prob",
+                weight=weighted,
+                ignore=labels_ignored,
+                ignore_index=ignore_index,
+                reduction=reduction,
+                smoothing=smoothing,
+                tag=layout,
+            )
+            test_id = (
                 f"{layout}-{dtype}-{reduction}-{target}-{'weight' if weighted else 'noweight'}"
                 f"-ls{smoothing}-{ignore}"
             )
-            yield pytest.param(
-                layout, dtype, reduction, target, weighted, smoothing, ignore, id=case_id
+            params.append(pytest.param(case, id=test_id))
+    return params
+
+
+GRID = _grid()
+
+
+def _compile_group(case) -> tuple[str, str]:
+    """Cases of one layout and dtype compile together (48 cases, 36 distinct programs)."""
+    return case.id.split("/")[0], case.dtype
+
+
+@pytest.fixture(scope="module")
+def outcome_of():
+    """The parity outcome of a grid case; its compile group runs on first use."""
+    runner = CaseRunner(loss.cross_entropy, with_optax=False)
+    done = {}
+
+    def get(case):
+        if case.id not in done:
+            group = [
+                p.values[0] for p in GRID if _compile_group(p.values[0]) == _compile_group(case)
+            ]
+            done.update((o.case.id, o) for o in runner.run(group))
+        return done[case.id]
+
+    return get
+
+
+def test_grid_ids_and_cases_are_unique():
+    assert len(GRID) == 480
+    assert len({p.id for p in GRID}) == len({p.values[0].id for p in GRID}) == 480
+
+
+@pytest.mark.parametrize("case", GRID)
+def test_matches_torch(case, outcome_of):
+    outcome = outcome_of(case)
+    assert not isinstance(outcome.torch, Exception), f"torch raised {outcome.torch!r}"
+    assert not isinstance(outcome.impl, Exception), f"jaxce raised {outcome.impl!r}"
+    assert (outcome.impl.grad_target is None) == (outcome.torch.grad_target is None)
+    for name, quantity in QUANTITIES.items():
+        expected = getattr(outcome.torch, name)
+        if expected is not None:
+            assert_close(
+                getattr(outcome.impl, name),
+                expected,
+                dtype=case.dtype,
+                quantity=quantity,
+                context=f"{case.id}: {name}",
             )
-
-
-def make_case(layout, target, weighted, ignore, key):
-    """Draws seeded logits (torch layout), labels, weight and the ignore_index to use."""
-    shape, class_dim, _ = LAYOUTS[layout]
-    rng = seeded_rng(key)
-    num_classes = shape[class_dim]
-    batch_shape = shape[:class_dim] + shape[class_dim + 1 :]
-    logits = rng.normal(scale=3.0, size=shape)
-    if target == "index":
-        labels = rng.integers(0, num_classes, size=batch_shape)
-        if IGNORE[ignore] == -100 and labels.size > 1:
-            labels.flat[:: max(labels.size // 3, 1)] = -100
-        elif IGNORE[ignore] == 1:
-            labels.flat[0] = 1  # at least one ignored example
-        labels = np.asarray(labels, np.int64)
-    else:
-        probs = rng.dirichlet(np.ones(num_classes), size=batch_shape)
-        labels = np.moveaxis(probs, -1, class_dim)
-    weight = rng.uniform(0.2, 2.0, size=num_classes) if weighted else None
-    ignore_index = -100 if IGNORE[ignore] is None else IGNORE[ignore]
-    return logits, labels, weight, ignore_index
-
-
-def jaxce_values_and_grads(logits, labels, *, dtype, layout, cotangent, weight, **options):
-    """Runs jaxce in the test's layout; returns torch-layout float64 results like torch_side."""
-    _, class_dim, axis = LAYOUTS[layout]
-    soft = np.issubdtype(labels.dtype, np.floating)
-    x = jnp.asarray(logits, dtype)
-    t = jnp.asarray(labels, dtype) if soft else jnp.asarray(labels, jnp.int32)
-    if axis != class_dim:
-        x, t = jnp.moveaxis(x, class_dim, axis), (jnp.moveaxis(t, class_dim, axis) if soft else t)
-    w = None if weight is None else jnp.asarray(weight, dtype)
-
-    def f(x, t):
-        return loss.cross_entropy(x, t, axis=axis, weight=w, **options)
-
-    if soft:
-        out, vjp = jax.vjp(f, x, t)
-    else:
-        out, vjp = jax.vjp(lambda x: f(x, t), x)
-    ct = jnp.ones_like(out) if cotangent is None else jnp.asarray(cotangent, out.dtype)
-    grads = vjp(ct)
-    back = lambda a: np.moveaxis(np.asarray(a, np.float64), axis, class_dim)
-    result = {"loss": np.asarray(out, np.float64), "grad": back(grads[0])}
-    if soft:
-        result["grad_labels"] = back(grads[1])
-    return result
-
-
-@pytest.mark.parametrize(
-    ("layout", "dtype", "reduction", "target", "weighted", "smoothing", "ignore"), list(_cases())
-)
-def test_matches_torch(layout, dtype, reduction, target, weighted, smoothing, ignore):
-    logits, labels, weight, ignore_index = make_case(layout, target, weighted, ignore, layout)
-    shape, class_dim, _ = LAYOUTS[layout]
-    batch_shape = shape[:class_dim] + shape[class_dim + 1 :]
-    cotangent = None
-    if reduction == "none":
-        cotangent = seeded_rng(layout, "cotangent").normal(size=batch_shape)
-    options = dict(reduction=reduction, label_smoothing=smoothing)
-    if target == "index":
-        options["ignore_index"] = ignore_index
-    expected = torch_cross_entropy(
-        logits,
-        labels,
-        dtype=dtype,
-        class_dim=class_dim,
-        cotangent=cotangent,
-        weight=weight,
-        **options,
-    )
-    with x64_scope(dtype):
-        actual = jaxce_values_and_grads(
-            logits,
-            labels,
-            dtype=dtype,
-            layout=layout,
-            cotangent=cotangent,
-            weight=weight,
-            **options,
-        )
-    assert set(actual) == set(expected)
-    for quantity, value in expected.items():
-        kind = "loss" if quantity == "loss" else "grad"
-        assert_close(actual[quantity], value, dtype=dtype, quantity=kind, context=quantity)
+    verdict = record(outcome)  # and against the float64 reference, as the parity report says
+    assert verdict["status"] == PASSED, verdict["failures"]
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -141,18 +131,21 @@ def test_module_matches_torch_module(dtype, reduction):
     """CrossEntropyLoss takes torch's layout and options and returns torch's module output."""
     import torch
 
-    logits, labels, weight, _ = make_case("NCd", "index", True, "ignore-class-1", "module")
+    case = make_case(
+        "module", dtype, "NCd", (3, 5, 4), "index", weight=True, ignore="some", ignore_index=1
+    )
+    inputs = make_inputs(case)
     expected = torch.nn.CrossEntropyLoss(
-        weight=torch.tensor(weight), ignore_index=1, reduction=reduction, label_smoothing=0.1
-    )(torch.tensor(logits), torch.tensor(labels))
+        weight=torch.tensor(inputs.weight), ignore_index=1, reduction=reduction, label_smoothing=0.1
+    )(torch.tensor(inputs.logits), torch.tensor(inputs.labels))
     with x64_scope(dtype):
         criterion = loss.CrossEntropyLoss(
-            weight=jnp.asarray(weight, dtype),
+            weight=jnp.asarray(inputs.weight, dtype),
             ignore_index=1,
             reduction=reduction,
             label_smoothing=0.1,
         )
-        actual = criterion(jnp.asarray(logits, dtype), jnp.asarray(labels))
+        actual = criterion(jnp.asarray(inputs.logits, dtype), jnp.asarray(inputs.labels))
         assert actual.dtype == jnp.dtype(dtype)
     assert_close(actual, expected.numpy(), dtype=dtype, quantity="loss")
 

@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    """The command as a user types it; its stderr is a pipe, so no progress bar is drawn."""
     out = tmp_path_factory.mktemp("parity")
     proc = subprocess.run(
-        [sys.executable, "-m", "parity", "--quick", "--no-progress", "--out", str(out)],
+        [sys.executable, "-m", "parity", "--quick", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -42,6 +43,7 @@ def test_quick_matrix_passes_with_summary_line(quick_run):
     assert int(match.group(1)) == summary["passed"] > 0
     assert summary["passed"] + summary["intentional"] == summary["cases"]
     assert summary["cases"] == len(build_matrix(quick=True, seed=0))
+    assert "loss parity" not in proc.stderr and "\r" not in proc.stderr, "quiet when piped"
 
 
 @pytest.mark.slow
@@ -77,6 +79,10 @@ def test_intentional_differences_are_listed_not_passed(quick_run):
     intentional = [r for r in report["cases"] if r["status"] == "intentional"]
     assert {r["intentional"] for r in intentional} == set(INTENTIONAL)
     for r in intentional:  # torch disagrees somewhere; there jaxce is closer to float64
+        if r["raised"]:  # jaxce refuses an input torch accepts (ignore_index_prob)
+            assert set(r["raised"]) == {"impl"}, r["id"]
+            assert r["raised"]["impl"].startswith("ValueError: ignore_index="), r["id"]
+            continue
         differing = [q for q, e in r["errors"].items() if not e["impl_vs_torch"]["ok"]]
         assert differing, r["id"]
         assert r["errors"]["value"]["impl_vs_reference"]["ok"], r["id"]
@@ -97,3 +103,19 @@ def test_markdown_and_self_contained_html(quick_run):
     assert summary["line"] in page
     assert page.count("src='data:image/png;base64,") == 2
     assert not re.search(r"(src|href)=['\"]?https?:", page), "no external resources"
+
+
+@pytest.mark.slow
+def test_torch_2_13_behaviours_hold(quick_run):
+    """Zero classes match torch; both refuse ignore_index >= 0 with probabilities."""
+    _, out = quick_run
+    cases = json.loads((out / "report.json").read_text())["cases"]
+    zero = [r for r in cases if r["id"].startswith("edge-zero-classes/")]
+    assert zero and all(r["status"] == "passed" and not r["raised"] for r in zero)
+    assert any(r["reduction"] == "mean" for r in zero)
+    both = [
+        r for r in cases if r["id"].startswith("edge-ignore-index-prob/") and not r["intentional"]
+    ]
+    assert both and all(r["status"] == "passed" for r in both)
+    assert all(set(r["raised"]) == {"impl", "torch"} for r in both)
+    assert all("RuntimeError" in r["raised"]["torch"] for r in both)
