@@ -1,13 +1,27 @@
-"""Command line: ``python -m parity`` (loss parity) and ``python -m parity train``."""
+"""Command line: ``python -m parity`` (loss parity) and ``python -m parity train``.
+
+Every input is checked before any work (see ``parity._usage``); a bad one ends the run with a
+single ``error: ...`` line and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
-from parity._jax_side import DEFAULT_IMPL
+from parity._cases import Case, build_matrix
+from parity._usage import UsageError, check_out_dir, load_impl
+
+DEFAULT_IMPL = "jaxce.loss:cross_entropy"
+OUT_HELP = (
+    "directory for report.json, report.md, report.html (default %(default)s); created if "
+    "missing; an earlier report there is replaced, any other non-empty directory is refused"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,27 +50,51 @@ class TrainConfig:
         return {**dataclasses.asdict(self), "out": str(self.out), "data_dir": str(self.data_dir)}
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
-    return value
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line: ``error: ...`` and a pointer to --help."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _integer(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}; got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _progress_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: only when stderr is a terminal)",
+    )
+
+
+def _progress(value: bool | None) -> bool:
+    return sys.stderr.isatty() if value is None else value
 
 
 def parse_loss(argv: list[str]) -> LossConfig:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m parity",
         description="Loss and gradient parity of a cross-entropy against torch and a float64 "
         "reference (run `python -m parity train --help` for training parity).",
     )
+    p.add_argument("--out", type=Path, default=Path("runs/parity"), metavar="DIR", help=OUT_HELP)
+    p.add_argument("--quick", action="store_true", help="a representative subset (~120 cases)")
     p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("runs/parity"),
-        help="directory for report.json, report.md, report.html (default %(default)s)",
+        "--seed", type=_integer(0), default=0, help="seed of all inputs, >= 0 (default 0)"
     )
-    p.add_argument("--quick", action="store_true", help="a representative subset (< 1 min)")
-    p.add_argument("--seed", type=int, default=0, help="seed of all inputs (default 0)")
     p.add_argument(
         "--impl",
         default=DEFAULT_IMPL,
@@ -69,13 +107,13 @@ def parse_loss(argv: list[str]) -> LossConfig:
         metavar="GLOB",
         help="run only the cases whose id matches this shell pattern, e.g. 'grid/float16/*'",
     )
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    _progress_flag(p)
     a = p.parse_args(argv)
-    return LossConfig(a.out, a.quick, a.seed, a.impl, a.only, a.progress)
+    return LossConfig(a.out, a.quick, a.seed, a.impl, a.only, _progress(a.progress))
 
 
 def parse_train(argv: list[str]) -> TrainConfig:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m parity train",
         description="Training parity: the same MLP in Flax and torch, same data, Adam 1e-3.",
     )
@@ -83,20 +121,39 @@ def parse_train(argv: list[str]) -> TrainConfig:
         "--data-dir",
         type=Path,
         default=Path("../shared/data/mnist-mini"),
+        metavar="DIR",
         help="an MNIST IDX directory (default %(default)s)",
     )
     p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("runs/parity-train"),
-        help="directory for report.json, report.md, report.html (default %(default)s)",
+        "--out", type=Path, default=Path("runs/parity-train"), metavar="DIR", help=OUT_HELP
     )
-    p.add_argument("--steps", type=_positive, default=500, help="Adam steps (default 500)")
-    p.add_argument("--batch-size", type=_positive, default=128, help="(default 128)")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights and batches")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--steps", type=_integer(1), default=500, help="Adam steps (default 500)")
+    p.add_argument("--batch-size", type=_integer(1), default=128, help="(default 128)")
+    p.add_argument(
+        "--seed", type=_integer(0), default=0, help="seed of weights and batches, >= 0 (default 0)"
+    )
+    _progress_flag(p)
     a = p.parse_args(argv)
-    return TrainConfig(a.data_dir, a.out, a.steps, a.batch_size, a.seed, a.progress)
+    return TrainConfig(a.data_dir, a.out, a.steps, a.batch_size, a.seed, _progress(a.progress))
+
+
+def select_cases(config) -> list[Case]:
+    """The matrix (quick or full) for ``config.seed``, narrowed by ``config.only``.
+
+    Raises:
+      UsageError: ``--only`` matches no case id.
+    """
+    cases = build_matrix(quick=config.quick, seed=config.seed)
+    if config.only is None:
+        return cases
+    chosen = [c for c in cases if fnmatch.fnmatchcase(c.id, config.only)]
+    if not chosen:
+        raise UsageError(
+            f"--only {config.only!r} matches none of the {len(cases)} case ids of the "
+            f"{'quick' if config.quick else 'full'} matrix; pass a shell pattern such as "
+            "'grid/float32/*' or 'edge-zero-classes/*' (report.json lists every id)."
+        )
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,12 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv[:1] == ["train"]:
-            from parity._train import run_training_parity
+            from parity._train import load_setup, run_training_parity
 
-            return run_training_parity(parse_train(argv[1:]))
+            config = parse_train(argv[1:])
+            check_out_dir(config.out, kind="training-parity")
+            return run_training_parity(config, load_setup(config))
         from parity._matrix import run_loss_parity
 
-        return run_loss_parity(parse_loss(argv))
-    except (ValueError, FileNotFoundError) as err:
+        config = parse_loss(argv)
+        impl_fn = load_impl(config.impl)
+        cases = select_cases(config)
+        check_out_dir(config.out, kind="loss-parity")
+        return run_loss_parity(config, impl_fn, cases)
+    except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

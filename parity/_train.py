@@ -53,6 +53,7 @@ from tqdm import tqdm
 from jaxce.loss import cross_entropy
 from parity._env import environment
 from parity._train_report import ADAM_NOTE, DERIVATION, summary_line, write_reports
+from parity._usage import UsageError
 from training._idx import load_idx_dir
 from training._model import MLP
 
@@ -67,8 +68,21 @@ class Setup(NamedTuple):
     test_images: np.ndarray
     test_labels: np.ndarray
     init: dict  # NAMES -> float32 arrays, torch layout
-    batches: list  # one index array per step
+    steps: int
+    batch_size: int
+    seed: int
     data_warnings: list
+
+    def batches(self):
+        """Each step's indices: a seeded permutation per epoch, the last partial batch dropped."""
+        rng = np.random.default_rng(self.seed + 1)
+        per_epoch, size = len(self.labels) // self.batch_size, self.batch_size
+        step = 0
+        while step < self.steps:
+            perm = rng.permutation(len(self.labels))
+            for i in range(min(per_epoch, self.steps - step)):
+                yield perm[i * size : (i + 1) * size]
+            step += per_epoch
 
 
 class Run(NamedTuple):
@@ -78,8 +92,23 @@ class Run(NamedTuple):
     seconds: float
 
 
+def _flag(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
+
+
+def load_setup(config) -> Setup:
+    """The data and initial weights of a run; bad data or sizes raise UsageError (one line)."""
+    try:
+        return make_setup(
+            config.data_dir, steps=config.steps, batch_size=config.batch_size, seed=config.seed
+        )
+    except (ValueError, OSError) as err:  # the data loader's errors name the file and the fix
+        render = getattr(err, "render", None)
+        raise UsageError(render(_flag) if render else str(err)) from None
+
+
 def make_setup(data_dir, *, steps: int, batch_size: int, seed: int) -> Setup:
-    """Loads the IDX data, draws the initial weights and the batch order."""
+    """Loads the IDX data and draws the initial weights; the batch order is ``Setup.batches``."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = load_idx_dir(data_dir)
@@ -94,14 +123,6 @@ def make_setup(data_dir, *, steps: int, batch_size: int, seed: int) -> Setup:
         bound = 1.0 / math.sqrt(fan_in)
         init[f"w{i + 1}"] = rng.uniform(-bound, bound, (fan_out, fan_in)).astype(np.float32)
         init[f"b{i + 1}"] = rng.uniform(-bound, bound, fan_out).astype(np.float32)
-    order_rng, per_epoch, batches = (
-        np.random.default_rng(seed + 1),
-        len(ds.train_labels) // batch_size,
-        [],
-    )
-    while len(batches) < steps:
-        perm = order_rng.permutation(len(ds.train_labels))
-        batches += [perm[i * batch_size : (i + 1) * batch_size] for i in range(per_epoch)]
 
     def pixels(images):
         return images.reshape(len(images), -1).astype(np.float32) / np.float32(255.0)
@@ -112,7 +133,9 @@ def make_setup(data_dir, *, steps: int, batch_size: int, seed: int) -> Setup:
         pixels(ds.test_images),
         ds.test_labels.astype(np.int64),
         init,
-        batches[:steps],
+        steps,
+        batch_size,
+        seed,
         [str(w.message) for w in caught],
     )
 
@@ -157,7 +180,9 @@ def run_flax(setup: Setup, tx: optax.GradientTransformation, *, label: str, prog
         return nnx.state((model, opt)), loss
 
     losses = []
-    for b in tqdm(setup.batches, desc=label, disable=not progress, leave=False):
+    for b in tqdm(
+        setup.batches(), desc=label, total=setup.steps, disable=not progress, leave=False
+    ):
         state, loss = step(state, setup.images[b], setup.labels[b].astype(np.int32))
         losses.append(loss)
     model, _ = nnx.merge(graphdef, state)
@@ -188,7 +213,9 @@ def run_torch(setup: Setup, dtype: torch.dtype, *, label: str, progress: bool) -
     images = torch.from_numpy(setup.images).to(dtype)  # float32 -> float64 is exact
     labels = torch.from_numpy(setup.labels)
     losses = []
-    for b in tqdm(setup.batches, desc=label, disable=not progress, leave=False):
+    for b in tqdm(
+        setup.batches(), desc=label, total=setup.steps, disable=not progress, leave=False
+    ):
         idx = torch.from_numpy(b)
         loss = torch.nn.functional.cross_entropy(net(images[idx]), labels[idx])
         opt.zero_grad()
@@ -238,15 +265,12 @@ def param_check(jax_run: Run, torch32: Run, torch64: Run) -> dict:
     return out
 
 
-def run_training_parity(config) -> int:
+def run_training_parity(config, setup: Setup) -> int:
     """``python -m parity train``: four runs, the verdict, the reports; 0 only if all pass."""
     jax.config.update("jax_default_matmul_precision", "highest")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
     torch.set_num_threads(1)
-    setup = make_setup(
-        config.data_dir, steps=config.steps, batch_size=config.batch_size, seed=config.seed
-    )
     kw = {"progress": config.progress}
     runs = {
         "jax": run_flax(setup, adam_accurate_bias(LR), label="flax+jaxce", **kw),

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxce import loss
+from parity._cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
 SUBSET = "grid/float32/*"  # the quick matrix' float32 grid: every layout, target and option
 
 
@@ -77,29 +74,13 @@ def _expected_failures() -> set[str]:
 
 
 @pytest.mark.slow
-def test_planted_bug_fails_the_run_and_names_the_broken_cases(tmp_path):
+def test_planted_bug_fails_the_run_and_names_the_broken_cases(tmp_path, capsys):
     out = tmp_path / "report"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "parity",
-            "--quick",
-            "--only",
-            SUBSET,
-            "--no-progress",
-            "--impl",
-            f"{__name__}:smoothing_ignores_weights",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    last = proc.stdout.strip().splitlines()[-1]
+    impl = f"{__name__}:smoothing_ignores_weights"
+    argv = ["--quick", "--only", SUBSET, "--no-progress", "--impl", impl, "--out", str(out)]
+    assert main(argv) == 1  # in-process: the same main() as `python -m parity`
+    stdout = capsys.readouterr().out
+    last = stdout.strip().splitlines()[-1]
     match = re.fullmatch(r"(\d+) passed, (\d+) failed, (\d+) intentional differences", last)
     assert match, f"last line {last!r}"
     report = json.loads((out / "report.json").read_text())
@@ -110,27 +91,7 @@ def test_planted_bug_fails_the_run_and_names_the_broken_cases(tmp_path):
     assert int(match.group(2)) == len(expected)
     assert int(match.group(1)) == report["summary"]["cases"] - len(expected)
     for case_id in expected:  # named on the terminal and in the markdown report
-        assert f"FAILED {case_id}" in proc.stdout
+        assert f"FAILED {case_id}" in stdout
         assert f"`{case_id}`" in (out / "report.md").read_text()
     by_id = {r["id"]: r for r in report["cases"]}
     assert all(any(f.startswith("value ") for f in by_id[i]["failures"]) for i in expected)
-
-
-def test_impl_that_does_not_resolve_exits_2_with_the_reason(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "parity",
-            "--impl",
-            "jaxce.loss:no_such_function",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2
-    assert "--impl 'jaxce.loss:no_such_function' does not resolve" in proc.stderr
