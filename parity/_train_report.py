@@ -170,20 +170,11 @@ def _plots(payload: dict) -> tuple[str, str]:
     floor = 1e-10  # where an exactly equal pair is drawn
     ax.plot(steps, np.maximum(np.abs(c["jax"] - c["torch"]), floor), label="|jax - torch|", lw=1)
     ax.plot(steps, c["tolerance"], "k", label="derived tolerance", lw=1.2)
-    ax.plot(
-        steps,
-        np.maximum(np.abs(c["torch"] - c["torch_float64"]), floor),
-        lw=0.8,
-        alpha=0.7,
-        label="|torch float32 - torch float64|",
-    )
-    ax.plot(
-        steps,
-        np.maximum(np.abs(c["jax_optax_adam"] - c["torch"]), floor),
-        lw=0.8,
-        alpha=0.7,
-        label="|jax with optax.adam as shipped - torch| (information)",
-    )
+    for a, b, label in (
+        ("torch", "torch_float64", "|torch float32 - torch float64|"),
+        ("jax_optax_adam", "torch", "|jax with optax.adam as shipped - torch| (information)"),
+    ):
+        ax.plot(steps, np.maximum(np.abs(c[a] - c[b]), floor), lw=0.8, alpha=0.7, label=label)
     ax.set(xlabel="step", ylabel="absolute loss difference (0 drawn at 1e-10)", yscale="log")
     ax.legend(fontsize=8)
     return curves, to_png_base64(fig)
