@@ -71,8 +71,9 @@ def cross_entropy(
         >= ``num_classes`` along ``axis`` are padding, left out of the softmax, the smoothing's
         ``eps / C``, the weights and the labels' range (their gradient is 0). The result
         equals the loss of the unpadded logits exactly. Default: all classes are real.
-      check_labels: under ``jit``, also check class indices with ``checkify.check`` (wrap the
-        caller in ``jax.experimental.checkify.checkify``). Eager calls always check them.
+      check_labels: under ``jit``, also check class indices with ``checkify.check``, reported
+        when the caller is wrapped in ``jax.experimental.checkify.checkify`` (without it the
+        check is dropped and a bad label gives NaN, as with False). Eager calls always check.
       custom_vjp: True (default) uses the lean custom VJP, for reverse mode (``jax.grad``,
         ``jax.jacrev``, and ``jax.hessian``, forward over reverse). False differentiates the
         same math with plain autodiff, for forward mode too (``jax.jvp``, ``jax.jacfwd``).
@@ -88,10 +89,9 @@ def cross_entropy(
         ``jit``, JAX's own "can't apply forward-mode autodiff" error, raised at compile time).
       ValueError: a bad axis or labels' shape, weight not of shape (C,), an unknown reduction,
         ``label_smoothing`` outside [0, 1], ``z_loss`` outside [0, inf), ``softcap`` outside
-        (0, inf), ``num_classes`` outside [0, C], ``ignore_index`` with probabilities,
-        ``check_labels`` under ``jit`` without ``checkify``, or, for concrete arrays,
-        non-finite class weights or class indices outside [0, C) that are not
-        ``ignore_index``.
+        (0, inf), ``num_classes`` outside [0, C], ``ignore_index`` with probabilities, or,
+        for concrete arrays, non-finite class weights or class indices outside [0, C) that
+        are not ``ignore_index``.
 
     Numerics:
       float16 and bfloat16 inputs are accumulated in float32 and the result is returned in the

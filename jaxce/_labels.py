@@ -9,7 +9,8 @@ out of range, never wrapped to a class.
 ``prepare`` (in the public wrapper) checks concrete labels' values on the array as given,
 before any conversion (a numpy int64 2**32 + 1 is out of range even with x64 off, where JAX
 would truncate it to 1), converts them without changing a value, and, for traced labels with
-``check_labels``, adds the opt-in ``checkify`` check.
+``check_labels``, adds the opt-in ``checkify`` check (reported only under
+``checkify.checkify``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from jax.experimental import checkify
 
 
 def _holds(dtype, value: int) -> bool:
-    info = np.iinfo(dtype)
+    info = jnp.iinfo(dtype)
     return int(info.min) <= value <= int(info.max)
 
 
@@ -35,7 +36,7 @@ def normalize(labels: jax.Array, num_classes: int, ignore_index: int):
     if num_classes == 0:
         in_range = jnp.zeros(labels.shape, bool)
     else:
-        in_range = (labels >= 0) & (labels <= min(num_classes - 1, int(np.iinfo(dtype).max)))
+        in_range = (labels >= 0) & (labels <= min(num_classes - 1, int(jnp.iinfo(dtype).max)))
     index = jnp.where(in_range, labels.astype(jnp.int32), -1)
     return index, ignored
 
@@ -64,8 +65,9 @@ def prepare(labels, num_classes: int, ignore_index: int, *, check_traced: bool):
         if check_traced:
             _checkify(labels, num_classes, ignore_index)
         return labels, ignore_index
-    values = np.asarray(labels)
-    ignored = values == ignore_index  # numpy compares Python ints exactly, any dtype
+    wide = np.uint64 if jnp.issubdtype(dtype, jnp.unsignedinteger) else np.int64
+    values = np.asarray(labels).astype(wide)  # lossless, also for int4 / int2
+    ignored = values == ignore_index  # numpy compares Python ints exactly
     bad = ~ignored & ((values < 0) | (values >= num_classes))
     if bad.any():
         where = tuple(int(i[0]) for i in np.nonzero(bad))
@@ -78,7 +80,7 @@ def prepare(labels, num_classes: int, ignore_index: int, *, check_traced: bool):
     if isinstance(labels, jax.Array):
         return labels, ignore_index
     if jax.dtypes.canonicalize_dtype(dtype) == dtype:
-        return jnp.asarray(values), ignore_index
+        return jnp.asarray(labels), ignore_index
     # 64-bit labels with x64 off: every value is a class (< C, so it fits int32) or ignored.
     if not _holds(np.int32, ignore_index):
         values, ignore_index = np.where(ignored, -1, values), -1
@@ -86,24 +88,20 @@ def prepare(labels, num_classes: int, ignore_index: int, *, check_traced: bool):
 
 
 def _checkify(labels: jax.Array, num_classes: int, ignore_index: int) -> None:
+    """The opt-in check of traced labels, reported by ``jax.experimental.checkify``.
+
+    A debug check: under ``checkify.checkify`` it is functionalized and reports the first bad
+    label; without it (a plain ``jit``, where no check can stop the program) it is dropped, and
+    a bad label's loss and gradient are NaN, as with ``check_labels=False``.
+    """
     index, ignored = normalize(labels, num_classes, ignore_index)
     bad = ~ignored & (index < 0)
     first = jnp.argmax(bad.ravel())
     text, notes = _message(num_classes, ignore_index, labels.dtype)
-    try:
-        checkify.check(
-            ~jnp.any(bad),
-            text + "; got {} at flat position {}" + notes,
-            labels.ravel()[first],
-            first,
-        )
-    except ValueError as err:
-        if "functionalized" not in str(err):
-            raise
-        raise ValueError(
-            "check_labels=True checks traced labels with jax.experimental.checkify, so the "
-            "function that traces them (here under jax.jit) must be wrapped in it: "
-            "err, out = checkify.checkify(f, errors=checkify.user_checks)(*args); then "
-            "err.throw(). Without checkify pass check_labels=False: an out-of-range label "
-            "then makes its example's loss and gradient NaN."
-        ) from None
+    checkify.check(
+        ~jnp.any(bad),
+        text + "; got {} at flat position {}" + notes,
+        labels.ravel()[first],
+        first,
+        debug=True,
+    )

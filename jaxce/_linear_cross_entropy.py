@@ -135,8 +135,10 @@ def linear_cross_entropy(
     labels = _validation.as_unconverted(labels, "labels")
     _validation.check_linear_arrays(hidden, kernel, labels)
     columns = kernel.shape[1]
-    count = _validation.check_num_classes(num_classes, columns, "kernel's columns")
-    bias = _validation.check_class_vector(bias, "bias", columns, "One entry per kernel column.")
+    count = _validation.check_num_classes(num_classes, columns, "kernel's class axis")
+    bias = _validation.check_class_vector(
+        bias, "bias", columns, "One entry per kernel column.", finite=False
+    )
     weight = _validation.check_class_vector(weight, "weight", columns, "Pass one weight per class.")
     ignore_index = _validation.check_ignore_index(ignore_index)
     opts = rm.Options(ol.BLOCK_AXIS, *_validation.check_options(label_smoothing, z_loss, softcap))

@@ -131,7 +131,7 @@ def sharded_cross_entropy(
             f"sharded_cross_entropy does not take class probabilities."
         )
     total = _check_mesh_axis(mesh_axis, logits) * spec.num_classes
-    count = _validation.check_num_classes(num_classes, total, "classes of all shards")
+    count = _validation.check_num_classes(num_classes, total, "class axis over all shards")
     hint = (
         f"Pass this device's shard of the class weights (shard them like the logits' class "
         f"axis, in_specs=P({mesh_axis!r})), not the global ones."

@@ -46,10 +46,12 @@ def as_unconverted(value, name: str) -> jax.Array | np.ndarray:
             f"{name} must be an array; got a {type(value).__name__} that numpy cannot "
             f"convert to one ({err}). Pass a rectangular array of numbers."
         ) from None
-    if array.dtype.kind not in _NUMERIC_KINDS:
+    numeric = array.dtype.kind in _NUMERIC_KINDS or jnp.issubdtype(array.dtype, jnp.number)
+    if not numeric:  # (ml_dtypes' bfloat16, int4, ... are numbers of numpy kind "V")
+        why = " (an element that is not a number, or an int beyond 64 bits)"
         raise TypeError(
             f"{name} must be an array of numbers; got a {type(value).__name__} of dtype "
-            f"{array.dtype}. Pass numbers, e.g. jnp.asarray({name}, jnp.float32)."
+            f"{array.dtype}{why if array.dtype.kind == 'O' else ''}. Pass a numeric array."
         )
     return array
 
@@ -148,8 +150,8 @@ def check_num_classes(num_classes, available: int, where: str) -> int:
     count = check_int(num_classes, "num_classes", "the true class count; the rest is padding")
     if not 0 <= count <= available:
         raise ValueError(
-            f"num_classes must be in [0, {available}], the {where}; got {count}. Pass the "
-            f"number of real classes (those before the padding), or None for all of them."
+            f"num_classes must be in [0, {available}] (the size of the {where}); got {count}. "
+            f"Pass the number of real classes (those before the padding), or None for all."
         )
     return count
 
@@ -200,8 +202,14 @@ def check_logits_labels(logits: jax.Array, labels, axis) -> Spec:
     return Spec(axis, logits.shape[axis], soft, batch_shape)
 
 
-def check_class_vector(value, name: str, num_classes: int, hint: str) -> jax.Array | None:
-    """A floating (C,) vector (class weights, a bias), or None; concrete ones must be finite."""
+def check_class_vector(
+    value, name: str, num_classes: int, hint: str, *, finite: bool = True
+) -> jax.Array | None:
+    """A floating (C,) vector (class weights, a bias), or None.
+
+    With ``finite`` (class weights), concrete values must be finite; traced ones cannot be
+    checked, and a NaN or inf there propagates to the loss.
+    """
     if value is None:
         return None
     vector = as_array(value, name)
@@ -214,14 +222,14 @@ def check_class_vector(value, name: str, num_classes: int, hint: str) -> jax.Arr
         raise ValueError(
             f"{name} must have shape (num_classes,) = ({num_classes},); got {vector.shape}. {hint}"
         )
-    if not isinstance(vector, jax.core.Tracer):
+    if finite and not isinstance(vector, jax.core.Tracer):
         values = np.asarray(vector, np.float64)
         bad = ~np.isfinite(values)
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(
                 f"{name} must be finite; got {values[i]} at position {i} ({int(bad.sum())} "
-                f"non-finite value(s) in all). {hint}"
+                f"non-finite value(s) in all). Pass finite numbers (a weight of 0 drops a class)."
             )
     return vector
 

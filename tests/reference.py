@@ -28,8 +28,8 @@ def reference_cross_entropy(
     num_classes = logits.shape[axis]
     ct = jnp.promote_types(jnp.float32, jnp.result_type(logits, labels))
     x = logits.astype(ct)
-    if softcap is not None:
-        x = softcap * jnp.tanh(x / softcap)
+    if softcap is not None:  # a -inf logit (a masked class) stays masked
+        x = jnp.where(x == -jnp.inf, x, softcap * jnp.tanh(x / softcap))
     log_p = jax.nn.log_softmax(x, axis=axis)
     lse = jax.nn.logsumexp(x, axis=axis)
     w = jnp.ones(num_classes, ct) if weight is None else weight.astype(ct)

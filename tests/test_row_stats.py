@@ -17,7 +17,12 @@ import numpy as np
 import pytest
 
 from jaxce import _xla_cpu, loss
-from jaxce._reductions import guarded_target_sum, textbook_row_stats
+from jaxce._reductions import (
+    CPU_FORMS_VARIABLE,
+    guarded_target_sum,
+    row_stats,
+    textbook_row_stats,
+)
 from jaxce._xla_cpu import CPU_ROW_LIMIT, num_parts
 from tests.reference import reference_cross_entropy
 from tests.tolerances import assert_close
@@ -144,3 +149,31 @@ def test_cross_entropy_on_split_rows(rng, num_classes, options):
     want, want_grad = jax.value_and_grad(lambda x: reference_cross_entropy(x, labels, **options))(x)
     assert_close(got, want, dtype="float32", quantity="loss")
     assert_close(grad, want_grad, dtype="float32", quantity="grad")
+
+
+def test_the_cpu_forms_switch(monkeypatch):
+    """JAXCE_XLA_CPU_FORMS=0 traces the textbook forms; 1 (the default) the CPU ones."""
+    x = jnp.zeros((2, 5000))
+    monkeypatch.setenv(CPU_FORMS_VARIABLE, "0")
+    assert "platform_index" not in str(jax.make_jaxpr(lambda x: row_stats(x, 1))(x))
+    monkeypatch.setenv(CPU_FORMS_VARIABLE, "1")
+    assert "platform_index" in str(jax.make_jaxpr(lambda x: row_stats(x, 1))(x))
+    monkeypatch.setenv(CPU_FORMS_VARIABLE, "yes")
+    with pytest.raises(ValueError, match=r"JAXCE_XLA_CPU_FORMS must be 1 .* or 0 .*; got 'yes'"):
+        jax.make_jaxpr(lambda x: row_stats(x, 1))(x)
+
+
+@pytest.mark.parametrize("custom_vjp", [True, False], ids=["custom-vjp", "autodiff"])
+def test_textbook_forms_give_the_cpu_forms_loss_and_gradient(monkeypatch, rng, custom_vjp):
+    """The same loss either way (row counts differ, so each setting is traced afresh)."""
+    x = rng.normal(size=(4, 40001)).astype(np.float32) * 3
+    labels = jnp.asarray([5, 40000, -100, 17])
+    options = dict(label_smoothing=0.1, z_loss=1e-3, custom_vjp=custom_vjp, reduction="none")
+    f = lambda x: loss.cross_entropy(x, labels[: x.shape[0]], **options)
+    results = {}
+    for setting, rows in (("0", 3), ("1", 4)):
+        monkeypatch.setenv(CPU_FORMS_VARIABLE, setting)
+        out, vjp = jax.vjp(f, jnp.asarray(x[:rows]))
+        results[setting] = (out[:3], vjp(jnp.ones_like(out))[0][:3])
+    assert_close(results["0"][0], results["1"][0], dtype="float32", quantity="loss")
+    assert_close(results["0"][1], results["1"][1], dtype="float32", quantity="grad")

@@ -48,6 +48,25 @@ CASES = {
     ),
     "where": (dict(where=True, weight=True), "float32", "model4"),
     "padded_vocab_smoothing": (dict(padded=3, label_smoothing=0.2), "float32", "model4"),
+    # num_classes: the padding (any values) is left out; the reference is the unpadded loss.
+    "num_classes_everything": (
+        dict(
+            padded=3,
+            num_classes=True,
+            weight=True,
+            ignored=True,
+            label_smoothing=0.25,
+            z_loss=1e-3,
+            softcap=4.0,
+        ),
+        "float32",
+        "model4",
+    ),
+    "num_classes_whole_padding_shard": (
+        dict(padded=6, num_classes=True, label_smoothing=0.3, reduction="none"),
+        "float32",
+        "model4",
+    ),
     "full_smoothing_weight": (dict(label_smoothing=1.0, weight=True), "float32", "model4"),
     "all_ignored": (dict(all_ignored=True), "float32", "model4"),
     "bfloat16": (dict(weight=True, label_smoothing=0.1), "bfloat16", "model4"),
@@ -75,7 +94,13 @@ def case_inputs(case_id: str) -> dict:
     logits = rng.normal(size=(*batch, NUM_CLASSES)) * 3
     labels = rng.integers(0, NUM_CLASSES, size=batch)
     weight = rng.uniform(0.2, 2.0, size=NUM_CLASSES) if options.get("weight") else None
-    if options.get("padded"):  # a padded vocabulary: the last classes never win
+    if options.get("num_classes"):  # a padded vocabulary named by num_classes: junk padding
+        pad = options["padded"]
+        logits[..., -pad:] = 7.0
+        labels = labels % (NUM_CLASSES - pad)
+        if weight is not None:
+            weight[-pad:] = 3.0
+    elif options.get("padded"):  # a padded vocabulary: the last classes never win
         pad = options["padded"]
         logits[..., -pad:] = -np.inf
         labels = labels % (NUM_CLASSES - pad)
@@ -93,8 +118,15 @@ def case_inputs(case_id: str) -> dict:
 
 
 def loss_options(case_id: str) -> dict:
+    options = CASES[case_id][0]
     keys = ("ignore_index", "reduction", "label_smoothing", "z_loss", "softcap")
-    return {k: v for k, v in CASES[case_id][0].items() if k in keys}
+    return {k: v for k, v in options.items() if k in keys}
+
+
+def true_classes(case_id: str) -> int | None:
+    """The num_classes a case passes (its unpadded class count), or None."""
+    options = CASES[case_id][0]
+    return NUM_CLASSES - options["padded"] if options.get("num_classes") else None
 
 
 def _jax_arrays(inputs: dict) -> dict:
@@ -131,7 +163,7 @@ def _sharded_fn(case_id: str, mesh):
     def body(a):
         return loss.sharded_cross_entropy(
             a["x"], a["y"], mesh_axis=classes, weight=a.get("w"), where=a.get("where"),
-            **loss_options(case_id),
+            num_classes=true_classes(case_id), **loss_options(case_id),
         )  # fmt: skip
 
     def fn(a):
@@ -191,6 +223,11 @@ def sharded_results() -> dict:
 def test_sharded_matches_unsharded(case_id, sharded_results):
     inputs = case_inputs(case_id)
     dtype = inputs["dtype"]
+    true = true_classes(case_id)
+    if true is not None:  # the reference is the unpadded loss; padding gets gradient 0
+        inputs["logits"] = inputs["logits"][..., :true]
+        if inputs["weight"] is not None:
+            inputs["weight"] = inputs["weight"][:true]
     with x64_scope(dtype):
         arrays = _jax_arrays(inputs)
 
@@ -201,6 +238,12 @@ def test_sharded_matches_unsharded(case_id, sharded_results):
 
         expected = _value_and_grads(unsharded, arrays, inputs["cotangent"])
     got_loss, got_dx, got_dw = sharded_results[case_id]
+    if true is not None:
+        assert np.all(np.asarray(got_dx)[..., true:] == 0), "padding gets no gradient"
+        got_dx = np.asarray(got_dx)[..., :true]
+        if got_dw is not None:
+            assert np.all(np.asarray(got_dw)[true:] == 0)
+            got_dw = np.asarray(got_dw)[:true]
     assert_close(got_loss, expected[0], dtype=dtype, quantity="loss", context=case_id)
     assert_close(got_dx, expected[1], dtype=dtype, quantity="grad", context=f"{case_id} dx")
     assert (got_dw is None) == (expected[2] is None)
