@@ -1,0 +1,137 @@
+"""What XLA's GPU and TPU compilers make of the losses: (N, C) buffers and passes over the logits.
+
+Compiles for compile-only devices (`benchmarks.compiled`: an H100 from its target config, TPU
+v5e chips from libtpu's topologies), so it needs the compilers, not the hardware: the CUDA
+plugin (``jax[cuda12]``) and libtpu (``jax[tpu]``), several GB that the default set-up does not
+install. ``make accel-check`` installs them into ``.venv-accel`` and runs this file there; where
+a compiler is absent its cases are skipped with the reason.
+
+The budgets are in units of the logits' bytes (`benchmarks._hlo.traffic`): a loss with its
+gradient must at least read the logits once and write the gradient once (2.0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import AxisType
+
+from benchmarks import _hlo, compiled
+from jaxce import loss
+
+N, C = 4096, 32768
+
+
+def _target(name: str):
+    reason = compiled.missing(name)
+    return pytest.param(name, id=name, marks=pytest.mark.skipif(bool(reason), reason=str(reason)))
+
+
+TARGETS = [_target("h100"), _target("v5e")]
+DTYPES = ("bfloat16", "float16", "float32")
+# Soft-capping writes an (N, C) float32 temporary on GPU today: its budget is not held yet.
+INDEX_CASES = [
+    c for c, o in compiled.CASES.items() if "softcap" not in o and "probabilities" not in o
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _host_only():
+    """Compile-only: start no GPU or TPU client, so that this runs on hosts without one.
+
+    ``make accel-check`` sets ``JAX_PLATFORMS=cpu``; when another test has already started
+    JAX's backends (``make test`` on a GPU or TPU machine) they stay as they are.
+    """
+    if not jax.config.jax_platforms:
+        # RuntimeError: backends already initialised; compile-only devices work all the same.
+        with contextlib.suppress(RuntimeError):
+            jax.config.update("jax_platforms", "cpu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", INDEX_CASES)
+@pytest.mark.parametrize("target", TARGETS)
+def test_class_index_step_reads_three_times_and_writes_once(target, case, dtype):
+    """Max, sum of exp, then the gradient: 3 reads + 1 write, no (N, C) temporary."""
+    m = compiled.measure(target, case, dtype, N, C)
+    assert m.temporaries == ()
+    assert m.temp_x_logits < 0.05
+    assert (m.reads, m.writes) == (3, 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("target", TARGETS)
+def test_probability_step_reads_each_input_at_most_three_times(target, dtype):
+    """Logits 3 times, targets twice; writes only the gradient (2x the bound of 3 arrays)."""
+    m = compiled.measure(target, "probabilities", dtype, N, C)
+    assert m.temporaries == ()
+    assert m.bound == 3
+    assert m.x_bound <= 2.0
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_fused_linear_loss_never_holds_the_logits(target):
+    """linear_cross_entropy's temporaries stay far below one (N, C) float32 logits array."""
+    (device,) = compiled.devices(target)
+    n, d, c = 4096, 1024, 131072
+    args = (
+        compiled.on(device, (n, d), jnp.bfloat16),
+        compiled.on(device, (d, c), jnp.bfloat16),
+        compiled.on(device, (n,), jnp.int32),
+    )
+
+    def step(hidden, kernel, labels):
+        value = lambda h, k: loss.linear_cross_entropy(h, k, labels)
+        return jax.value_and_grad(value, argnums=(0, 1))(hidden, kernel)
+
+    temp = compiled.compile_for(target, step, *args).memory_analysis().temp_size_in_bytes
+    assert temp < n * c * 4 / 8
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_training_step_compiles_data_parallel_on_four_devices(target):
+    """train.py's step (`Trainer.run_steps`) on a 4-device "data" mesh all-reduces the gradients.
+
+    The arguments are those of the same trainer on the host's CPU, re-placed on the target's
+    mesh with the same partition specs.
+    """
+    import numpy as np
+
+    from training import Dataset, Trainer, put_dataset
+
+    rng = np.random.default_rng(0)
+    dataset = Dataset(
+        name="mnist",
+        source="synthetic",
+        train_images=rng.integers(0, 256, (1024, 28, 28), dtype=np.uint8),
+        train_labels=rng.integers(0, 10, 1024).astype(np.int32),
+        test_images=rng.integers(0, 256, (512, 28, 28), dtype=np.uint8),
+        test_labels=rng.integers(0, 10, 512).astype(np.int32),
+    )
+    options = dict(hidden=(512,), learning_rate=1e-3, batch_size=128, num_train=1024)
+    host_mesh = jax.make_mesh((1,), ("data",), (AxisType.Auto,), devices=jax.devices("cpu")[:1])
+    host = Trainer(**options, mesh=host_mesh)
+    order = jnp.arange(host.steps_per_epoch * 128, dtype=jnp.int32)
+    args = (host.init_state(0), put_dataset(dataset, host_mesh), order)
+
+    def spec(sharding):  # the order array is on one device: replicated
+        return getattr(sharding, "spec", jax.sharding.PartitionSpec())
+
+    mesh = jax.make_mesh((4,), ("data",), (AxisType.Auto,), devices=compiled.devices(target, 4))
+    trainer = Trainer(**options, mesh=mesh)
+    placed = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(
+            a.shape, a.dtype, sharding=jax.sharding.NamedSharding(mesh, spec(a.sharding))
+        ),
+        args,
+    )
+    lowered = trainer.run_steps.trace(*placed, 0, 2).lower(
+        lowering_platforms=(compiled.TARGETS[target].platform,)
+    )
+    hlo = lowered.compile().as_text()
+    ops = {ins.op for body in _hlo.parse(hlo)[1].values() for ins in body}
+    assert "while" in ops
+    assert ops & {"all-reduce", "all-reduce-start", "reduce-scatter"}
