@@ -69,8 +69,9 @@ def cross_entropy(
       where: optional boolean mask broadcastable to the examples' shape; False drops an example.
       num_classes: the true class count of a padded class axis: classes at positions
         >= ``num_classes`` along ``axis`` are padding, left out of the softmax, the smoothing's
-        ``eps / C``, the weights and the labels' range (their gradient is 0). The result
-        equals the loss of the unpadded logits exactly. Default: all classes are real.
+        ``eps / C``, the weights and the labels' range (their gradient is 0; probabilities
+        there are ignored). The result equals the loss of the unpadded logits exactly.
+        Default: all classes are real.
       check_labels: under ``jit``, also check class indices with ``checkify.check``, reported
         when the caller is wrapped in ``jax.experimental.checkify.checkify`` (without it the
         check is dropped and a bad label gives NaN, as with False). Eager calls always check.

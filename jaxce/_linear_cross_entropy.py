@@ -175,7 +175,7 @@ def _linear_cross_entropy(
     hidden, kernel, bias, labels, w, where, *, static, reduction, ignore_index
 ):
     batch_shape = labels.shape
-    hidden = hidden.reshape(-1, hidden.shape[-1])
+    hidden = hidden.reshape(labels.size, hidden.shape[-1])
     index, ignored = _labels.normalize(labels.reshape(-1), static.num_classes, ignore_index)
     keep = ~ignored if where is None else ~ignored & where.reshape(-1)
     ct, out_dtype = dtypes(hidden, kernel, bias)

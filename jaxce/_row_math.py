@@ -84,6 +84,8 @@ def label_weight(weight: jax.Array | None, index: jax.Array, present: jax.Array,
     """
     if weight is None:
         return present.astype(ct)
+    if weight.shape[0] == 0:  # no class in the block: no label is present
+        return jnp.zeros(present.shape, ct)
     picked = jnp.take(weight.astype(ct), jnp.where(present, index, 0))
     return jnp.where(present, picked, 0)
 

@@ -144,10 +144,14 @@ def sharded_cross_entropy(
     labels, ignore_index = _labels.prepare(labels, count, ignore_index, check_traced=False)
     index, ignored = _labels.normalize(labels.reshape(-1), count, ignore_index)
     keep = ~ignored if where is None else ~ignored & where.reshape(-1)
-    flat = logits.reshape(-1, spec.num_classes)
+    flat = logits.reshape(labels.size, spec.num_classes)
     fix = "For forward mode, gather the logits and use cross_entropy(..., custom_vjp=False)."
-    with _validation.reverse_mode_only("sharded_cross_entropy", fix):
-        rows, w_y = sharded_rows((opts, mesh_axis, total, count), flat, index, weight, keep)
+    if count == 0:  # no class at all: every kept label is out of range
+        ct = rm.compute_dtype(logits.dtype)
+        rows, w_y = jnp.where(keep, jnp.nan, 0).astype(ct), jnp.zeros(keep.shape, ct)
+    else:
+        with _validation.reverse_mode_only("sharded_cross_entropy", fix):
+            rows, w_y = sharded_rows((opts, mesh_axis, total, count), flat, index, weight, keep)
     row_weight = jnp.where(keep, w_y, 0)
     return rm.reduce_rows(rows.reshape(labels.shape), row_weight, reduction, logits.dtype)
 

@@ -161,6 +161,7 @@ ERRORS = {
     "ce-where-int": (lambda: ce(where=np.ones(4, np.int64)), TypeError, ["where", "int"]),
     "ce-where-shape": (lambda: ce(where=jnp.ones(3, bool)), ValueError, ["where", "(4,)", "(3,)"]),
     "ce-where-too-many-dims": (lambda: ce(where=jnp.ones((2, 4), bool)), ValueError, ["where", "(2, 4)"]),
+    "ce-where-int-under-jit": (lambda: jax.jit(lambda w: ce(where=w))(jnp.array([1, 0, 1, 1])), TypeError, ["where", "int32", "astype(bool)"]),
     "ce-where-str": (lambda: ce(where="all"), TypeError, ["where", "str"]),
     "ce-num-classes-too-large": (lambda: ce(num_classes=4), ValueError, ["num_classes", "[0, 3]", "got 4"]),
     "ce-num-classes-negative": (lambda: ce(num_classes=-1), ValueError, ["num_classes", "got -1"]),
@@ -297,6 +298,10 @@ DOCUMENTED = {
     "ce-all-ignored-sum-zero": (lambda: (ce(labels=jnp.full(4, -100), reduction="sum"), jnp.float32(0)), "equal"),
     "ce-zero-classes-probs-mean-nan": (lambda: loss.cross_entropy(jnp.zeros((4, 0)), jnp.zeros((4, 0))), "nan"),
     "ce-zero-classes-probs-none-zeros": (lambda: (loss.cross_entropy(jnp.zeros((4, 0)), jnp.zeros((4, 0)), reduction="none"), jnp.zeros(4)), "equal"),
+    "ce-zero-classes-empty-weight-nan": (lambda: loss.cross_entropy(jnp.zeros((2, 0)), jnp.full(2, -100), weight=jnp.zeros(0)), "nan"),
+    "ce-probability-inf-gives-inf-as-torch": (lambda: ce(labels=PR().at[0, 0].set(INF), reduction="none")[0], "inf"),
+    "lce-empty-batch-mean-nan": (lambda: lce(hidden=jnp.zeros((0, 3)), labels=jnp.zeros(0, jnp.int32)), "nan"),
+    "sce-empty-batch-mean-nan": (lambda: sce(logits=jnp.zeros((0, 3)), labels=jnp.zeros(0, jnp.int32)), "nan"),
     "ce-zero-classes-all-ignored-mean-nan": (lambda: loss.cross_entropy(jnp.zeros((4, 0)), jnp.full(4, -100)), "nan"),
     "ce-nan-logit-gives-nan": (lambda: ce(logits=L().at[1, 2].set(NAN), reduction="none")[1], "nan"),
     "ce-posinf-logit-gives-nan": (lambda: ce(logits=L().at[1, 2].set(INF), reduction="none")[1], "nan"),
@@ -311,7 +316,10 @@ DOCUMENTED = {
     "lce-chunk-numpy-int": (lambda: (lce(chunk_size=np.int64(2)), lce(chunk_size=2)), "equal"),
     "lce-labels-uint8-class-keeps": (lambda: (lce(labels=np.array([0, 1, 2, 3], np.uint8)), lce(labels=jnp.array([0, 1, 2, 3]))), "equal"),
     "lce-zero-classes-all-ignored-nan": (lambda: lce(kernel=jnp.ones((3, 0)), labels=jnp.full(4, -100)), "nan"),
+    "lce-zero-features": (lambda: (lce(hidden=jnp.zeros((4, 0)), kernel=jnp.zeros((0, 5))), ce(logits=jnp.zeros((4, 5)))), "equal"),
     "lce-ignore-index-2**40": (lambda: (lce(ignore_index=2**40), lce()), "equal"),
+    "sce-zero-classes-all-ignored-nan": (lambda: sce(logits=jnp.zeros((4, 0)), labels=jnp.full(4, -100)), "nan"),
+    "sce-num-classes-zero-all-ignored-nan": (lambda: sce(labels=jnp.full(4, -100), num_classes=0), "nan"),
     "sce-matches-dense": (lambda: (sce(label_smoothing=0.1), ce(label_smoothing=0.1)), "equal"),
     "sce-uint8-labels": (lambda: (sce(labels=jnp.array([0, 1, 2, 0], jnp.uint8)), ce()), "equal"),
 }  # fmt: skip
@@ -326,5 +334,7 @@ def test_documented_behaviour(case):
         assert_close(got, want, dtype="float32", quantity="loss", context=case)
     elif check == "nan":
         assert np.isnan(np.asarray(out)).all(), out
+    elif check == "inf":
+        assert np.isposinf(np.asarray(out)).all(), out
     else:
         assert _finite_scalar(out), out
