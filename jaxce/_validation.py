@@ -119,12 +119,7 @@ def check_reduction(reduction) -> str:
 
 def check_ignore_index(ignore_index) -> int:
     """Any Python (or numpy) int; one the labels' dtype cannot hold matches no label."""
-    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(
-            f"ignore_index must be a Python int; got {ignore_index!r} of type "
-            f"{type(ignore_index).__name__}. It is static: pass a number, e.g. int(x)."
-        )
-    return int(ignore_index)
+    return check_int(ignore_index, "ignore_index", "It is static: pass a number, e.g. int(x).")
 
 
 def check_flag(value, name: str) -> bool:
@@ -135,10 +130,10 @@ def check_flag(value, name: str) -> bool:
     return bool(value)
 
 
-def check_int(value, name: str, what: str) -> int:
+def check_int(value, name: str, fix: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(
-            f"{name} must be a Python int ({what}); got {value!r} of type {type(value).__name__}."
+            f"{name} must be a Python int; got {value!r} of type {type(value).__name__}. {fix}"
         )
     return int(value)
 
@@ -147,7 +142,7 @@ def check_num_classes(num_classes, available: int, where: str) -> int:
     """The true class count of a padded class axis (``available`` entries), or all of them."""
     if num_classes is None:
         return available
-    count = check_int(num_classes, "num_classes", "the true class count; the rest is padding")
+    count = check_int(num_classes, "num_classes", "Pass the true class count, or None.")
     if not 0 <= count <= available:
         raise ValueError(
             f"num_classes must be in [0, {available}] (the size of the {where}); got {count}. "
@@ -168,14 +163,13 @@ def check_logits_labels(logits: jax.Array, labels, axis) -> Spec:
             "logits must have at least one dimension (the class axis); got a scalar. "
             "Pass an array of shape (num_classes,) or (..., num_classes)."
         )
-    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"axis must be a Python int; got {axis!r} of type {type(axis).__name__}.")
+    axis = check_int(axis, "axis", "Pass the index of the class axis.")
     if not -logits.ndim <= axis < logits.ndim:
         raise ValueError(
             f"axis={axis} is out of range for logits of shape {logits.shape} "
             f"(ndim {logits.ndim}); use an axis in [{-logits.ndim}, {logits.ndim})."
         )
-    axis = int(axis) % logits.ndim
+    axis = axis % logits.ndim
     batch_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
     if jnp.issubdtype(labels.dtype, jnp.integer):
         if labels.shape != batch_shape:
@@ -307,7 +301,7 @@ def check_chunk_size(chunk_size, num_classes: int) -> int | None:
     """Classes per chunk, at most ``num_classes`` (None: the caller's default)."""
     if chunk_size is None:
         return None
-    chunk = check_int(chunk_size, "chunk_size", "classes per chunk, or None for the default")
+    chunk = check_int(chunk_size, "chunk_size", "Pass classes per chunk, or None for the default.")
     if chunk < 1:
         raise ValueError(
             f"chunk_size must be >= 1 (classes per chunk) or None for the default; got {chunk}."
