@@ -20,6 +20,8 @@ import types
 import typing
 from typing import Any, NoReturn
 
+import jax
+
 from training import Config, ConfigError, LaunchError, TrainingError, train
 
 PROG = "train.py"
@@ -86,23 +88,32 @@ def _value_type(hint: Any) -> tuple[type, bool]:
 def parse_args(argv: list[str] | None = None) -> Config:
     """The command line as a `Config`; a bad value is a usage error naming its flag."""
     parser = build_parser()
-    values = vars(parser.parse_args(argv))
-    if values["hidden"] is not None:
-        values["hidden"] = tuple(values["hidden"])
+    values = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()
+    }
     try:
         return Config(**values)
     except ConfigError as err:
         parser.error(err.render(flag))
 
 
-def _fail(error: TrainingError, status: int) -> NoReturn:
+def _report(error: TrainingError) -> None:
+    sys.stdout.flush()
     print(f"{PROG}: error: {error.render(flag)}", file=sys.stderr, flush=True)
+
+
+def _fail(error: TrainingError, status: int) -> NoReturn:
+    _report(error)
+    if jax.distributed.is_initialized():
+        # Not jax.distributed's exit barrier, which waits minutes for processes that may be
+        # waiting for this one; the coordination service tells them that it is gone.
+        os._exit(status)
     raise SystemExit(status)
 
 
 def _end_on_join_timeout(error: LaunchError) -> None:
-    print(f"{PROG}: error: {error.render(flag)}", file=sys.stderr, flush=True)
-    os._exit(1)
+    _report(error)
+    os._exit(1)  # from the watchdog thread: the main thread is stuck in jax's C++ wait
 
 
 def main(argv: list[str] | None = None) -> None:

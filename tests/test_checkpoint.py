@@ -103,6 +103,21 @@ def _commit_not_a_record(out: Path):
     return "unreadable or not a commit record"
 
 
+def _commit_a_list(out: Path):
+    (out / "checkpoints/step_00000020.commit.json").write_text("[]")
+    return "unreadable or not a commit record"
+
+
+def _commit_without_files(out: Path):
+    (out / "checkpoints/step_00000020.commit.json").write_text('{"format": 1}')
+    return "unreadable or not a commit record"
+
+
+def _commit_entry_a_string(out: Path):
+    (out / "checkpoints/step_00000020.commit.json").write_text('{"files": {"a": "bb"}}')
+    return "unreadable or not a commit record"
+
+
 def _commit_entry_too_short(out: Path):
     (out / "checkpoints/step_00000020.commit.json").write_text('{"files": {"state/x": [1]}}')
     return "unreadable or not a commit record"
@@ -125,6 +140,9 @@ def _killed_in_orbax_write(out: Path):
         _drop_commit,
         _garble_commit,
         _commit_not_a_record,
+        _commit_a_list,
+        _commit_without_files,
+        _commit_entry_a_string,
         _commit_entry_too_short,
         _killed_in_orbax_write,
     ],

@@ -160,6 +160,11 @@ def test_bad_model_settings(kwargs, match):
             id="batch-larger-than-data",
         ),
         pytest.param({"num_train": 0}, "the training split must not be empty", id="no-data"),
+        pytest.param(
+            {"hidden": (10**9,)},
+            r"hidden 1000000000 with batch_size 8 needs about [\d,.]+ GiB, more than",
+            id="beyond-memory",
+        ),
     ],
 )
 def test_bad_trainer_settings(kwargs, match):

@@ -8,6 +8,7 @@ the processes is `training._launch`'s job.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from orbax.checkpoint import multihost as ocp_multihost
 
 from training import _errors
 from training._errors import ConfigError
@@ -103,10 +105,21 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
-def barrier(name: str) -> None:
-    """Waits until every process reaches the barrier ``name``; free with one process."""
+BARRIER_TIMEOUT_S = 1800
+_barriers = itertools.count()
+
+
+def barrier(name: str, *, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+    """Waits until every process reaches barrier ``name``; free with one process.
+
+    It waits through jax.distributed's coordination service (up to ``timeout_s``), not through a
+    collective on the devices, whose CPU (gloo) form gives up when another process is more than
+    30 s behind (still compiling, or writing a checkpoint's commit file). Every process must
+    pass the same barriers in the same order.
+    """
     if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
+        key = f"jaxce:{name}:{next(_barriers)}"
+        ocp_multihost.get_barrier_sync_fn()(key=key, timeout_ms=int(timeout_s * 1000))
 
 
 def broadcast_int(value: int) -> int:
@@ -150,6 +163,7 @@ def on_primary(fn: Callable[[], Any]) -> Any:
             payload = json.dumps(
                 {"error": type(err).__name__, "template": err.template, "values": values}
             )
+    barrier("on_primary")  # the others wait here, not in the broadcast, for process 0's fn
     received = json.loads(broadcast_str(payload, max_bytes=65536))
     if error is not None:
         raise error

@@ -19,7 +19,9 @@ real examples only.
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -34,7 +36,7 @@ import jaxce.loss
 from training import _distributed
 from training._dataset import Dataset
 from training._errors import ConfigError
-from training._model import MLP
+from training._model import MLP, NUM_CLASSES, NUM_PIXELS
 
 LOSSES = ("jaxce", "optax")
 _DATA_STREAM = 1  # fold_in tag separating the data-order keys from the init keys
@@ -151,6 +153,47 @@ def put_dataset(dataset: Dataset, mesh: jax.sharding.Mesh) -> DeviceData:
     return DeviceData(**arrays)
 
 
+def check_memory(
+    hidden: tuple[int, ...], batch_size: int, num_train: int, mesh: jax.sharding.Mesh
+) -> None:
+    """Refuses a model and batch that cannot fit a device's memory, before anything is allocated.
+
+    The estimate counts, per device, the parameters four times (values, gradients, Adam's two
+    moments), a batch's activations three times, and the replicated training split; it is
+    meant to catch sizes off by orders of magnitude (``hidden=(10**9,)``), not to be tight.
+
+    Raises:
+      ConfigError: the estimate exceeds the device's memory (the host's, for CPU devices, which
+        share it).
+    """
+    sizes = (NUM_PIXELS, *hidden, NUM_CLASSES)
+    params = sum((n_in + 1) * n_out for n_in, n_out in itertools.pairwise(sizes))
+    rows = -(-batch_size // mesh.devices.size)
+    need = 4 * 4 * params + 3 * 4 * rows * sum(sizes) + num_train * (NUM_PIXELS + 4)
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    try:
+        stats = local[0].memory_stats() if local else None
+    except jax.errors.JaxRuntimeError:  # not every backend keeps statistics
+        stats = None
+    if stats and "bytes_limit" in stats:
+        capacity, where = stats["bytes_limit"], f"one {local[0].device_kind}"
+    else:  # CPU devices share the host's memory
+        capacity = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        need *= max(1, len(local))
+        where = "this host"
+    if need > capacity:
+        raise ConfigError(
+            "{@hidden} {hidden} with {@batch_size} {batch} needs about {need:,.1f} GiB, more than "
+            "the {capacity:,.1f} GiB of {where}; use fewer or narrower hidden layers, or a "
+            "smaller batch",
+            hidden=" ".join(map(str, hidden)),
+            batch=batch_size,
+            need=need / 2**30,
+            capacity=capacity / 2**30,
+            where=where,
+        )
+
+
 class Trainer:
     """The compiled functions that train and evaluate one model on one mesh.
 
@@ -198,7 +241,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(num_train / batch_size)
         self.loss_fn = make_loss(loss)
         self.tx = optax.adam(learning_rate)
-        self.graphdef, _ = nnx.split(MLP(self.hidden, rngs=nnx.Rngs(0)))
+        self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: MLP(self.hidden, rngs=nnx.Rngs(0))))
+        check_memory(self.hidden, batch_size, num_train, self.mesh)
         self._replicated = _distributed.replicated(self.mesh)
         self._rows = _distributed.batch_sharded(self.mesh, 1)
         self._batch = _distributed.batch_sharded(self.mesh, 2)

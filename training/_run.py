@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from training._config import Config
 from training._dataset import DATASETS, Dataset
-from training._distributed import is_primary, on_primary
+from training._distributed import barrier, is_primary, on_primary
 from training._errors import LaunchError
 from training._idx import ChecksumWarning, load_idx_dir
 from training._launch import join, resolve_launch
@@ -87,6 +87,7 @@ def train(
             trainer.init_state(config.seed)
         )
         compile_seconds = trainer.compile(state, data)
+        barrier("compiled")  # processes start stepping together, however long each compiled
         log(
             f"{trainer.steps_per_epoch} steps of {config.batch_size} per epoch; compiled in "
             f"{compile_seconds:.2f} s"
