@@ -72,6 +72,15 @@ def test_probability_step_reads_each_input_at_most_three_times(target, dtype):
     assert m.x_bound <= 2.0
 
 
+@pytest.mark.parametrize("case", ["plain", "label_smoothing", "weight", "all"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_no_float64_work_under_x64_with_float32_logits(target, case):
+    """No kernel computes in float64 over (N, C) elements when x64 is on (emulated on TPU)."""
+    with jax.enable_x64(True):
+        hlo = compiled.compiled_step(target, case, "float32", N, C).as_text()
+    assert [k.name for k in _hlo.kernels(hlo, N * C) if "f64" in k.dtypes] == []
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_fused_linear_loss_never_holds_the_logits(target):
     """linear_cross_entropy's temporaries stay far below one (N, C) float32 logits array."""
