@@ -11,7 +11,8 @@ subnormal (nothing finer can be represented). ``atol * scale`` makes the bound n
 that cancel to near 0 (p - 1 at the target, a confident row's loss) are judged against the
 largest one. ``unit`` is the quantity's natural size when the caller knows it and the expected
 array may be tiny everywhere: the parity report passes 1 for a loss value and |cotangent| * max
-class weight / divisor for a gradient w.r.t. logits; tests pass nothing (0).
+class weight / divisor for a gradient w.r.t. logits (``parity._compare.grad_unit``, which tests
+use where a gradient may cancel to rounding noise everywhere); otherwise it is 0.
 
 The table. Quantities, for each dtype:
 
@@ -24,8 +25,10 @@ The table. Quantities, for each dtype:
 
 Every row carries the reason for its numbers, in units of the dtype's machine epsilon eps
 (float64 2^-52 = 2.2e-16, float32 2^-23 = 1.2e-7, bfloat16 2^-7 = 7.8e-3, float16 2^-10 =
-9.8e-4). "Measured" figures are the largest error / (eps * scale) found over the full parity
-matrix (seeds 0-2: 944 cases each) and every test's comparisons.
+9.8e-4). "Measured" figures are the largest error / (eps * scale), scale as in the rule, found
+over the full parity matrix (seeds 0, 1 and 2: 944 cases each) and every test's comparisons;
+under these rows the largest ratio error / allowed was 0.46 in the parity matrix (2831 cases)
+and 0.3 in the tests.
 """
 
 from __future__ import annotations
@@ -70,13 +73,13 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
         64,
         "softmax - target cancels near p = 1, so small entries are judged against the largest; "
         "a custom VJP against autodiff of the plain formula (another association of the same "
-        "terms) measured 13 eps normwise, torch 2 eps.",
+        "terms) measured 13 eps normwise, torch 1.9 eps.",
     ),
     ("float64", "loss_vs_float64"): _eps_row(
         "float64", 32, 16, "as loss: the reference is the same float64 math (measured 2.0 eps)."
     ),
     ("float64", "grad_vs_float64"): _eps_row(
-        "float64", 64, 64, "as grad: the reference is the same float64 math (measured 2.2 eps)."
+        "float64", 64, 64, "as grad: the reference is the same float64 math (measured 1.8 eps)."
     ),
     ("float64", "second_order"): _eps_row(
         "float64",
@@ -86,7 +89,7 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
         "orders (measured 2.1 eps normwise, 3.6 eps elementwise).",
     ),
     ("float32", "loss"): _eps_row(
-        "float32", 16, 8, f"{_F32_SUMS} (measured: 2.2 eps normwise, against torch)."
+        "float32", 16, 8, f"{_F32_SUMS} (measured: 2.9 eps normwise, against torch)."
     ),
     ("float32", "grad"): _eps_row(
         "float32",
@@ -97,10 +100,10 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
         "probability targets against torch in float64).",
     ),
     ("float32", "loss_vs_float64"): _eps_row(
-        "float32", 16, 8, "one float32 computation against the truth (measured 1.8 eps)."
+        "float32", 16, 8, "one float32 computation against the truth (measured 2.2 eps)."
     ),
     ("float32", "grad_vs_float64"): _eps_row(
-        "float32", 80, 8, "one float32 computation against the truth (measured 1.9 eps)."
+        "float32", 80, 8, "one float32 computation against the truth (measured 3.3 eps)."
     ),
     ("float32", "data_parallel_loss"): Tolerance(
         1e-5,
@@ -119,18 +122,19 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
 for _dtype in ("bfloat16", "float16"):
     TOLERANCES[_dtype, "loss"] = _eps_row(
         _dtype,
+        4,
         2,
-        1,
         f"the same rounded {_dtype} inputs; the implementation under test accumulates in "
-        f"float32 and rounds once, torch rounds its log-softmax to {_dtype} on CPU (measured "
-        "1.5 eps normwise).",
+        f"float32 and rounds once (0 eps from the rounded truth), torch rounds its log-softmax "
+        f"to {_dtype} on CPU and is off by up to 2.2 eps normwise (measured), 0.73 of the "
+        "former 2/1 eps row: doubled so other seeds keep a margin.",
     )
     TOLERANCES[_dtype, "grad"] = _eps_row(
         _dtype,
         4,
         2,
-        f"a {_dtype} gradient: one or two {_dtype} roundings on each side (measured 1.5 eps "
-        "normwise against the natural unit).",
+        f"a {_dtype} gradient: one or two {_dtype} roundings on each side (measured 1.8 eps "
+        "normwise).",
     )
     for _kind in ("loss", "grad"):
         TOLERANCES[_dtype, _kind + "_vs_float64"] = _eps_row(
@@ -144,7 +148,7 @@ for _dtype in ("bfloat16", "float16"):
 
 
 def dtype_name(dtype) -> str:
-    """ "float32" for "float32", np.float32, jnp.float32 or a dtype object."""
+    """The name of a dtype given as a name ("float32"), a numpy or JAX dtype, or a type."""
     return dtype if isinstance(dtype, str) else np.dtype(dtype).name
 
 
