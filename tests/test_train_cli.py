@@ -105,9 +105,9 @@ USAGE = [
     (["--lr", "inf"], "--lr must be a positive, finite number, got inf"),
     (["--lr", "0"], "--lr must be a positive, finite number, got 0.0"),
     (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
-    (["--hidden", "-5"], "--hidden must be at least 1, got -5"),
-    (["--hidden", "0"], "--hidden must be at least 1, got 0"),
-    (["--hidden", "128", "0"], "--hidden must be at least 1, got 0"),
+    (["--hidden", "-5"], "--hidden needs positive integer widths, got -5"),
+    (["--hidden", "0"], "--hidden needs positive integer widths, got 0"),
+    (["--hidden", "128", "0"], "--hidden needs positive integer widths, got 128 0"),
     (["--hidden"], "argument --hidden: expected at least one argument"),
     (["--seed", str(2**64)], "--seed must be from 0 to 4294967295 (jax's PRNG keys hold 32 bits"),
     (["--seed", str(2**32)], "a larger seed repeats a smaller one), got 4294967296"),
@@ -486,7 +486,7 @@ def test_out_in_use_by_another_process_then_free_when_it_dies(tiny, tmp_path, ca
         assert f"is in use by another run (process {holder.pid} on elsewhere" in error_line(err)
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()
     # The dead process's lock file stays, but the kernel dropped its lock: no stale lock.
     status, _out_text, err = run(["--data-dir", tiny, "--out", out, *TINY], capsys)
     assert status == 0, err
@@ -728,7 +728,8 @@ def test_two_runs_started_together_into_one_out(tiny, tmp_path):
         )
         for _ in range(2)
     ]
-    results = [(p.wait(timeout=300), p.stderr.read().decode()) for p in procs]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    results = [(p.returncode, err.decode()) for p, (_, err) in zip(procs, outputs, strict=True)]
     assert sorted(status for status, _ in results) == [0, 1], results
     refused = next(err for status, err in results if status == 1)
     last = refused.strip().splitlines()[-1]

@@ -11,13 +11,13 @@ number of training calls against the steps of an epoch) are `check_batch_size` a
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Any
 
-from training._dataset import DATASETS
-from training._errors import ConfigError
+from training._dataset import DATASETS, check_dataset_name
+from training._errors import ConfigError, check_choice, check_int, check_positive
 from training._loop import LOSSES
+from training._model import check_hidden
 
 SEED_LIMIT = 2**32  # jax's PRNG keys hold 32 bits of the seed without x64: 2**32 repeats 0
 DEFAULT_CHUNKS = 10
@@ -100,19 +100,16 @@ class Config:
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "keep_checkpoints"):
-            _check_int(name, getattr(self, name), low=1)
-        _check_int("checkpoint_every", self.checkpoint_every, low=0)
+            check_int(name, getattr(self, name), low=1)
+        check_int("checkpoint_every", self.checkpoint_every, low=0)
         if self.chunks is not None:
-            _check_int("chunks", self.chunks, low=1)
-        _check_int("seed", self.seed, low=0, high=SEED_LIMIT - 1)
-        _check_positive("learning_rate", self.learning_rate)
-        _check_positive("coordinator_timeout", self.coordinator_timeout)
-        if not isinstance(self.hidden, tuple) or not self.hidden:
-            raise ConfigError("{@hidden} needs at least one width, got {got!r}", got=self.hidden)
-        for width in self.hidden:
-            _check_int("hidden", width, low=1)
-        _check_choice("dataset", self.dataset, tuple(DATASETS))
-        _check_choice("loss", self.loss, LOSSES)
+            check_int("chunks", self.chunks, low=1)
+        check_int("seed", self.seed, low=0, high=SEED_LIMIT - 1)
+        check_positive("learning_rate", self.learning_rate)
+        check_positive("coordinator_timeout", self.coordinator_timeout)
+        check_hidden(self.hidden)
+        check_dataset_name(self.dataset)
+        check_choice("loss", self.loss, LOSSES)
         if self.resume and self.overwrite:
             raise ConfigError(
                 "{@resume} continues the run in {@out} and {@overwrite} deletes it; "
@@ -123,10 +120,10 @@ class Config:
         if self.coordinator_address is not None:
             check_host_port(self.coordinator_address)
         if self.num_processes is not None:
-            _check_int("num_processes", self.num_processes, low=1)
+            check_int("num_processes", self.num_processes, low=1)
         if self.process_id is not None:
             high = None if self.num_processes is None else self.num_processes - 1
-            _check_int("process_id", self.process_id, low=0, high=high)
+            check_int("process_id", self.process_id, low=0, high=high)
 
     def epoch_chunks(self, steps_per_epoch: int) -> int:
         """Training calls per epoch: ``chunks``, or the default (at most one per step)."""
@@ -157,33 +154,3 @@ def check_host_port(address: str) -> tuple[str, int]:
             got=address,
         )
     return match.group(1).strip("[]"), port
-
-
-def _check_int(name: str, value: Any, *, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError("{@" + name + "} must be an integer, got {got!r}", got=value)
-    if value < low or (high is not None and value > high):
-        bound = f"at least {low}" if high is None else f"from {low} to {high}"
-        if name == "seed":
-            bound += " (jax's PRNG keys hold 32 bits: a larger seed repeats a smaller one)"
-        raise ConfigError("{@" + name + "} must be " + bound + ", got {got}", got=value)
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not (math.isfinite(value) and value > 0)
-    ):
-        raise ConfigError(
-            "{@" + name + "} must be a positive, finite number, got {got!r}", got=value
-        )
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(
-            "{@" + name + "} must be one of {choices}, got {got!r}",
-            choices=", ".join(choices),
-            got=value,
-        )

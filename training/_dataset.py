@@ -7,7 +7,7 @@ import hashlib
 
 import numpy as np
 
-from training._errors import ConfigError, DataError
+from training._errors import DataError, check_choice
 
 # --dataset value -> human name.
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
@@ -16,12 +16,7 @@ _SPLITS = ("train", "test")
 
 def check_dataset_name(dataset: str) -> None:
     """Raises ConfigError unless ``dataset`` is one of `DATASETS`."""
-    if dataset not in DATASETS:
-        raise ConfigError(
-            "{@dataset} must be one of {choices}, got {got!r}",
-            choices=", ".join(DATASETS),
-            got=dataset,
-        )
+    check_choice("dataset", dataset, DATASETS)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

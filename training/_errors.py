@@ -4,12 +4,14 @@ A message is a template in which ``{@name}`` stands for the setting ``name`` (a 
 a function's parameter) and ``{key}`` for a value given as a keyword. ``str(error)`` writes
 settings as their parameter names (``learning_rate must be positive ...``); a command line renders
 the same error with its flags through `TrainingError.render` (``--lr must be positive ...``).
-Values are inserted as they are, so a path holding braces is safe.
+Values are inserted as they are, so a path holding braces is safe. The ``check_*`` functions
+are the value checks every module shares.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -64,3 +66,37 @@ class NonFiniteLossError(TrainingError, RuntimeError):
 
 class LaunchError(TrainingError, RuntimeError):
     """This process cannot join the other processes of the run."""
+
+
+def check_int(name: str, value: Any, *, low: int, high: int | None = None) -> None:
+    """Raises ConfigError unless setting ``name`` is an integer in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError("{@" + name + "} must be an integer, got {got!r}", got=value)
+    if value < low or (high is not None and value > high):
+        bound = f"at least {low}" if high is None else f"from {low} to {high}"
+        if name == "seed":
+            bound += " (jax's PRNG keys hold 32 bits: a larger seed repeats a smaller one)"
+        raise ConfigError("{@" + name + "} must be " + bound + ", got {got}", got=value)
+
+
+def check_positive(name: str, value: Any) -> None:
+    """Raises ConfigError unless setting ``name`` is a positive, finite number."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise ConfigError(
+            "{@" + name + "} must be a positive, finite number, got {got!r}", got=value
+        )
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
+    """Raises ConfigError unless setting ``name`` is one of ``choices``."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(
+            "{@" + name + "} must be one of {choices}, got {got!r}",
+            choices=", ".join(choices),
+            got=value,
+        )

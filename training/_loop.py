@@ -35,7 +35,7 @@ from flax import nnx
 import jaxce.loss
 from training import _distributed
 from training._dataset import Dataset
-from training._errors import ConfigError
+from training._errors import ConfigError, check_choice, check_positive
 from training._model import MLP, NUM_CLASSES, NUM_PIXELS
 
 LOSSES = ("jaxce", "optax")
@@ -107,21 +107,18 @@ def make_loss(name: str) -> Callable[..., jax.Array]:
     Raises:
       ConfigError: an unknown ``name``.
     """
+    check_choice("loss", name, LOSSES)
     if name == "jaxce":
         return lambda logits, labels, mask, *, reduction: jaxce.loss.cross_entropy(
             logits, labels, where=mask, reduction=reduction
         )
-    if name == "optax":
 
-        def optax_loss(logits, labels, mask, *, reduction):
-            per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            total = jnp.sum(jnp.where(mask, per_example, 0.0))
-            return total / jnp.maximum(jnp.sum(mask), 1) if reduction == "mean" else total
+    def optax_loss(logits, labels, mask, *, reduction):
+        per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        total = jnp.sum(jnp.where(mask, per_example, 0.0))
+        return total / jnp.maximum(jnp.sum(mask), 1) if reduction == "mean" else total
 
-        return optax_loss
-    raise ConfigError(
-        "{@loss} must be one of {choices}, got {got!r}", choices=", ".join(LOSSES), got=name
-    )
+    return optax_loss
 
 
 def put_dataset(dataset: Dataset, mesh: jax.sharding.Mesh) -> DeviceData:
@@ -230,11 +227,7 @@ class Trainer:
             num_processes=jax.process_count(),
             num_train=num_train,
         )
-        if not (math.isfinite(learning_rate) and learning_rate > 0):
-            raise ConfigError(
-                "{@learning_rate} must be a positive, finite number, got {got!r}",
-                got=learning_rate,
-            )
+        check_positive("learning_rate", learning_rate)
         self.hidden = tuple(hidden)
         self.batch_size = batch_size
         self.num_train = num_train

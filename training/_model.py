@@ -14,6 +14,17 @@ NUM_PIXELS = 28 * 28
 NUM_CLASSES = 10
 
 
+def check_hidden(hidden: tuple[int, ...]) -> None:
+    """Raises ConfigError unless ``hidden`` is a non-empty tuple of positive integer widths."""
+    if (
+        not isinstance(hidden, tuple)
+        or not hidden
+        or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden)
+    ):
+        got = " ".join(map(str, hidden)) if isinstance(hidden, tuple) else repr(hidden)
+        raise ConfigError("{@hidden} needs positive integer widths, got {got}", got=got or "none")
+
+
 class MLP(nnx.Module):
     """Flatten, then ``Linear -> ReLU`` per hidden size, then ``Linear`` to the 10 class logits.
 
@@ -27,10 +38,7 @@ class MLP(nnx.Module):
     """
 
     def __init__(self, hidden: tuple[int, ...] = (128,), *, rngs: nnx.Rngs):
-        if not hidden or any(
-            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden
-        ):
-            raise ConfigError("{@hidden} needs positive integer widths, got {got!r}", got=hidden)
+        check_hidden(hidden)
         sizes = (NUM_PIXELS, *hidden, NUM_CLASSES)
         self.layers = nnx.List(
             [nnx.Linear(n_in, n_out, rngs=rngs) for n_in, n_out in itertools.pairwise(sizes)]
