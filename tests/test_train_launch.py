@@ -127,7 +127,7 @@ def test_several_processes_per_host_get_one_device_each():
     ("flags", "environ", "expected"),
     [
         pytest.param((None, None, None), {}, Launch("one process"), id="laptop"),
-        pytest.param(("h:1", 2, 1), {}, Launch("flags", 2, 1, "h:1"), id="flags"),
+        pytest.param(("h:1", 2, 1), {}, Launch("flags", 2, 1, "h:1", "deactivate"), id="flags"),
         pytest.param(
             (None, None, None),
             {**SLURM, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"},
@@ -141,25 +141,25 @@ def test_several_processes_per_host_get_one_device_each():
         pytest.param(
             (None, None, None),
             TORCH,
-            Launch(TORCH_NAME, 4, 1, "10.0.0.1:29500"),
+            Launch(TORCH_NAME, 4, 1, "10.0.0.1:29500", "deactivate"),
             id="torch-style",
         ),
         pytest.param(
             ("10.0.0.1:1234", None, None),
             {**TORCH, "TORCHELASTIC_RUN_ID": "r"},
-            Launch(TORCH_NAME, 4, 1, "10.0.0.1:1234"),
+            Launch(TORCH_NAME, 4, 1, "10.0.0.1:1234", "deactivate"),
             id="torchrun-with-address",
         ),
         pytest.param(
             ("h:1", 4, None),
             {"JOB_COMPLETION_INDEX": "3"},
-            Launch("Kubernetes Indexed Job", 4, 3, "h:1"),
+            Launch("Kubernetes Indexed Job", 4, 3, "h:1", "deactivate"),
             id="indexed-job-with-flags",
         ),
         pytest.param(
             (None, 2, 0),
             {"JAX_COORDINATOR_ADDRESS": "h:5"},
-            Launch("JAX_COORDINATOR_ADDRESS", 2, 0, "h:5"),
+            Launch("JAX_COORDINATOR_ADDRESS", 2, 0, "h:5", "deactivate"),
             id="jax-variable",
         ),
         pytest.param(
@@ -279,14 +279,14 @@ def test_one_process_does_not_start_jax_distributed(calls):
 
 def test_join_passes_the_settings_and_a_later_jax_deadline(calls):
     lines = []
-    join(Launch("flags", 2, 1, "h:1"), timeout_s=5, log=lines.append)
+    join(resolve_launch("h:1", 2, 1, environ={}, tpu_workers=no_tpu), timeout_s=5, log=lines.append)
     assert calls == [
         {
             "coordinator_address": "h:1",
             "num_processes": 2,
             "process_id": 1,
             "local_device_ids": None,
-            "cluster_detection_method": None,
+            "cluster_detection_method": "deactivate",
             "initialization_timeout": 35,
         }
     ]

@@ -19,7 +19,8 @@ from training._errors import ConfigError, check_choice, check_int, check_positiv
 from training._loop import LOSSES
 from training._model import check_hidden
 
-SEED_LIMIT = 2**32  # jax's PRNG keys hold 32 bits of the seed without x64: 2**32 repeats 0
+SEED_LIMIT = 2**32
+_SEED_BITS = "jax keeps 32 bits of a seed unless x64 is on: 2**32 would repeat seed 0"
 DEFAULT_CHUNKS = 10
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):(\d+)$")
 
@@ -104,7 +105,7 @@ class Config:
         check_int("checkpoint_every", self.checkpoint_every, low=0)
         if self.chunks is not None:
             check_int("chunks", self.chunks, low=1)
-        check_int("seed", self.seed, low=0, high=SEED_LIMIT - 1)
+        check_int("seed", self.seed, low=0, high=SEED_LIMIT - 1, why=_SEED_BITS)
         check_positive("learning_rate", self.learning_rate)
         check_positive("coordinator_timeout", self.coordinator_timeout)
         check_hidden(self.hidden)

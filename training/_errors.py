@@ -68,15 +68,19 @@ class LaunchError(TrainingError, RuntimeError):
     """This process cannot join the other processes of the run."""
 
 
-def check_int(name: str, value: Any, *, low: int, high: int | None = None) -> None:
-    """Raises ConfigError unless setting ``name`` is an integer in ``[low, high]``."""
+def check_int(name: str, value: Any, *, low: int, high: int | None = None, why: str = "") -> None:
+    """Raises ConfigError unless setting ``name`` is an integer in ``[low, high]``; ``why``
+    (the reason for the bounds) is added to the message."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError("{@" + name + "} must be an integer, got {got!r}", got=value)
     if value < low or (high is not None and value > high):
         bound = f"at least {low}" if high is None else f"from {low} to {high}"
-        if name == "seed":
-            bound += " (jax's PRNG keys hold 32 bits: a larger seed repeats a smaller one)"
-        raise ConfigError("{@" + name + "} must be " + bound + ", got {got}", got=value)
+        raise ConfigError(
+            "{@" + name + "} must be {bound}{why}, got {got}",
+            bound=bound,
+            why=f" ({why})" if why else "",
+            got=value,
+        )
 
 
 def check_positive(name: str, value: Any) -> None:

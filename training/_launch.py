@@ -299,12 +299,17 @@ def resolve_launch(
     missing = [k for k, v in values.items() if v is None]
     if missing and not (found is not None and found.jax_completes):
         raise _incomplete(values, missing, found)
+    # jax's own detection runs only for launchers it knows (it also picks each process's
+    # devices there); otherwise it must not second-guess the settings, nor warn about a
+    # Kubernetes pod without the kubernetes package.
+    jax_knows = found is not None and found.jax_completes
+    method = found.cluster_detection_method if jax_knows else "deactivate"
     return Launch(
         source,
         num_processes=count,
         process_id=me,
         coordinator_address=values["coordinator_address"],
-        cluster_detection_method=found.cluster_detection_method if found else None,
+        cluster_detection_method=method,
         local_device_ids=found.local_device_ids if found else None,
     )
 
