@@ -18,12 +18,14 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 import train
 from tests.test_data_idx import STEMS, idx_bytes, make_arrays, write_dir
 from tests.test_resume import cpu_env, xla_cache  # noqa: F401 (the shared compilation cache)
-from training import _rundir
+from training import RunDirError, _rundir
+from training._checkpoint import RunCheckpoints, latest_good
 from training._rundir import RunDir, default_out
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -520,6 +522,25 @@ def test_default_out_names_are_new_directories(tmp_path, monkeypatch):
     first, second = default_out(now), default_out(now)
     assert first == Path("runs/20300102-030405") and second == Path("runs/20300102-030405-2")
     assert first.is_dir() and second.is_dir()
+
+
+def test_refuses_to_clobber_without_flag(tmp_path):
+    store = RunCheckpoints(tmp_path, log=lambda message: None)
+    store.save(1, {"w": jnp.ones(3)}, {"step": 1})
+    with pytest.raises(RunDirError, match=r"resume.*overwrite") as error:
+        RunDir.open(tmp_path, resume=False, overwrite=False).release()
+    assert "Pass --resume" in error.value.render(train.flag)
+    RunDir.open(tmp_path, resume=True, overwrite=False).release()
+    assert latest_good(tmp_path)[0] == 1
+    RunDir.open(tmp_path, resume=False, overwrite=True, log=lambda message: None).release()
+    assert latest_good(tmp_path) is None
+
+
+def test_new_or_empty_run_dir_is_accepted(tmp_path):
+    RunDir.open(tmp_path / "new", resume=False, overwrite=False).release()
+    RunDir.open(tmp_path / "empty", resume=False, overwrite=False).release()
+    (tmp_path / "empty").mkdir(exist_ok=True)
+    RunDir.open(tmp_path / "empty", resume=False, overwrite=False).release()
 
 
 def test_lock_file_is_released_and_reused(tmp_path):

@@ -187,6 +187,21 @@ def test_cloud_tpu_vm_initializes_only_for_a_pod(workers, expected):
     assert resolve_launch(environ={}, tpu_workers=lambda env: workers) == expected
 
 
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        pytest.param(("h:1", None, 0), "but not num_processes", id="missing-num-processes"),
+        pytest.param((None, 2, None), "not coordinator_address, process_id", id="two-missing"),
+        pytest.param(("h:1", 2, 2), r"process_id must be in \[0, 2\)", id="id-out-of-range"),
+        pytest.param(("h:1", 0, 0), "num_processes must be at least 1", id="zero-processes"),
+    ],
+)
+def test_bad_settings_raise_before_jax_starts(calls, args, match):
+    with pytest.raises(ConfigError, match=match):
+        resolve_launch(*args, environ={}, tpu_workers=no_tpu)
+    assert calls == []
+
+
 def test_refusals_name_what_is_missing():
     with pytest.raises(ConfigError) as error:
         resolve_launch(None, 2, None, environ={}, tpu_workers=no_tpu)
@@ -293,6 +308,20 @@ def test_join_passes_the_settings_and_a_later_jax_deadline(calls):
     assert lines == [
         "joining the run as process 1 of 2, coordinator h:1 (flags); waiting up to 5 s for all "
         "processes"
+    ]
+
+
+def test_a_launcher_jax_knows_lets_jax_find_the_coordinator(calls):
+    join(resolve_launch(environ=SLURM, tpu_workers=no_tpu), timeout_s=5, log=lambda m: None)
+    assert calls == [
+        {
+            "coordinator_address": None,
+            "num_processes": 4,
+            "process_id": 2,
+            "local_device_ids": None,
+            "cluster_detection_method": None,
+            "initialization_timeout": 35,
+        }
     ]
 
 
