@@ -63,7 +63,7 @@ def sce(logits=None, labels=None, *, in_specs=None, **kw):
         lambda x, y: loss.sharded_cross_entropy(x, y, **kw),
         mesh=mesh, in_specs=specs, out_specs=P(),
     )  # fmt: skip
-    return fn(x, y)
+    return jax.jit(fn)(x, y)
 
 
 def module(*args, **kw):

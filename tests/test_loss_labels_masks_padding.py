@@ -163,7 +163,6 @@ def test_softcap_keeps_masks_in_the_block_losses(name):
 
 PAD_OPTIONS = {
     "smoothing": dict(label_smoothing=0.3),
-    "weight-smoothing": dict(label_smoothing=0.2, weight=True),
     "everything": dict(label_smoothing=0.1, weight=True, softcap=2.0, z_loss=1e-2),
     "full-smoothing": dict(label_smoothing=1.0, weight=True),
 }
