@@ -25,6 +25,13 @@ from jaxce import loss
 N, C = 4096, 32768
 
 
+if compiled.missing("h100") and compiled.missing("v5e"):
+    pytest.skip(
+        "compiling for GPU or TPU needs the CUDA plugin or libtpu: run `make accel-check`",
+        allow_module_level=True,
+    )
+
+
 def _target(name: str):
     reason = compiled.missing(name)
     return pytest.param(name, id=name, marks=pytest.mark.skipif(bool(reason), reason=str(reason)))
