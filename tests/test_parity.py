@@ -65,6 +65,9 @@ def test_report_json_records_every_case_and_the_environment(quick_run):
     ids = [r["id"] for r in report["cases"]]
     assert ids == [c.id for c in build_matrix(quick=True, seed=0)]
     for r in report["cases"]:
+        if r["raised"]:  # the implementation refused the input: nothing to measure
+            assert r["id"].startswith("edge-ignore-index-prob/") and "impl" in r["raised"]
+            continue
         assert set(r["errors"]) >= {"value", "grad_logits"}, r["id"]
         assert ("grad_target" in r["errors"]) == (r["target"] == "prob"), r["id"]
         for pairs in r["errors"].values():
