@@ -17,7 +17,7 @@ from jax.typing import ArrayLike
 
 from jaxce import _labels, _validation
 from jaxce import _row_math as rm
-from jaxce._reductions import row_stats, shifted_sum, softmax, target_sum
+from jaxce._reductions import capped_row_stats, fresh, row_stats, shifted_sum, softmax, target_sum
 from jaxce._validation import Reduction
 
 
@@ -204,19 +204,35 @@ def _index_terms(opts, logits, m, lse0, index, weight, ct) -> rm.RowTerms:
     return rm.RowTerms(in_range, onehot, w_y, lse0 - s_y)
 
 
+def _capped_stats(opts: rm.Options, logits, ct):
+    """(xs, m, lse0): the soft-capped logits, their row maximum and shifted log-sum-exp."""
+    xs = rm.softcap(opts, logits, ct)
+    if opts.softcap is None:
+        return xs, *row_stats(xs, opts.axis)
+    return xs, *capped_row_stats(logits, xs, lambda v: rm.softcap(opts, v, ct), opts.axis)
+
+
+def _capped_again(opts: rm.Options, logits, ct, *tag):
+    """The soft-capped logits for one more kernel: recomputed (``fresh``) when capped."""
+    if opts.softcap is None:
+        return rm.softcap(opts, logits, ct)
+    return rm.softcap(opts, fresh(logits, *tag), ct)
+
+
 def _index_forward(opts: rm.Options, logits, index, weight, keep):
     ct = rm.compute_dtype(logits.dtype)
     eps, num_classes = opts.label_smoothing, logits.shape[opts.axis]
-    xs = rm.softcap(opts, logits, ct)
-    m, lse0 = row_stats(xs, opts.axis)
+    xs, m, lse0 = _capped_stats(opts, logits, ct)
     t = _index_terms(opts, logits, m, lse0, index, weight, ct)
     smooth = None
     if eps:
+        xs = _capped_again(opts, logits, ct)
         if weight is None:  # sum_c (lse0 - s_c), summed without an (N, C) temporary on CPU
             smooth = num_classes * lse0 - shifted_sum(xs, m, opts.axis)
-        else:
+        else:  # W lse0 - sum_c w_c s_c (0 where w_c = 0): a sum independent of lse0
             wb = rm.class_vector(weight.astype(ct), opts.axis, xs.ndim)
-            smooth = jnp.sum(wb * rm.neg_log_p(lse0, xs - m, wb), axis=opts.axis, keepdims=True)
+            ws = jnp.where(wb == 0, 0, wb * (xs - m))
+            smooth = jnp.sum(wb) * lse0 - jnp.sum(ws, axis=opts.axis, keepdims=True)
     keep = jnp.expand_dims(keep, opts.axis)
     loss = rm.row_loss(opts, num_classes, t, m, lse0, smooth, keep, weighted=weight is not None)
     return jnp.squeeze(loss, opts.axis), (m, lse0)
@@ -236,13 +252,16 @@ def _index_rows_fwd(opts, logits, index, weight, keep):
 def _index_rows_bwd(opts, res, g):
     logits, index, weight, keep, m, lse0 = res
     ct = rm.compute_dtype(logits.dtype)
-    s = rm.softcap(opts, logits, ct) - m
+    s = _capped_again(opts, logits, ct, lse0) - m
+    s_dw = None
+    if weight is not None and opts.label_smoothing and opts.softcap is not None:
+        s_dw = _capped_again(opts, logits, ct, m) - m
     t = _index_terms(opts, logits, m, lse0, index, weight, ct)
     num_classes = logits.shape[opts.axis]
     w_sum = num_classes if weight is None else jnp.sum(weight.astype(ct))
     keep = jnp.expand_dims(keep, opts.axis)
     g = jnp.expand_dims(g, opts.axis).astype(ct)
-    dx, dw = rm.row_grad(opts, num_classes, w_sum, s, m, lse0, t, weight, g, keep)
+    dx, dw = rm.row_grad(opts, num_classes, w_sum, s, m, lse0, t, weight, g, keep, s_dw)
     dw = None if dw is None else dw.astype(weight.dtype)
     return dx.astype(logits.dtype), None, dw, None
 
@@ -264,12 +283,11 @@ def _soft_target(opts, logits, labels, weight, ct):
 
 def _soft_forward(opts: rm.Options, logits, labels, weight, keep):
     ct = rm.compute_dtype(logits.dtype, labels.dtype)
-    xs = rm.softcap(opts, logits, ct)
-    m, lse0 = row_stats(xs, opts.axis)
+    _, m, lse0 = _capped_stats(opts, logits, ct)
     _, _, q = _soft_target(opts, logits, labels, weight, ct)
     q_sum = jnp.sum(q, axis=opts.axis, keepdims=True)
     # sum_c q_c (lse0 - s_c), both terms >= 0 for q >= 0 (no cancellation)
-    loss = lse0 * q_sum - target_sum(q, xs, m, opts.axis)
+    loss = lse0 * q_sum - target_sum(q, _capped_again(opts, logits, ct), m, opts.axis)
     if opts.z_loss:
         loss = loss + opts.z_loss * jnp.square(lse0 + m)
     loss = jnp.where(jnp.expand_dims(keep, opts.axis), loss, 0)
@@ -291,7 +309,7 @@ def _soft_rows_bwd(opts, res, g):
     logits, labels, weight, keep, m, lse0, q_sum = res
     ct = rm.compute_dtype(logits.dtype, labels.dtype)
     axis = opts.axis
-    s = rm.softcap(opts, logits, ct) - m
+    s = _capped_again(opts, logits, ct, lse0) - m
     tt, wb, q = _soft_target(opts, logits, labels, weight, ct)
     p = softmax(s, lse0, axis)
     coef = q_sum

@@ -85,6 +85,35 @@ def _row_stats_jvp(axis, primals, tangents):
     return (m, lse0), (jnp.zeros_like(m), d_lse0)
 
 
+def capped_row_stats(logits: jax.Array, xs: jax.Array, cap, axis: int):
+    """``row_stats(xs, axis)`` for ``xs = cap(logits)`` with ``cap`` non-decreasing (softcap).
+
+    Off CPU the maximum is taken of the raw logits, ``m = cap(max(logits))`` (equal to
+    ``max(xs)``, as ``cap`` keeps the order), so the capped logits feed one reduction, the sum
+    of exp, into which XLA fuses them; shared by two reductions, XLA:GPU writes them out as an
+    (N, C) float32 temporary (``cap`` holds a tanh, which XLA does not duplicate). ``m`` is a
+    constant shift (no gradient), as in ``row_stats``.
+    """
+
+    def textbook(logits, xs):
+        m = _finite(cap(lax.stop_gradient(jnp.max(logits, axis=axis, keepdims=True))))
+        return m, jnp.log(jnp.sum(jnp.exp(xs - m), axis=axis, keepdims=True))
+
+    return _by_backend(lambda logits, xs: row_stats(xs, axis), textbook, logits, xs)
+
+
+def fresh(x: jax.Array, *tag: jax.Array) -> jax.Array:
+    """``x``, hidden from common-subexpression elimination off CPU (tagged: one per use).
+
+    What is computed from it is recomputed, not shared with another use of ``x``: off CPU, a
+    soft-capped copy of the logits shared by two kernels is an (N, C) float32 temporary. On
+    CPU the forms of ``jaxce._xla_cpu`` share on purpose, so it is ``x`` itself there.
+    """
+    return _by_backend(
+        lambda x, *tag: x, lambda x, *tag: lax.optimization_barrier((x, *tag))[0], x, *tag
+    )
+
+
 def softmax(s: jax.Array, lse0: jax.Array, axis: int) -> jax.Array:
     """``exp(s - lse0)`` from the shifted logits ``s = xs - m`` and ``lse0`` of ``row_stats``."""
     return _by_backend(

@@ -23,8 +23,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from jaxce._reductions import softmax
+from jaxce._reductions import _by_backend, softmax
 
 
 class Options(NamedTuple):
@@ -86,8 +87,33 @@ def label_weight(weight: jax.Array | None, index: jax.Array, present: jax.Array,
         return present.astype(ct)
     if weight.shape[0] == 0:  # no class in the block: no label is present
         return jnp.zeros(present.shape, ct)
-    picked = jnp.take(weight.astype(ct), jnp.where(present, index, 0))
+    picked = _take_weight(weight.astype(ct), jnp.where(present, index, 0))
     return jnp.where(present, picked, 0)
+
+
+@jax.custom_jvp
+def _take_weight(weight: jax.Array, index: jax.Array) -> jax.Array:
+    """``weight[index]``, differentiated off CPU as a one-hot contraction, not a gather.
+
+    The gather's transpose is a scatter-add, which XLA:GPU runs with atomic adds: the weight
+    gradient (through the mean's divisor) would differ from run to run in its last bits. The
+    one-hot form transposes to a column sum, which XLA reduces in a fixed order; its compare is
+    computed, not read from memory. On CPU the gather (an in-order scatter) is cheaper.
+    """
+    return jnp.take(weight, index)
+
+
+@_take_weight.defjvp
+def _take_weight_jvp(primals, tangents):
+    weight, index = primals
+    d_weight, _ = tangents
+
+    def one_hot(d_weight, index):
+        hot = lax.broadcasted_iota(jnp.int32, (*index.shape, weight.shape[0]), index.ndim)
+        return jnp.sum(jnp.where(hot == index[..., None], d_weight, 0), axis=-1)
+
+    tangent = _by_backend(lambda d, i: jnp.take(d, i), one_hot, d_weight, index)
+    return jnp.take(weight, index), tangent
 
 
 class RowTerms(NamedTuple):
@@ -115,7 +141,9 @@ def row_loss(opts: Options, num_classes: int, t: RowTerms, m, lse0, smooth, keep
     return jnp.where(keep, loss, 0)
 
 
-def row_grad(opts: Options, num_classes: int, w_sum, s, m, lse0, t: RowTerms, weight, g, keep):
+def row_grad(
+    opts: Options, num_classes: int, w_sum, s, m, lse0, t: RowTerms, weight, g, keep, s_dw=None
+):
     """Gradients w.r.t. a block of logits and its class weights, from row terms.
 
     ``s`` holds the shifted capped logits of a block of classes along ``opts.axis`` (all
@@ -123,7 +151,8 @@ def row_grad(opts: Options, num_classes: int, w_sum, s, m, lse0, t: RowTerms, we
     ``m``, ``lse0``, ``t.nll``, ``t.w_y``, ``num_classes`` and ``w_sum`` (the summed class
     weight) describe the whole class axis. Returns ``(dx, dw)`` in the compute dtype: ``dx``
     w.r.t. the uncapped logits, NaN on kept rows whose label is out of range; ``dw`` the
-    per-class weight gradient of the block (None without weights).
+    per-class weight gradient of the block (None without weights). ``s_dw``: ``s`` recomputed
+    for the weight gradient's smoothing term (a column sum, a kernel of its own on GPU).
     """
     eps, axis = opts.label_smoothing, opts.axis
     p = softmax(s, lse0, axis)
@@ -144,7 +173,8 @@ def row_grad(opts: Options, num_classes: int, w_sum, s, m, lse0, t: RowTerms, we
             row = row + g * (1 - eps) * t.nll
         per_class = jnp.where(t.onehot, row, 0)
         if eps:
-            per_class = per_class + (eps / num_classes) * g * neg_log_p(lse0, s, wb)
+            s_w = s if s_dw is None else s_dw
+            per_class = per_class + (eps / num_classes) * g * neg_log_p(lse0, s_w, wb)
         per_class = jnp.where(keep & t.in_range, per_class, 0)
         dw = jnp.sum(per_class, axis=tuple(i for i in range(s.ndim) if i != axis))
     return dx, dw
