@@ -4,7 +4,7 @@ Compiles for compile-only devices (`benchmarks.compiled`: an H100 from its targe
 v5e chips from libtpu's topologies), so it needs the compilers, not the hardware: the CUDA
 plugin (``jax[cuda12]``) and libtpu (``jax[tpu]``), several GB that the default set-up does not
 install. ``make accel-check`` installs them into ``.venv-accel`` and runs this file there; where
-a compiler is absent its cases are skipped with the reason.
+neither is installed (the default set-up) ``tests/conftest.py`` leaves the file out of the run.
 
 The budgets are in units of the logits' bytes (`benchmarks._hlo.traffic`): a loss with its
 gradient must at least read the logits once and write the gradient once (2.0).
@@ -25,13 +25,6 @@ from jaxce import loss
 N, C = 4096, 32768
 
 
-if compiled.missing("h100") and compiled.missing("v5e"):
-    pytest.skip(
-        "compiling for GPU or TPU needs the CUDA plugin or libtpu: run `make accel-check`",
-        allow_module_level=True,
-    )
-
-
 def _target(name: str):
     reason = compiled.missing(name)
     return pytest.param(name, id=name, marks=pytest.mark.skipif(bool(reason), reason=str(reason)))
@@ -39,10 +32,14 @@ def _target(name: str):
 
 TARGETS = [_target("h100"), _target("v5e")]
 DTYPES = ("bfloat16", "float16", "float32")
-# Soft-capping writes an (N, C) float32 temporary on GPU today: its budget is not held yet.
-INDEX_CASES = [
-    c for c, o in compiled.CASES.items() if "softcap" not in o and "probabilities" not in o
-]
+INDEX_CASES = [c for c, o in compiled.CASES.items() if "probabilities" not in o]
+SOFTCAP_CASES = [c for c, o in compiled.CASES.items() if "softcap" in o]
+# Reads beyond the three passes, each with its reason.
+EXTRA_READS = {
+    # The class-weight gradient's smoothing term sums each class over the rows (a column sum):
+    # XLA:GPU runs it as a kernel of its own, which reads the logits once more.
+    ("h100", "all"): 1,
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,7 +63,27 @@ def test_class_index_step_reads_three_times_and_writes_once(target, case, dtype)
     m = compiled.measure(target, case, dtype, N, C)
     assert m.temporaries == ()
     assert m.temp_x_logits < 0.05
-    assert (m.reads, m.writes) == (3, 1)
+    assert (m.reads, m.writes) == (3 + EXTRA_READS.get((target, case), 0), 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", SOFTCAP_CASES)
+@pytest.mark.parametrize("target", TARGETS)
+def test_softcap_step_writes_no_logits_sized_temporary(target, case, dtype):
+    """The capped logits are recomputed per kernel, never stored (a float32 (N, C) array, twice
+    the size of bfloat16 logits, was written on GPU before)."""
+    m = compiled.measure(target, case, dtype, N, C)
+    assert m.temporaries == ()
+    assert m.temp_x_logits < 0.05
+    assert m.writes == 1
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_weight_gradient_has_no_scatter(target):
+    """The gradient through the mean's divisor sum(w[y]) is a column sum in a fixed order, not
+    a scatter-add (atomic adds on GPU: not bit-reproducible)."""
+    m = compiled.measure(target, "weight", "float32", N, C)
+    assert m.scatters == 0
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
