@@ -180,14 +180,17 @@ def row_grad(
     return dx, dw
 
 
-def reduce_rows(rows: jax.Array, row_weight: jax.Array, reduction: str, dtype) -> jax.Array:
+def reduce_rows(
+    rows: jax.Array, row_weight: jax.Array, reduction: str, dtype, *, divisor=None
+) -> jax.Array:
     """torch's reductions: "none", "sum", or "mean" dividing by the rows' summed weight.
 
-    ``row_weight`` is each row's share of the divisor: ``w_y`` for kept rows, 0 for dropped.
+    ``row_weight`` is each row's share of the divisor: ``w_y`` for kept rows, 0 for dropped
+    (times the row's sample weight, if any). A given ``divisor`` replaces their sum.
     """
     if reduction == "none":
         return rows.astype(dtype)
     total = jnp.sum(rows)
     if reduction == "mean":
-        total = total / jnp.sum(row_weight)
+        total = total / (jnp.sum(row_weight) if divisor is None else divisor.astype(total.dtype))
     return total.astype(dtype)
