@@ -1,0 +1,149 @@
+"""The fused linear loss's two custom VJPs: reduced to a scalar, and per example.
+
+``reduced``: ``sum(s * loss) / divisor`` ("mean" and "sum"), with ``s`` the sample weights
+(1 without them). Its cotangent is a scalar, so the forward rule runs the sweep once with the
+examples' cotangent ``s / divisor`` and keeps the finished gradients (three matmuls, the
+residuals being the gradients themselves); the backward rule only scales them by ``g``
+(exact for ``g = 1``). The primal alone, undifferentiated, is the forward sweep (one matmul).
+The divisor (the summed weight of the kept examples, or the caller's) is part of the function,
+so the gradients w.r.t. class and sample weights include its dependence on them.
+
+``per_example``: the losses themselves ("none"). The forward rule keeps only its inputs; the
+backward rule runs the sweep with the per-example cotangent (the logits once more, then the
+two gradient matmuls).
+
+Both use ``symbolic_zeros``: gradients nobody asked for (a frozen kernel, integer labels, a
+bias held constant) are never formed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxce import _row_math as rm
+from jaxce._linear_sweep import Needs, sweep
+
+
+def _values(args):
+    return [None if a is None else a.value for a in args]
+
+
+def _needs(static, hidden, kernel, bias, labels, weight) -> Needs:
+    perturbed = lambda a: a is not None and a.perturbed
+    return Needs(
+        perturbed(hidden), perturbed(kernel), perturbed(bias), perturbed(weight),
+        static.soft and perturbed(labels),
+    )  # fmt: skip
+
+
+def _scale(cotangent, g, dtype):
+    """``g * cotangent`` in ``dtype`` (the multiplication in the compute dtype)."""
+    if cotangent is None:
+        return None
+    ct = rm.compute_dtype(cotangent.dtype)
+    return (g.astype(ct) * cotangent.astype(ct)).astype(dtype)
+
+
+def example_weights(static, labels, weight, keep, sample_weight, ct):
+    """Each example's share of the mean's divisor: ``w_y * s`` if kept, else 0."""
+    share = keep.astype(ct)
+    if not static.soft:
+        share = rm.label_weight(weight, labels, labels >= 0, ct)
+    if sample_weight is not None:
+        share = share * sample_weight.astype(ct)
+    return jnp.where(keep, share, 0)
+
+
+def _divisor(static, mean, labels, weight, keep, sample_weight, divisor, ct):
+    if not mean:
+        return jnp.ones((), ct)
+    if divisor is not None:
+        return divisor.astype(ct)
+    return jnp.sum(example_weights(static, labels, weight, keep, sample_weight, ct))
+
+
+def _compute_dtype(static, hidden, kernel, bias, labels):
+    arrays = [a for a in (hidden, kernel, bias) if a is not None]
+    extra = [labels.dtype] if static.soft else []
+    return rm.compute_dtype(*[a.dtype for a in arrays], *extra)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def reduced(static, mean, hidden, kernel, bias, labels, weight, keep, sample_weight, divisor):
+    """``sum(sample_weight * loss) / divisor`` ("sum": divisor 1) in the compute dtype."""
+    ct = _compute_dtype(static, hidden, kernel, bias, labels)
+    losses, _ = sweep(static, hidden, kernel, bias, labels, weight, keep)
+    total = jnp.sum(losses if sample_weight is None else losses * sample_weight.astype(ct))
+    return total / _divisor(static, mean, labels, weight, keep, sample_weight, divisor, ct)
+
+
+def _reduced_fwd(static, mean, *args):
+    hidden, kernel, bias, labels, weight, keep, sample_weight, divisor = _values(args)
+    needs = _needs(static, *args[:5])
+    ct = _compute_dtype(static, hidden, kernel, bias, labels)
+
+    def divisor_of(weight, sample_weight, divisor):
+        return _divisor(static, mean, labels, weight, keep, sample_weight, divisor, ct)
+
+    div, div_vjp = jax.vjp(divisor_of, weight, sample_weight, divisor)
+    s = jnp.ones(keep.shape, ct) if sample_weight is None else sample_weight.astype(ct)
+    losses, grads = sweep(static, hidden, kernel, bias, labels, weight, keep, s / div, needs)
+    loss = jnp.sum(losses * s) / div
+    d_weight, d_sample, d_divisor = div_vjp(-loss / div)  # through the divisor
+    if grads.weight is not None:
+        d_weight = grads.weight + d_weight.astype(grads.weight.dtype)
+    d_sample = None if sample_weight is None else d_sample + losses / div
+    res = (
+        grads.hidden,
+        None if grads.kernel is None else grads.kernel.astype(kernel.dtype),
+        grads.bias,
+        grads.labels,
+        d_weight if needs.weight else None,
+        d_sample if args[6] is not None and args[6].perturbed else None,
+        d_divisor if args[7] is not None and args[7].perturbed else None,
+    )
+    return loss, res
+
+
+def _reduced_bwd(static, mean, res, g):
+    scaled = [None if r is None else _scale(r, g, r.dtype) for r in res]
+    d_hidden, d_kernel, d_bias, d_labels, d_weight, d_sample, d_divisor = scaled
+    return d_hidden, d_kernel, d_bias, d_labels, d_weight, None, d_sample, d_divisor
+
+
+reduced.defvjp(_reduced_fwd, _reduced_bwd, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def per_example(static, hidden, kernel, bias, labels, weight, keep):
+    """The per-example losses (N[, P]) in the compute dtype."""
+    return sweep(static, hidden, kernel, bias, labels, weight, keep)[0]
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["arrays"], meta_fields=["needs"])
+@dataclasses.dataclass(frozen=True)
+class _Saved:
+    """The forward rule's residuals: the inputs, and which gradients to form (static)."""
+
+    arrays: tuple
+    needs: Needs
+
+
+def _per_example_fwd(static, *args):
+    values = _values(args)
+    losses = sweep(static, *values)[0]
+    return losses, _Saved(tuple(values), _needs(static, *args[:5]))
+
+
+def _per_example_bwd(static, saved, g):
+    hidden, kernel, bias, labels, weight, keep = saved.arrays
+    grads = sweep(static, hidden, kernel, bias, labels, weight, keep, g, saved.needs)[1]
+    d_kernel = None if grads.kernel is None else grads.kernel.astype(kernel.dtype)
+    return grads.hidden, d_kernel, grads.bias, grads.labels, grads.weight, None
+
+
+per_example.defvjp(_per_example_fwd, _per_example_bwd, symbolic_zeros=True)

@@ -1,0 +1,167 @@
+"""Per-example weights and the mean's divisor, shared by the losses, and ``mean_divisor``.
+
+``reduction="mean"`` divides the summed (sample-weighted) losses by the summed weight of the
+kept examples: each kept example adds ``w_y * s`` (its label's class weight, 1 without
+``weight`` or for probability targets, times its sample weight ``s``, 1 without
+``sample_weight``). A batch split into micro-batches, or over devices, has one such divisor
+for the whole: ``mean_divisor`` gives each part's share, and passing their sum as
+``divisor=`` to every part's loss makes the parts' losses and gradients add up to the whole
+batch's.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from jaxce import _labels, _validation
+from jaxce import _row_math as rm
+
+
+def _concrete(array) -> np.ndarray | None:
+    return None if isinstance(array, jax.core.Tracer) else np.asarray(array, np.float64)
+
+
+def check_sample_weight(value, example_shape: tuple[int, ...]) -> jax.Array | None:
+    """Floating per-example weights broadcastable to the examples' shape (concrete: finite)."""
+    if value is None:
+        return None
+    weights = _validation.as_array(value, "sample_weight")
+    if not jnp.issubdtype(weights.dtype, jnp.floating):
+        raise TypeError(
+            f"sample_weight must have a floating dtype; got {weights.dtype}. "
+            f"Cast it, e.g. sample_weight.astype(jnp.float32)."
+        )
+    try:
+        fits = np.broadcast_shapes(weights.shape, example_shape) == example_shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"sample_weight must broadcast to the examples' shape {example_shape} (one weight "
+            f"per example); got {weights.shape}."
+        )
+    values = _concrete(weights)
+    if values is not None and not np.isfinite(values).all():
+        i = tuple(int(j[0]) for j in np.nonzero(~np.isfinite(values)))
+        raise ValueError(
+            f"sample_weight must be finite; got {values[i]} at position {i}. Pass finite "
+            f"weights (0 drops an example, as where=False does)."
+        )
+    return jnp.broadcast_to(weights, example_shape)
+
+
+def check_divisor(value, reduction: str) -> jax.Array | None:
+    """The mean's divisor given by the caller: a real scalar; concrete ones finite and > 0."""
+    if value is None:
+        return None
+    if reduction != "mean":
+        raise ValueError(
+            f"divisor replaces the divisor of reduction='mean' and applies to it only; got "
+            f"reduction={reduction!r}. Use reduction='mean' with divisor=, or drop divisor."
+        )
+    divisor = _validation.as_array(value, "divisor")
+    real = jnp.issubdtype(divisor.dtype, jnp.floating) or jnp.issubdtype(divisor.dtype, jnp.integer)
+    if divisor.dtype == jnp.bool_ or not real:
+        raise TypeError(
+            f"divisor must be a real number (a float or an int, or a scalar array of one); "
+            f"got dtype {divisor.dtype}."
+        )
+    if divisor.shape != ():
+        raise ValueError(
+            f"divisor must be a scalar; got shape {divisor.shape}. Pass the summed weight of "
+            f"all the examples the mean is over, e.g. the sum of mean_divisor over the parts."
+        )
+    values = _concrete(divisor)
+    if values is not None and not (np.isfinite(values) and values > 0):
+        raise ValueError(
+            f"divisor must be finite and > 0; got {float(values)}. Pass the summed weight of "
+            f"the examples the mean is over (mean_divisor of each part, summed)."
+        )
+    return divisor
+
+
+def mean_divisor(
+    labels: ArrayLike,
+    *,
+    axis: int = -1,
+    weight: ArrayLike | None = None,
+    ignore_index: int = -100,
+    where: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+) -> jax.Array:
+    """The divisor ``reduction="mean"`` uses for these labels: the kept examples' summed weight.
+
+    Each kept example (its class index not ``ignore_index``, its ``where`` True) adds
+    ``w_y * s``: its label's class weight (1 without ``weight``, and for probability targets)
+    times its sample weight (1 without ``sample_weight``). Sum it over the parts of a batch
+    (micro-batches, or ``jax.lax.psum`` over a data-parallel mesh axis) and pass the sum as
+    ``divisor=`` to each part's loss: the parts' losses and gradients then add up to those of
+    the whole batch with ``reduction="mean"``.
+
+    Args:
+      labels: integer class indices (any shape: one per example) or floating probabilities
+        with the classes along ``axis``.
+      axis: the class axis of probability targets (ignored for class indices); ``1`` for the
+        (N, C, d1, ...) targets of the K-dimensional losses.
+      weight: optional floating (C,) class weights, as given to the loss.
+      ignore_index: the class index of examples to skip (class indices only).
+      where: optional boolean mask broadcastable to the examples' shape; False drops one.
+      sample_weight: optional floating per-example weights broadcastable to the examples'
+        shape.
+
+    Returns:
+      A float32 scalar (float64 if a weight is float64).
+
+    Raises:
+      TypeError, ValueError: as the losses do for these arguments; class indices outside
+      [0, C) that are not ``ignore_index`` when ``weight`` gives C.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxce import loss
+      >>> print(loss.mean_divisor(jnp.array([3, -100, 1, 0])))
+      3.0
+    """
+    labels = _validation.as_unconverted(labels, "labels")
+    dtypes = [a.dtype for a in (weight, sample_weight) if isinstance(a, (jax.Array, np.ndarray))]
+    ct = rm.compute_dtype(*dtypes) if dtypes else jnp.dtype(jnp.float32)
+    if jnp.issubdtype(labels.dtype, jnp.floating):
+        axis = _validation.check_int(axis, "axis", "Pass the index of the class axis.")
+        if labels.ndim == 0 or not -labels.ndim <= axis < labels.ndim:
+            raise ValueError(
+                f"axis={axis} is out of range for probability labels of shape {labels.shape}."
+            )
+        examples = labels.shape[: axis % labels.ndim] + labels.shape[axis % labels.ndim + 1 :]
+        share = jnp.ones(examples, ct)
+    elif jnp.issubdtype(labels.dtype, jnp.integer):
+        examples = labels.shape
+        ignore_index = _validation.check_ignore_index(ignore_index)
+        if weight is None:  # every example not ignored counts 1
+            _, ignored = _labels.normalize(jnp.asarray(labels), 1, ignore_index)
+            share = jnp.where(ignored, 0, 1).astype(ct)
+        else:
+            weight = _validation.as_array(weight, "weight")
+            if weight.ndim != 1:
+                raise ValueError(
+                    f"weight must be a (C,) vector of class weights; got shape {weight.shape}."
+                )
+            size = weight.shape[0]
+            weight = _validation.check_class_vector(weight, "weight", size, "")
+            labels, ignore_index = _labels.prepare(labels, size, ignore_index, check_traced=False)
+            index, ignored = _labels.normalize(labels, size, ignore_index)
+            share = jnp.where(ignored, 0, rm.label_weight(weight, index, index >= 0, ct))
+    else:
+        raise TypeError(
+            f"labels must be integer class indices or floating probabilities; got dtype "
+            f"{labels.dtype}."
+        )
+    where = _validation.check_where(where, examples)
+    sample_weight = check_sample_weight(sample_weight, examples)
+    if sample_weight is not None:
+        share = share * sample_weight.astype(ct)
+    if where is not None:
+        share = jnp.where(where, share, 0)
+    return jnp.sum(share)
