@@ -11,7 +11,9 @@ from jaxce.loss import (
     CrossEntropyLoss,
     cross_entropy,
     linear_cross_entropy,
+    mean_divisor,
     sharded_cross_entropy,
+    torch_linear_cross_entropy,
 )
 
 try:
@@ -24,5 +26,7 @@ __all__ = [
     "cross_entropy",
     "linear_cross_entropy",
     "loss",
+    "mean_divisor",
     "sharded_cross_entropy",
+    "torch_linear_cross_entropy",
 ]
