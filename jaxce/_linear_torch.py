@@ -18,6 +18,19 @@ from jaxce._linear_call import linear_loss
 from jaxce._validation import Reduction
 
 
+def resolve_ignore_index(ignore_index: int | None, target) -> int:
+    """torch's rule: None means -100 for class indices; probabilities take None only."""
+    if ignore_index is None:
+        return -100
+    if jnp.issubdtype(target.dtype, jnp.floating):
+        raise ValueError(
+            f"ignore_index={ignore_index!r} cannot be given when target holds class "
+            f"probabilities (dtype {target.dtype}), as in torch. Leave it None, or drop "
+            f"examples with where=."
+        )
+    return ignore_index
+
+
 def torch_linear_cross_entropy(
     input: ArrayLike,
     linear_weight: ArrayLike,
@@ -94,16 +107,11 @@ def torch_linear_cross_entropy(
             f"input[None] (and target[None])."
         )
     target = _validation.as_unconverted(target, "target")
-    if ignore_index is not None and jnp.issubdtype(target.dtype, jnp.floating):
-        raise ValueError(
-            f"ignore_index={ignore_index!r} cannot be given when target holds class "
-            f"probabilities (dtype {target.dtype}), as in torch. Leave it None, or drop "
-            f"examples with where=."
-        )
+    ignore_index = resolve_ignore_index(ignore_index, target)
     return linear_loss(
         input, linear_weight, target, torch_layout=True,
         names=("input", "linear_weight", "target"), bias=linear_bias, bias_name="linear_bias",
-        weight=weight, ignore_index=-100 if ignore_index is None else ignore_index,
+        weight=weight, ignore_index=ignore_index,
         reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
         where=where, sample_weight=sample_weight, divisor=divisor, num_classes=num_classes,
         chunk_size=chunk_size, row_chunk_size=row_chunk_size,

@@ -1,0 +1,227 @@
+"""Flax NNX modules of jaxce (this module imports flax; ``import jaxce`` does not).
+
+- ``LinearCrossEntropyLoss``: torch 2.13's ``nn.LinearCrossEntropyLoss`` as an NNX module: it
+  owns the final linear layer (``self.linear``, an ``nnx.Linear``) and computes the fused
+  ``jaxce.loss.linear_cross_entropy`` of its output; it loads and exports torch state dicts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.typing import ArrayLike
+
+from jaxce import _validation
+from jaxce._linear_cross_entropy import linear_cross_entropy
+from jaxce._linear_torch import resolve_ignore_index
+from jaxce._validation import Reduction
+
+__all__ = ["ClassWeight", "LinearCrossEntropyLoss"]
+
+
+class ClassWeight(nnx.Variable):
+    """The loss's class weights: module state (saved, loaded) but not a trained ``nnx.Param``."""
+
+
+def torch_linear_init(fan_in: int):
+    """``nn.Linear``'s default initialiser: uniform on [-1/sqrt(fan_in), 1/sqrt(fan_in)]."""
+    bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _positive_int(value, name: str, *, allow_zero=False) -> int:
+    number = _validation.check_int(value, name, f"Pass {name} as an int.")
+    if number < (0 if allow_zero else 1):
+        raise ValueError(f"{name} must be >= {0 if allow_zero else 1}; got {number}.")
+    return number
+
+
+def _host(value, name: str) -> np.ndarray:
+    """A torch tensor or any array as numpy (torch's bfloat16 through float32, exactly)."""
+    if hasattr(value, "detach"):  # a torch.Tensor, without importing torch
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"state dict entry {name!r} is not an array: {err}") from None
+
+
+class LinearCrossEntropyLoss(nnx.Module):
+    """``torch.nn.LinearCrossEntropyLoss``: a linear head fused with cross-entropy, in NNX.
+
+    ``loss(input, target)`` is ``jaxce.loss.linear_cross_entropy(input, kernel, target,
+    bias=bias, ...)`` with the module's options, where ``kernel`` is ``self.linear``'s (D,
+    C * prod(out_features)) kernel viewed as (D, C, *out_features) and ``bias`` its bias viewed
+    as (C, *out_features). The parameters are stored as torch stores them (one flat linear
+    layer), so ``load_torch_state_dict`` takes a torch module's ``state_dict()`` as it is.
+
+    Args:
+      in_features: D, the size of each input's last axis.
+      num_classes: C.
+      out_features: (d1, ..., dk) for torch's K-dimensional loss (default: none).
+      bias: whether the linear layer has a bias (torch's default: False).
+      dtype: the computation dtype (None: the inputs' and parameters' promoted dtype).
+      param_dtype: the parameters' dtype.
+      reduction, weight, label_smoothing: as torch's (``weight`` is kept as ``ClassWeight``
+        state, not a trained parameter).
+      ignore_index: as torch's: None means -100 for class indices and must be None for
+        probability targets.
+      z_loss, softcap, chunk_size, row_chunk_size: jaxce's, as in ``linear_cross_entropy``.
+      kernel_init, bias_init: initialisers; the default is torch's ``nn.Linear`` one
+        (uniform on +-1/sqrt(in_features)); the draws differ from torch's.
+      rngs: the ``nnx.Rngs`` for the initialisers.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jaxce.nnx import LinearCrossEntropyLoss
+      >>> head = LinearCrossEntropyLoss(4, 10, bias=True, rngs=nnx.Rngs(0))
+      >>> loss = head(jnp.ones((3, 4)), jnp.array([1, 2, 9]))
+      >>> loss.shape, head.linear.kernel.shape
+      ((), (4, 10))
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        out_features: Sequence[int] = (),
+        bias: bool = False,
+        dtype=None,
+        param_dtype=jnp.float32,
+        reduction: Reduction = "mean",
+        weight: ArrayLike | None = None,
+        ignore_index: int | None = None,
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        chunk_size: int | None = None,
+        row_chunk_size: int | None = None,
+        kernel_init=None,
+        bias_init=None,
+        rngs: nnx.Rngs,
+    ):
+        self.in_features = _positive_int(in_features, "in_features", allow_zero=True)
+        self.num_classes = _positive_int(num_classes, "num_classes", allow_zero=True)
+        if isinstance(out_features, (str, bytes)) or not isinstance(out_features, Sequence):
+            raise TypeError(f"out_features must be a tuple of ints; got {out_features!r}.")
+        self.out_features = tuple(_positive_int(d, "out_features") for d in out_features)
+        self.reduction = _validation.check_reduction(reduction)
+        self.ignore_index = (
+            None if ignore_index is None else _validation.check_ignore_index(ignore_index)
+        )
+        self.label_smoothing, self.z_loss, self.softcap = _validation.check_options(
+            label_smoothing, z_loss, softcap
+        )
+        self.chunk_size, self.row_chunk_size, self.dtype = chunk_size, row_chunk_size, dtype
+        if weight is not None:
+            vector = _validation.check_class_vector(
+                weight, "weight", self.num_classes, "Pass one weight per class."
+            )
+            weight = ClassWeight(vector)
+        self.weight = weight
+        fan_in = self.in_features
+        self.linear = nnx.Linear(
+            self.in_features,
+            math.prod(self.out_features, start=self.num_classes),
+            use_bias=_validation.check_flag(bias, "bias"),
+            param_dtype=param_dtype,
+            kernel_init=kernel_init or torch_linear_init(fan_in),
+            bias_init=bias_init or torch_linear_init(fan_in),
+            rngs=rngs,
+        )
+
+    def _kernel_and_bias(self):
+        shape = (self.num_classes, *self.out_features)
+        kernel = self.linear.kernel[...].reshape(self.in_features, *shape)
+        bias = None if self.linear.bias is None else self.linear.bias[...].reshape(shape)
+        if self.dtype is not None:
+            kernel = kernel.astype(self.dtype)
+            bias = None if bias is None else bias.astype(self.dtype)
+        return kernel, bias
+
+    def __call__(
+        self,
+        input: ArrayLike,
+        target: ArrayLike,
+        *,
+        where: ArrayLike | None = None,
+        sample_weight: ArrayLike | None = None,
+        divisor: ArrayLike | None = None,
+    ) -> jax.Array:
+        """The loss of ``input`` (..., D) against ``target`` (indices or probabilities)."""
+        kernel, bias = self._kernel_and_bias()
+        target = _validation.as_unconverted(target, "target")
+        input = _validation.as_array(input, "input")
+        if self.dtype is not None:
+            input = input.astype(self.dtype)
+        return linear_cross_entropy(
+            input, kernel, target, bias=bias,
+            weight=None if self.weight is None else self.weight[...],
+            ignore_index=resolve_ignore_index(self.ignore_index, target),
+            reduction=self.reduction, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
+            softcap=self.softcap, where=where, sample_weight=sample_weight, divisor=divisor,
+            chunk_size=self.chunk_size, row_chunk_size=self.row_chunk_size,
+        )  # fmt: skip
+
+    def _torch_shapes(self) -> dict[str, tuple[int, ...]]:
+        rows = math.prod(self.out_features, start=self.num_classes)
+        shapes = {"linear.weight": (rows, self.in_features)}
+        if self.linear.bias is not None:
+            shapes["linear.bias"] = (rows,)
+        if self.weight is not None:
+            shapes["weight"] = (self.num_classes,)
+        return shapes
+
+    def load_torch_state_dict(self, state_dict: Mapping[str, object]) -> None:
+        """Loads a torch ``nn.LinearCrossEntropyLoss``'s ``state_dict()`` (strictly).
+
+        ``linear.weight`` (C * prod(out_features), D) becomes the kernel (its transpose),
+        ``linear.bias`` the bias, ``weight`` the class weights; each is cast to the dtype of
+        the state it replaces. Raises KeyError naming missing or unexpected keys, ValueError
+        naming a key whose shape differs.
+        """
+        shapes = self._torch_shapes()
+        missing, unexpected = set(shapes) - set(state_dict), set(state_dict) - set(shapes)
+        if missing or unexpected:
+            raise KeyError(
+                f"the state dict does not match this module (in_features={self.in_features}, "
+                f"num_classes={self.num_classes}, out_features={self.out_features}, bias="
+                f"{self.linear.bias is not None}, weight={self.weight is not None}): missing "
+                f"{sorted(missing)}, unexpected {sorted(unexpected)}."
+            )
+        values = {k: _host(state_dict[k], k) for k in shapes}
+        for key, shape in shapes.items():
+            if values[key].shape != shape:
+                raise ValueError(
+                    f"state dict entry {key!r} has shape {values[key].shape}; this module "
+                    f"needs {shape}."
+                )
+        kernel = self.linear.kernel
+        kernel[...] = jnp.asarray(values["linear.weight"].T, kernel[...].dtype)
+        if self.linear.bias is not None:
+            self.linear.bias[...] = jnp.asarray(values["linear.bias"], self.linear.bias.dtype)
+        if self.weight is not None:
+            self.weight[...] = jnp.asarray(values["weight"], self.weight[...].dtype)
+
+    def torch_state_dict(self) -> dict[str, np.ndarray]:
+        """The state as torch's module holds it (numpy arrays; ``torch.from_numpy`` them)."""
+        out = {"linear.weight": np.asarray(self.linear.kernel[...]).T.copy()}
+        if self.linear.bias is not None:
+            out["linear.bias"] = np.asarray(self.linear.bias[...])
+        if self.weight is not None:
+            out = {"weight": np.asarray(self.weight[...]), **out}
+        return out
