@@ -1,0 +1,166 @@
+# ruff: noqa: E501  (one row per case reads best as one line: the call, the error, the words)
+"""Bad input to the fused linear losses, mean_divisor and the NNX module: what the user sees.
+
+As ``tests/test_bad_input_loss.py``: each case is a call and either the exception it raises
+(type, and the words its message must hold: the argument, the value got, the fix) or the
+documented value it returns. Everything is tiny.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxce import loss
+from jaxce.nnx import LinearCrossEntropyLoss
+from tests.tolerances import assert_close
+
+NAN, INF = float("nan"), float("inf")
+
+
+def H():  # (4, 3) hidden
+    return jnp.asarray(np.random.default_rng(1).normal(size=(4, 3)), jnp.float32)
+
+
+def K(*out):  # (3, 5, *out) kernel
+    return jnp.asarray(np.random.default_rng(2).normal(size=(3, 5, *out)), jnp.float32)
+
+
+def Y():
+    return jnp.array([0, 1, 2, 4])
+
+
+def PR():  # probabilities for H() @ K()
+    return jnp.full((4, 5), 0.2, jnp.float32)
+
+
+def lce(hidden=None, kernel=None, labels=None, **kw):
+    h, k = H() if hidden is None else hidden, K() if kernel is None else kernel
+    return loss.linear_cross_entropy(h, k, Y() if labels is None else labels, **kw)
+
+
+def tlce(input=None, linear_weight=None, target=None, **kw):
+    x = H() if input is None else input
+    w = jnp.moveaxis(K(), 0, -1) if linear_weight is None else linear_weight
+    return loss.torch_linear_cross_entropy(x, w, Y() if target is None else target, **kw)
+
+
+def head(**kw):
+    return LinearCrossEntropyLoss(3, 5, rngs=nnx.Rngs(0), **kw)
+
+
+# id -> (call, exception, words the message must contain)
+ERRORS = {
+    # --- linear_cross_entropy: probabilities and the K-dimensional loss
+    "lce-probs-shape": (lambda: lce(labels=jnp.full((4, 6), 0.2)), ValueError, ["labels", "(4, 5)", "(4, 6)", "class indices"]),
+    "lce-probs-ignore-index": (lambda: lce(labels=PR(), ignore_index=0), ValueError, ["ignore_index=0", "probabilities", "where="]),
+    "lce-probs-num-classes-shape": (lambda: lce(labels=jnp.full((4, 4), 0.25), num_classes=4), ValueError, ["labels", "(4, 5)", "(4, 4)"]),
+    "lce-kdim-labels-shape": (lambda: lce(kernel=K(2), labels=Y()), ValueError, ["labels", "(4, 2)", "(4,)", "out_features"]),
+    "lce-kdim-probs-shape": (lambda: lce(kernel=K(2), labels=PR()), ValueError, ["labels", "(4, 5, 2)", "(4, 5)"]),
+    "lce-kdim-bias-shape": (lambda: lce(kernel=K(2), labels=jnp.zeros((4, 2), jnp.int32), bias=jnp.ones(5)), ValueError, ["bias", "(5, 2)", "(5,)"]),
+    "lce-kdim-kernel-features": (lambda: lce(kernel=jnp.ones((4, 5, 2))), ValueError, ["kernel", "(3, num_classes, ...)", "(4, 5, 2)"]),
+    "lce-kernel-1d": (lambda: lce(kernel=jnp.ones(3)), ValueError, ["kernel", "(3,)", "transpose"]),
+    "lce-labels-complex": (lambda: lce(labels=jnp.ones(4, jnp.complex64)), TypeError, ["labels", "complex64"]),
+    # --- sample_weight
+    "lce-sample-weight-int": (lambda: lce(sample_weight=jnp.ones(4, jnp.int32)), TypeError, ["sample_weight", "int32", "astype"]),
+    "lce-sample-weight-bool": (lambda: lce(sample_weight=jnp.ones(4, bool)), TypeError, ["sample_weight", "bool"]),
+    "lce-sample-weight-shape": (lambda: lce(sample_weight=jnp.ones(3)), ValueError, ["sample_weight", "(4,)", "(3,)"]),
+    "lce-sample-weight-kdim-shape": (lambda: lce(kernel=K(2), labels=jnp.zeros((4, 2), jnp.int32), sample_weight=jnp.ones((4, 3))), ValueError, ["sample_weight", "(4, 2)", "(4, 3)"]),
+    "lce-sample-weight-nan": (lambda: lce(sample_weight=jnp.array([1.0, NAN, 1.0, 1.0])), ValueError, ["sample_weight must be finite", "nan", "(1,)"]),
+    "lce-sample-weight-inf": (lambda: lce(sample_weight=jnp.array([1.0, 1.0, 1.0, INF])), ValueError, ["sample_weight", "inf", "(3,)"]),
+    "lce-sample-weight-str": (lambda: lce(sample_weight="1"), TypeError, ["sample_weight", "str"]),
+    # --- divisor
+    "lce-divisor-sum": (lambda: lce(divisor=4.0, reduction="sum"), ValueError, ["divisor", "reduction='sum'", "'mean'"]),
+    "lce-divisor-none": (lambda: lce(divisor=4.0, reduction="none"), ValueError, ["divisor", "reduction='none'"]),
+    "lce-divisor-vector": (lambda: lce(divisor=jnp.ones(2)), ValueError, ["divisor", "scalar", "(2,)", "mean_divisor"]),
+    "lce-divisor-zero": (lambda: lce(divisor=0.0), ValueError, ["divisor", "> 0", "0.0"]),
+    "lce-divisor-negative": (lambda: lce(divisor=-3), ValueError, ["divisor", "-3.0"]),
+    "lce-divisor-nan": (lambda: lce(divisor=NAN), ValueError, ["divisor", "nan"]),
+    "lce-divisor-bool": (lambda: lce(divisor=True), TypeError, ["divisor", "bool"]),
+    "lce-divisor-complex": (lambda: lce(divisor=jnp.complex64(1)), TypeError, ["divisor", "complex64"]),
+    "lce-divisor-str": (lambda: lce(divisor="4"), TypeError, ["divisor", "str"]),
+    # --- chunk sizes
+    "lce-row-chunk-zero": (lambda: lce(row_chunk_size=0), ValueError, ["row_chunk_size", "got 0", "rows per chunk"]),
+    "lce-row-chunk-float": (lambda: lce(row_chunk_size=2.5), TypeError, ["row_chunk_size", "2.5"]),
+    "lce-row-chunk-bool": (lambda: lce(row_chunk_size=True), TypeError, ["row_chunk_size", "True"]),
+    "lce-chunk-zero": (lambda: lce(chunk_size=0), ValueError, ["chunk_size", "got 0", "classes per matmul"]),
+    # --- torch_linear_cross_entropy: torch's argument names and rules
+    "tlce-input-int": (lambda: tlce(input=jnp.ones((4, 3), jnp.int32)), TypeError, ["input", "int32"]),
+    "tlce-weight-features": (lambda: tlce(linear_weight=jnp.ones((5, 4))), ValueError, ["linear_weight", "(C, *out_features, D)", "(5, 4)", "last axis is D"]),
+    "tlce-weight-1d": (lambda: tlce(linear_weight=jnp.ones(3)), ValueError, ["linear_weight", "(3,)"]),
+    "tlce-bias-shape": (lambda: tlce(linear_bias=jnp.ones(4)), ValueError, ["linear_bias", "(5,)", "(4,)"]),
+    "tlce-target-shape": (lambda: tlce(target=jnp.array([0, 1])), ValueError, ["target", "(4,)", "(2,)"]),
+    "tlce-target-bool": (lambda: tlce(target=jnp.ones(4, bool)), TypeError, ["target", "bool"]),
+    "tlce-kdim-unbatched": (lambda: tlce(input=jnp.ones(3), linear_weight=jnp.ones((5, 2, 3)), target=jnp.zeros(2, jnp.int32)), ValueError, ["K-dimensional", "batched", "(3,)", "input[None]"]),
+    "tlce-probs-ignore-index-default-value": (lambda: tlce(target=PR(), ignore_index=-100), ValueError, ["ignore_index=-100", "probabilities", "as in torch", "None"]),
+    "tlce-weight-shape": (lambda: tlce(weight=jnp.ones(4)), ValueError, ["weight", "(5,)", "(4,)"]),
+    # --- mean_divisor
+    "md-labels-bool": (lambda: loss.mean_divisor(jnp.ones(4, bool)), TypeError, ["labels", "bool"]),
+    "md-weight-2d": (lambda: loss.mean_divisor(Y(), weight=jnp.ones((5, 1))), ValueError, ["weight", "(C,)", "(5, 1)"]),
+    "md-label-out-of-range": (lambda: loss.mean_divisor(jnp.array([0, 7]), weight=jnp.ones(5)), ValueError, ["labels", "[0, 5)", "got 7"]),
+    "md-probs-axis": (lambda: loss.mean_divisor(PR(), axis=2), ValueError, ["axis=2", "(4, 5)"]),
+    "md-where-shape": (lambda: loss.mean_divisor(Y(), where=jnp.ones(3, bool)), ValueError, ["where", "(3,)"]),
+    "md-sample-weight-shape": (lambda: loss.mean_divisor(Y(), sample_weight=jnp.ones(5)), ValueError, ["sample_weight", "(4,)", "(5,)"]),
+    # --- the NNX module
+    "nnx-in-features-negative": (lambda: LinearCrossEntropyLoss(-1, 5, rngs=nnx.Rngs(0)), ValueError, ["in_features", ">= 0", "-1"]),
+    "nnx-num-classes-float": (lambda: LinearCrossEntropyLoss(3, 5.0, rngs=nnx.Rngs(0)), TypeError, ["num_classes", "5.0"]),
+    "nnx-out-features-int": (lambda: head(out_features=3), TypeError, ["out_features", "tuple", "3"]),
+    "nnx-out-features-zero": (lambda: head(out_features=(2, 0)), ValueError, ["out_features", ">= 1", "0"]),
+    "nnx-reduction": (lambda: head(reduction="avg"), ValueError, ["reduction", "'avg'"]),
+    "nnx-smoothing": (lambda: head(label_smoothing=2.0), ValueError, ["label_smoothing", "2.0"]),
+    "nnx-weight-shape": (lambda: head(weight=jnp.ones(4)), ValueError, ["weight", "(5,)", "(4,)"]),
+    "nnx-bias-str": (lambda: head(bias="yes"), TypeError, ["bias", "'yes'"]),
+    "nnx-probs-with-ignore-index": (lambda: head(ignore_index=0)(H(), PR()), ValueError, ["ignore_index=0", "probabilities"]),
+    "nnx-input-features": (lambda: head()(jnp.ones((4, 2)), Y()), ValueError, ["kernel", "(2, num_classes, ...)", "(3, 5)"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(ERRORS), ids=list(ERRORS))
+def test_bad_input_raises_naming_argument_value_and_fix(case):
+    call, exception, words = ERRORS[case]
+    with pytest.raises(exception) as info:
+        call()
+    message = str(info.value)
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+    assert info.type is exception, f"{info.type.__name__} is a subclass, not {exception.__name__}"
+
+
+def _sum(**kw):
+    return lce(reduction="sum", **kw)
+
+
+# id -> (call, check of the returned value): inputs with a documented meaning, not errors.
+DOCUMENTED = {
+    "lce-sample-weight-ones-is-plain": (lambda: (lce(sample_weight=jnp.ones(4)), lce()), "equal"),
+    "lce-sample-weight-broadcasts": (lambda: (lce(sample_weight=jnp.float32(2.0), reduction="sum"), 2 * _sum()), "equal"),
+    "lce-sample-weight-mean-is-weighted-mean": (lambda: (lce(sample_weight=jnp.array([1.0, 0.0, 0.0, 0.0])), lce(where=jnp.array([True, False, False, False]))), "equal"),
+    "lce-sample-weight-zero-everywhere-mean-nan": (lambda: lce(sample_weight=jnp.zeros(4)), "nan"),
+    "lce-divisor-int": (lambda: (lce(divisor=2), _sum() / 2), "equal"),
+    "lce-divisor-numpy-scalar": (lambda: (lce(divisor=np.float64(2.0)), _sum() / 2), "equal"),
+    "lce-jit-traced-zero-divisor-inf": (lambda: jax.jit(lambda d: lce(divisor=d))(jnp.float32(0.0)), "inf"),
+    "lce-probs-padded-entries-ignored": (lambda: (lce(labels=PR().at[:, 4].set(7.0), num_classes=4, kernel=K()), lce(labels=PR().at[:, 4].set(0.0), num_classes=4)), "equal"),
+    "lce-kdim-probs-zero-classes-mean-nan": (lambda: lce(kernel=jnp.ones((3, 0, 2)), labels=jnp.zeros((4, 0, 2))), "nan"),
+    "lce-empty-batch-sum-zero": (lambda: (lce(hidden=jnp.zeros((0, 3)), labels=jnp.zeros(0, jnp.int32), reduction="sum"), jnp.float32(0)), "equal"),
+    "md-probabilities-count": (lambda: (loss.mean_divisor(PR(), where=jnp.array([True, True, False, True])), jnp.float32(3)), "equal"),
+    "md-ignore-2**40-matches-nothing": (lambda: (loss.mean_divisor(Y(), ignore_index=2**40), jnp.float32(4)), "equal"),
+    "tlce-ignore-none-is-minus-100": (lambda: (tlce(target=jnp.array([0, -100, 2, 4])), lce(labels=jnp.array([0, -100, 2, 4]))), "equal"),
+    "tlce-unbatched-probs": (lambda: (tlce(input=H()[0], target=PR()[0]), tlce(input=H()[:1], target=PR()[:1])), "equal"),
+    "nnx-ignore-none-indices": (lambda: (head()(H(), jnp.array([0, -100, 2, 4])), head()(H(), jnp.array([0, 2, 4]).take(jnp.array([0, 0, 1, 2])), where=jnp.array([True, False, True, True]))), "equal"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(DOCUMENTED), ids=list(DOCUMENTED))
+def test_documented_behaviour(case):
+    call, check = DOCUMENTED[case]
+    out = call()
+    if check == "equal":
+        got, want = out
+        assert_close(got, want, dtype="float32", quantity="loss", context=case)
+    elif check == "nan":
+        assert np.isnan(np.asarray(out)).all(), out
+    elif check == "inf":
+        assert np.isposinf(np.asarray(out)).all(), out
