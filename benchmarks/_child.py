@@ -30,12 +30,15 @@ def _measure(spec: h.Spec) -> dict:
 
         fw.warm_up_framework()
     idle = h.rss_mib()
-    logits, labels = fw.make_inputs(spec.n, spec.c, spec.seed)
+    logits, labels = fw.make_inputs(spec.n, spec.c, spec.seed, spec.targets)
     inputs = h.rss_mib()
     if is_torch:
-        prepared, compile_s, note = fw.prepare(spec.variant, spec.setting, logits, labels), None, ""
+        prepared = fw.prepare(spec.variant, spec.setting, logits, labels, spec.targets)
+        compile_s, note = None, ""
     else:
-        prepared, compile_s, note = fw.prepare(spec.variant, spec.setting, logits, labels)
+        prepared, compile_s, note = fw.prepare(
+            spec.variant, spec.setting, logits, labels, spec.targets
+        )
     setup_peak = h.peak_mib()
     can_reset = h.reset_peak()
     fw.reset_device_peak()

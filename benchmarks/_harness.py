@@ -34,6 +34,7 @@ class Spec:
     warmup: int
     threads: int
     seed: int = 0
+    targets: str = "index"  # "index", "smoothed" or "probs" (see benchmarks._jax_variants)
 
 
 def child_env(threads: int) -> dict[str, str]:

@@ -3,11 +3,22 @@
 Every variant is compiled ahead of time (``jit(...).lower(...).compile()``), so compile time is
 measured apart from the calls. Settings (see ``benchmarks.loss`` for what each one measures):
 
-- ``outside``: ``f(logits, labels) -> (loss, grad)``; the gradient is a new buffer every call.
-- ``in_step``: ``step(logits, labels, g) -> (loss, g')`` with ``g`` donated, so the gradient is
+- ``outside``: ``f(logits, target) -> (loss, grad)``; the gradient is a new buffer every call.
+- ``in_step``: ``step(logits, target, g) -> (loss, g')`` with ``g`` donated, so the gradient is
   written into the previous call's buffer, as inside a training step.
-- ``forward``: ``f(logits, labels) -> loss``, the jit of the loss alone (no gradient), as in
+- ``forward``: ``f(logits, target) -> loss``, the jit of the loss alone (no gradient), as in
   evaluation; ``jnp_autodiff`` is then just its textbook formula.
+
+Targets (``TARGETS``), each loss written as its library's user writes it:
+
+- ``index``: int32 class indices. jaxce ``cross_entropy(x, y)``; optax
+  ``softmax_cross_entropy_with_integer_labels``; the textbook ``logsumexp(x) - x[y]``.
+- ``smoothed``: class indices with ``label_smoothing=SMOOTHING``. jaxce's option; optax
+  ``softmax_cross_entropy`` of ``smooth_labels(one_hot(y))``; the textbook
+  ``logsumexp(x) - (1 - eps) x[y] - eps * mean(x)``.
+- ``probs``: float32 class probabilities (each row a softmax of normal noise). jaxce
+  ``cross_entropy(x, q)``; optax ``softmax_cross_entropy``; the textbook
+  ``-sum(q * log_softmax(x))``. The limits read the probabilities too (a loss must).
 """
 
 from __future__ import annotations
@@ -22,41 +33,81 @@ import optax
 
 from jaxce import loss as jaxce_loss
 
-
-def _jaxce(logits, labels):
-    return jaxce_loss.cross_entropy(logits, labels)
-
-
-def _jaxce_autodiff(logits, labels):
-    return jaxce_loss.cross_entropy(logits, labels, custom_vjp=False)
+TARGETS = ("index", "smoothed", "probs")
+SMOOTHING = 0.1
 
 
-def _optax(logits, labels):
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def _jaxce(targets: str, **options) -> Callable:
+    smoothing = SMOOTHING if targets == "smoothed" else 0.0
+    return lambda x, t: jaxce_loss.cross_entropy(x, t, label_smoothing=smoothing, **options)
 
 
-def _jnp_reference(logits, labels):
+def _optax(targets: str) -> Callable:
+    if targets == "index":
+        return lambda x, y: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(x, y))
+    if targets == "smoothed":
+
+        def smoothed(x, y):
+            q = optax.smooth_labels(jax.nn.one_hot(y, x.shape[-1], dtype=x.dtype), SMOOTHING)
+            return jnp.mean(optax.softmax_cross_entropy(x, q))
+
+        return smoothed
+    return lambda x, q: jnp.mean(optax.softmax_cross_entropy(x, q))
+
+
+def _textbook(targets: str) -> Callable:
     """The textbook formula, differentiated by autodiff (what a user writes by hand)."""
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
-    return jnp.mean(lse - picked)
+
+    def picked(x, y):
+        return jnp.take_along_axis(x, y[:, None], axis=-1)[:, 0]
+
+    if targets == "index":
+        return lambda x, y: jnp.mean(jax.nn.logsumexp(x, axis=-1) - picked(x, y))
+    if targets == "smoothed":
+
+        def smoothed(x, y):
+            eps = SMOOTHING
+            lse = jax.nn.logsumexp(x, axis=-1)
+            return jnp.mean(lse - (1 - eps) * picked(x, y) - eps * jnp.mean(x, axis=-1))
+
+        return smoothed
+    return lambda x, q: jnp.mean(-jnp.sum(q * jax.nn.log_softmax(x, axis=-1), axis=-1))
 
 
-LOSSES: dict[str, Callable] = {
-    "jaxce": _jaxce,
-    "jaxce_autodiff": _jaxce_autodiff,
-    "optax": _optax,
-    "jnp_autodiff": _jnp_reference,
-}
-# The limits: stream the logits once and write a same-size array; one transcendental pass
-# (both for the settings with a gradient); read the logits once and write one float per row
-# (``forward``: the cheapest row reduction, no transcendental, so no loss can beat it).
-BOUNDS: dict[str, Callable] = {
-    "bound_copy": lambda x: x * 2,
-    "bound_exp": jnp.exp,
-    "bound_read": lambda x: jnp.max(x, axis=-1),
-}
-NAMES = (*LOSSES, *BOUNDS)
+def losses(targets: str) -> dict[str, Callable]:
+    """The loss variants for ``targets``: ``f(logits, target) -> scalar``."""
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
+    return {
+        "jaxce": _jaxce(targets),
+        "jaxce_autodiff": _jaxce(targets, custom_vjp=False),
+        "optax": _optax(targets),
+        "jnp_autodiff": _textbook(targets),
+    }
+
+
+def bounds(targets: str) -> dict[str, Callable]:
+    """The limits ``f(logits, target)``: read the inputs once and write a logits-size array
+    (``bound_copy``), the same with one ``exp`` (``bound_exp``; both for the settings with a
+    gradient); read the inputs once and write one float per row (``bound_read``, ``forward``:
+    the cheapest row reduction, no transcendental, so no loss can beat it). With probability
+    targets every limit reads the probabilities too, as any loss of them must.
+    """
+    if targets == "probs":
+        return {
+            "bound_copy": lambda x, q: x - q,
+            "bound_exp": lambda x, q: jnp.exp(x) - q,
+            # two plain reductions: a fused product would take XLA:CPU's slow path on long rows
+            "bound_read": lambda x, q: jnp.max(x, axis=-1) + jnp.max(q, axis=-1),
+        }
+    return {
+        "bound_copy": lambda x, y: x * 2,
+        "bound_exp": lambda x, y: jnp.exp(x),
+        "bound_read": lambda x, y: jnp.max(x, axis=-1),
+    }
+
+
+NAMES = (*losses("index"), *bounds("index"))
 
 
 def warm_up_framework() -> None:
@@ -76,39 +127,36 @@ def reset_device_peak() -> None:
     """JAX cannot reset the peak: the child compares it with the use before the call."""
 
 
-def make_inputs(n: int, c: int, seed: int) -> tuple[jax.Array, jax.Array]:
+def make_inputs(n: int, c: int, seed: int, targets: str = "index") -> tuple[jax.Array, jax.Array]:
+    """float32 (N, C) logits and the target: (N,) int32 class indices or (N, C) probabilities."""
     kx, ky = jax.random.split(jax.random.key(seed))
     logits = jax.random.normal(kx, (n, c), jnp.float32)
-    labels = jax.random.randint(ky, (n,), 0, c, jnp.int32)
-    return jax.block_until_ready((logits, labels))
+    if targets == "probs":
+        target = jax.nn.softmax(jax.random.normal(ky, (n, c), jnp.float32), axis=-1)
+    else:
+        target = jax.random.randint(ky, (n,), 0, c, jnp.int32)
+    return jax.block_until_ready((logits, target))
 
 
-def _outside(name: str) -> tuple[Callable, tuple[int, ...]]:
-    if name in BOUNDS:
-        op = BOUNDS[name]
-        return (lambda x, y: op(x)), ()
-    return jax.value_and_grad(LOSSES[name]), ()
+def _build(name: str, setting: str, targets: str) -> tuple[Callable, tuple[int, ...]]:
+    limits, loss_fns = bounds(targets), losses(targets)
+    if name not in limits and name not in loss_fns:
+        raise ValueError(f"variant must be one of {NAMES}, got {name!r}")
+    if name in limits:
+        op = limits[name]
+        if setting == "in_step":
+            return (lambda x, t, g: op(x, t)), (2,)  # g donated: its buffer gets the output
+        return op, ()
+    loss = loss_fns[name]
+    if setting == "forward":
+        return loss, ()
+    vg = jax.value_and_grad(loss)
+    if setting == "in_step":
+        return (lambda x, t, g: vg(x, t)), (2,)  # g donated: its buffer gets the new gradient
+    return vg, ()
 
 
-def _forward(name: str) -> tuple[Callable, tuple[int, ...]]:
-    if name in BOUNDS:
-        op = BOUNDS[name]
-        return (lambda x, y: op(x)), ()
-    return LOSSES[name], ()
-
-
-def _in_step(name: str) -> tuple[Callable, tuple[int, ...]]:
-    op = BOUNDS.get(name)
-    vg = None if op else jax.value_and_grad(LOSSES[name])
-
-    def step(x, y, g):
-        del g  # donated: its buffer receives the new gradient (or the bound's output)
-        return op(x) if op else vg(x, y)
-
-    return step, (2,)
-
-
-_BUILDERS = {"outside": _outside, "in_step": _in_step, "forward": _forward}
+SETTINGS = ("outside", "in_step", "forward")
 
 
 @dataclass
@@ -128,12 +176,14 @@ class Prepared:
         return jax.block_until_ready(out)
 
 
-def prepare(name: str, setting: str, logits, labels) -> tuple[Prepared, float, str]:
-    """Compiles ``name`` for ``setting``; returns it, compile seconds and a note."""
-    if setting not in _BUILDERS:
-        raise ValueError(f"setting must be one of {sorted(_BUILDERS)}, got {setting!r}")
-    fn, donate = _BUILDERS[setting](name)
-    args = [logits, labels]
+def prepare(
+    name: str, setting: str, logits, target, targets: str = "index"
+) -> tuple[Prepared, float, str]:
+    """Compiles ``name`` for ``setting`` and ``targets``; returns it, compile seconds, a note."""
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {list(SETTINGS)}, got {setting!r}")
+    fn, donate = _build(name, setting, targets)
+    args = [logits, target]
     if setting == "in_step":
         args.append(jnp.zeros_like(logits))
     start = time.perf_counter()
@@ -145,7 +195,7 @@ def prepare(name: str, setting: str, logits, labels) -> tuple[Prepared, float, s
     return Prepared(compiled, args, setting), compile_s, note
 
 
-def hlo_text(name: str, setting: str, n: int, c: int) -> str:
+def hlo_text(name: str, setting: str, n: int, c: int, targets: str = "index") -> str:
     """Optimized HLO of a variant (for profiling passes over the logits)."""
-    logits, labels = make_inputs(n, c, 0)
-    return prepare(name, setting, logits, labels)[0].compiled.as_text()
+    logits, target = make_inputs(n, c, 0, targets)
+    return prepare(name, setting, logits, target, targets)[0].compiled.as_text()

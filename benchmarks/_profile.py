@@ -7,12 +7,14 @@ For every top-level instruction of the entry computation that reads or writes an
 writes one, and how many ``exponential`` ops over N * C elements its fused computation holds
 (a gather of the label's logit is not a pass). The totals are the memory passes (in units of
 one (N, C) float32 array) and the transcendental passes of one call. ``--dump DIR`` also
-writes each HLO text. ``--setting forward`` profiles the loss value alone.
+writes each HLO text. ``--setting forward`` profiles the loss value alone; ``--targets
+smoothed`` or ``probs`` the benchmark's other targets (probabilities are an (N, C) array too,
+so their reads count).
 
 ``python -m benchmarks._profile --reductions`` times the backend's row reductions instead: for
 rows of 1k to 128k classes (64 Mi float32 elements in all), ``sum(x)`` against
 ``sum(exp(x - m))`` and against a one-pass (online) max and sum of exp, a variadic
-``lax.reduce``, in ns per element. On XLA:CPU this is the table behind ``jaxce._row_stats``:
+``lax.reduce``, in ns per element. On XLA:CPU this is the table behind ``jaxce._xla_cpu``:
 the fused exponential is cheap on rows of up to 32768 classes and about 10x dearer on longer
 rows, and the one-pass form is dearer still, so the row max stays a pass of its own.
 """
@@ -132,17 +134,19 @@ def _print_reductions() -> None:
         print(f"{c:>15} | {plain:>6.3f} | {fused:>15.3f} | {one_pass:>9.3f}")
 
 
-def _print_passes(shape: str, setting: str, variants: list[str], dump: str | None) -> None:
+def _print_passes(
+    shape: str, setting: str, variants: list[str], dump: str | None, targets: str
+) -> None:
     from benchmarks import _jax_variants
 
     n, c = (int(v) for v in shape.split("x"))
     for variant in variants:
-        hlo = _jax_variants.hlo_text(variant, setting, n, c)
+        hlo = _jax_variants.hlo_text(variant, setting, n, c, targets)
         if dump:
-            with open(f"{dump}/{variant}_{setting}_{n}x{c}.hlo.txt", "w") as f:
+            with open(f"{dump}/{variant}_{targets}_{setting}_{n}x{c}.hlo.txt", "w") as f:
                 f.write(hlo)
         rows = passes(hlo, n, c)
-        print(f"\n{variant} ({setting}, {n}x{c}): {hlo.count(' fusion(')} fusions")
+        print(f"\n{variant} ({targets}, {setting}, {n}x{c}): {hlo.count(' fusion(')} fusions")
         for r in rows:
             print(f"  {r.name:<40} {r.op:<10} reads {r.reads}  writes {r.writes}  exp {r.exps}")
         total_r, total_w = sum(r.reads for r in rows), sum(r.writes for r in rows)
@@ -155,13 +159,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shape", default="4096x32768", metavar="NxC")
     p.add_argument("--setting", default="in_step", choices=("outside", "in_step", "forward"))
     p.add_argument("--variants", nargs="+", default=["jaxce", "optax", "bound_copy"])
+    p.add_argument("--targets", default="index", choices=("index", "smoothed", "probs"))
     p.add_argument("--dump", metavar="DIR", help="write each optimized HLO text here")
     p.add_argument("--reductions", action="store_true", help="time row reductions instead")
     args = p.parse_args(argv)
     if args.reductions:
         _print_reductions()
     else:
-        _print_passes(args.shape, args.setting, args.variants, args.dump)
+        _print_passes(args.shape, args.setting, args.variants, args.dump, args.targets)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,20 @@
 """Cross-entropy (with its gradient, or alone) against optax, torch and the bandwidth limit.
 
-``python -m benchmarks.loss [--quick] [--json FILE]``
+``python -m benchmarks.loss [--quick] [--targets index smoothed probs] [--json FILE]``
 
-Every variant computes the float32 mean cross-entropy of (N, C) logits with integer class labels
-and, in the settings ``outside`` and ``in_step``, its gradient with respect to the logits. Each
-(shape, setting, variant) runs in a fresh process pinned to ``--threads`` CPUs (XLA sizes its
-thread pool from the affinity mask; torch gets ``torch.set_num_threads``), compiles first
+Every variant computes the float32 mean cross-entropy of (N, C) logits and, in the settings
+``outside`` and ``in_step``, its gradient with respect to the logits, for three kinds of target
+(``--targets``; see ``benchmarks._jax_variants``): ``index`` (int class labels), ``smoothed``
+(labels with ``label_smoothing=0.1``) and ``probs`` ((N, C) class probabilities). The index
+targets run every variant; the other two the ones the targets are judged by
+(``TARGET_VARIANTS``), unless ``--variants`` names others. Each (targets, shape, setting,
+variant) runs in a fresh process pinned to ``--threads`` CPUs (XLA sizes its thread pool from
+the affinity mask; torch gets ``torch.set_num_threads``), compiles first
 (compile time reported apart), warms up, then times ``--repeats`` calls; ``--rounds`` repeats
 the whole sweep interleaved and pools the timings. Reported: median and IQR in ms, peak memory
 (see ``benchmarks._child``), the speed-up over torch eager and the time as a multiple of the
-bandwidth bound of the same setting.
+bandwidth bound of the same setting; the JSON and the table's header also name the machine
+(CPU model, caches, cores, load average, versions: ``benchmarks._machine``).
 
 Settings:
 
@@ -39,14 +44,17 @@ pass a softmax cannot avoid (both in ``outside`` and ``in_step``). ``bound_read`
 only) is ``jnp.max(x, axis=-1)``: one read of the logits and N floats written, the cheapest row
 reduction (no transcendental); a loss value must read every logit at least once, so this is its
 bandwidth bound. "jaxce / bound" divides by ``bound_copy`` in the first two settings and by
-``bound_read`` in ``forward``.
+``bound_read`` in ``forward``. With probability targets the limits read the targets too.
+
+Targets checked (``benchmarks._report.check_targets``), in every cell: jaxce at least 2x faster
+than torch eager, and no slower than optax or ``jnp_autodiff`` (a difference within the larger
+of the two IQRs counts as a tie); in a step at C >= 1000, within 2.5x ``bound_copy``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -54,7 +62,8 @@ from dataclasses import asdict, dataclass
 from tqdm import tqdm
 
 from benchmarks import _harness as h
-from benchmarks import _report
+from benchmarks import _machine, _report
+from benchmarks._jax_variants import TARGETS
 
 SHAPES = ((65536, 10), (8192, 1000), (4096, 32768), (1024, 131072))
 QUICK_SHAPES = ((8192, 1000), (512, 32768))
@@ -72,6 +81,16 @@ VARIANTS = (
     "bound_read",
 )
 QUICK_VARIANTS = ("jaxce", "optax", "torch_eager", "torch_eager_out", "bound_copy", "bound_read")
+# What the targets compare (smoothed and probability targets run only these by default).
+TARGET_VARIANTS = (
+    "jaxce",
+    "jnp_autodiff",
+    "optax",
+    "torch_eager",
+    "torch_eager_out",
+    "bound_copy",
+    "bound_read",
+)
 # Variants that run in some settings only (others run in all): torch's calls differ between the
 # settings, jaxce_autodiff's forward is jaxce's, and each setting has its own bounds.
 ONLY_IN = {
@@ -89,7 +108,9 @@ ONLY_IN = {
 class Config:
     shapes: tuple[tuple[int, int], ...] = SHAPES
     settings: tuple[str, ...] = SETTINGS
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] = VARIANTS  # with index targets
+    targets: tuple[str, ...] = TARGETS
+    target_variants: tuple[str, ...] = TARGET_VARIANTS  # with smoothed and probability targets
     repeats: int = 10
     warmup: int = 3
     rounds: int = 2
@@ -113,58 +134,47 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--json", dest="json_path", metavar="FILE", help="write everything here")
     p.add_argument("--shapes", type=_shape, nargs="+", metavar="NxC")
     p.add_argument("--settings", nargs="+", choices=SETTINGS)
-    p.add_argument("--variants", nargs="+", choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, help="for every kind of target")
+    p.add_argument("--targets", nargs="+", choices=TARGETS, help="default: all three")
     for name in ("repeats", "warmup", "rounds", "threads"):
         p.add_argument(f"--{name}", type=int, metavar="INT")
     args = vars(p.parse_args(argv))
     quick = args.pop("quick")
-    base = Config(QUICK_SHAPES, SETTINGS, QUICK_VARIANTS, 3, 1, 1) if quick else Config()
+    base = Config()
+    if quick:
+        base = Config(QUICK_SHAPES, SETTINGS, QUICK_VARIANTS, ("index",), QUICK_VARIANTS, 3, 1, 1)
     chosen = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items() if v is not None}
+    if "variants" in chosen:
+        chosen["target_variants"] = chosen["variants"]
     if chosen.get("threads", 1) < 1:
         p.error(f"--threads must be >= 1, got {chosen['threads']}")
     return Config(**{**asdict(base), **chosen})
 
 
-def _machine() -> dict:
-    import jax
-    import torch
-
-    model = ""
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if "model name" in ln), "")
-    return {
-        "cpu": model or platform.processor(),
-        "cpus_available": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jax_backend": jax.default_backend(),
-        "torch": torch.__version__,
-        "loadavg_start": os.getloadavg(),
-    }
-
-
-def jobs(cfg: Config) -> list[tuple[tuple[int, int], str, str]]:
-    """(shape, setting, variant) of one round: the chosen variants that run in each setting."""
+def jobs(cfg: Config) -> list[tuple[str, tuple[int, int], str, str]]:
+    """(targets, shape, setting, variant) of one round: the variants chosen for each kind of
+    target that run in each setting."""
     return [
-        (shape, setting, variant)
+        (targets, shape, setting, variant)
+        for targets in cfg.targets
         for shape in cfg.shapes
         for setting in cfg.settings
-        for variant in cfg.variants
+        for variant in (cfg.variants if targets == "index" else cfg.target_variants)
         if setting in ONLY_IN.get(variant, SETTINGS)
     ]
 
 
 def run(cfg: Config) -> dict:
     """Runs every job ``cfg.rounds`` times, interleaved, and summarizes."""
-    records: dict[tuple[str, str, str], list[dict]] = {}
-    for _, (shape, setting, variant) in tqdm(
+    records: dict[tuple[str, str, str, str], list[dict]] = {}
+    for _, (targets, shape, setting, variant) in tqdm(
         [(r, job) for r in range(cfg.rounds) for job in jobs(cfg)], desc="variants", unit="proc"
     ):
-        spec = h.Spec(variant, setting, *shape, cfg.repeats, cfg.warmup, cfg.threads)
+        spec = h.Spec(
+            variant, setting, *shape, cfg.repeats, cfg.warmup, cfg.threads, targets=targets
+        )
         result = h.run_child(spec, timeout_s=cfg.timeout_s)
-        key = (_report.shape_key(*shape), setting, variant)
+        key = (targets, _report.shape_key(*shape), setting, variant)
         records.setdefault(key, []).append(result)
     combined = {key: _report.combine(recs) for key, recs in records.items()}
     summary = _report.summarize(combined)
@@ -173,35 +183,57 @@ def run(cfg: Config) -> dict:
         "summary": summary,
         "targets": _report.check_targets(summary),
         "results": [
-            {"shape": k[0], "setting": k[1], "variant": k[2], **combined[k], "raw": records[k]}
+            {
+                "targets": k[0],
+                "shape": k[1],
+                "setting": k[2],
+                "variant": k[3],
+                **combined[k],
+                "raw": records[k],
+            }
             for k in records
         ],
     }
 
 
-def print_report(out: dict, variants: tuple[str, ...]) -> None:
-    """Median table, call memory table and the target lines, to stdout."""
+def print_report(out: dict, machine: dict, variants: tuple[str, ...]) -> None:
+    """The machine, the median table, the call memory table and the target lines, to stdout."""
+    print("Machine: " + _machine.summary_line(machine) + "\n")
     print(_report.markdown(out["summary"], list(variants)))
     print("\ncall_extra memory (MiB):\n" + _report.memory_markdown(out["summary"], list(variants)))
     for t in out["targets"]:
         value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
+        status = {True: "MET ", False: "MISS", None: "n/a "}[t["met"]]
         print(
-            f"{'MET ' if t['met'] else 'MISS'} {t['shape']:>12} {t['setting']:>8} "
-            f"{t['target']}: {value}"
+            f"{status} {t['targets']:>8} {t['shape']:>12} "
+            f"{t['setting']:>8} {t['target']}: {value} (limit {t['threshold']:.2f})"
         )
+
+
+def _jax_backend() -> str:
+    import jax
+
+    return jax.default_backend()
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
     started = time.time()
-    machine = _machine()
+    machine = _machine.describe()
+    machine["jax_backend"] = _jax_backend()
     out = run(cfg)
-    machine["loadavg_end"] = os.getloadavg()
+    machine["loadavg_end"] = list(os.getloadavg())
     command = "python -m benchmarks.loss " + " ".join(sys.argv[1:] if argv is None else argv)
     doc = {"command": command.strip(), "config": asdict(cfg), "machine": machine, **out}
     doc["wall_s"] = time.time() - started
-    doc["table_markdown"] = _report.markdown(out["summary"], list(cfg.variants))
-    print_report(out, cfg.variants)
+    shown = tuple(dict.fromkeys((*cfg.variants, *cfg.target_variants)))
+    doc["table_markdown"] = (
+        "Machine: "
+        + _machine.summary_line(machine)
+        + "\n\n"
+        + _report.markdown(out["summary"], list(shown))
+    )
+    print_report(out, machine, shown)
     h.write_json(cfg.json_path, doc)
 
 
