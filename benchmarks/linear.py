@@ -1,22 +1,25 @@
-"""Fused linear + cross-entropy against the unfused jit path: time and peak memory.
+"""Fused linear + cross-entropy: jaxce against torch 2.13's own, time and peak memory.
 
-``python -m benchmarks.linear [--quick] [--json FILE]``
+``python -m benchmarks.linear [--quick] [--json FILE] [--classes C ...] [--dtypes ...]``
 
-Both variants compute, in float32, the mean cross-entropy of ``hidden @ kernel + bias``
-(hidden (N, D), kernel (D, C), bias (C,), integer labels) and its gradients w.r.t. hidden,
-kernel and bias, in one ``jax.jit(jax.value_and_grad(...))`` step:
+One training step of a language-model head: the mean cross-entropy of ``hidden @ W^T + b``
+(hidden (N, D), integer labels) and its gradients w.r.t. hidden, W and b, in float32 and
+bfloat16, for four variants (``benchmarks._linear_variants``): torch's reference path, torch's
+chunked path (``LinearCrossEntropyOptions()``), jaxce's unfused path (the logits
+materialised) and jaxce's fused ``linear_cross_entropy``.
 
-- ``fused``: ``jaxce.loss.linear_cross_entropy(hidden, kernel, labels, bias=bias)``;
-- ``unfused``: ``jaxce.loss.cross_entropy(hidden @ kernel + bias, labels)``, the path XLA
-  compiles when the logits are materialised.
-
-Each (C, variant) runs in a fresh process pinned to ``--threads`` CPUs (``benchmarks._harness``):
-compile (timed apart), one first call, ``--warmup`` calls, then ``--repeats`` timed calls
+Each (C, dtype, variant) runs in a fresh process pinned to ``--threads`` CPUs: a small matmul
+warms the framework up, the inputs are made, then (JAX) the step is compiled (timed apart), a
+first call is measured for memory, then ``--warmup`` calls and ``--repeats`` timed calls
 (wall and process CPU seconds; medians). Memory (MiB): ``call_extra`` is the peak RSS growth
 during the first call, i.e. the gradients plus every temporary (the inputs already exist);
-``xla_temp`` / ``xla_output`` come from XLA's compiled memory analysis; on GPUs the device's
-peak bytes in use is reported too. Ratios are fused / unfused; the targets of issue 4 are
-``call_extra`` at most 1/8 and median time at most 1.5x at C = 131072.
+on a GPU, the device's peak growth instead.
+
+Targets (issue 12), at every C and dtype, for ``jaxce_fused``: memory at most 0.75x torch's
+chunked path and at most 1.5x the kernel-gradient floor (C x D float32 values: 64 MiB at
+C = 32768, D = 512); median time at most 0.5x torch's chunked path and at most 1.2x
+``jaxce_unfused``. The JSON records the machine (CPU model, load, versions), every variant's
+memory and time, and each target met or missed.
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ from dataclasses import asdict, dataclass
 from tqdm import tqdm
 
 from benchmarks import _harness as h
+from benchmarks import _linear_variants as lv
+from benchmarks import _machine
 
-VARIANTS = ("fused", "unfused")
+DTYPES = ("float32", "bfloat16")
+MIB = 2**20
 
 
 @dataclass(frozen=True)
@@ -41,101 +47,76 @@ class Config:
     rows: int = 4096
     features: int = 512
     classes: tuple[int, ...] = (32768, 131072)
+    dtypes: tuple[str, ...] = DTYPES
+    variants: tuple[str, ...] = lv.VARIANTS
     chunk_size: int | None = None  # None: linear_cross_entropy's default
+    row_chunk_size: int | None = None  # None: linear_cross_entropy's default
     repeats: int = 5
     warmup: int = 1
     threads: int = 2
-    timeout_s: float = 1800.0
+    timeout_s: float = 3600.0
     json_path: str | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
     p = argparse.ArgumentParser(prog="python -m benchmarks.linear", description=__doc__[:60])
-    p.add_argument("--quick", action="store_true", help="N=1024, C=32768, 2 repeats (~1 min)")
+    p.add_argument("--quick", action="store_true", help="N=1024, C=32768, float32, 2 repeats")
     p.add_argument("--json", dest="json_path", metavar="FILE", help="write everything here")
     p.add_argument("--classes", type=int, nargs="+", metavar="C")
-    for name in ("rows", "features", "chunk_size", "repeats", "warmup", "threads"):
+    p.add_argument("--dtypes", nargs="+", choices=DTYPES)
+    p.add_argument("--variants", nargs="+", choices=lv.VARIANTS)
+    for name in ("rows", "features", "chunk_size", "row_chunk_size", "repeats", "warmup",
+                 "threads"):  # fmt: skip
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, metavar="INT")
     args = vars(p.parse_args(argv))
     quick = args.pop("quick")
-    base = Config(rows=1024, classes=(32768,), repeats=2, warmup=0) if quick else Config()
+    base = Config()
+    if quick:
+        base = Config(rows=1024, classes=(32768,), dtypes=("float32",), repeats=2, warmup=0)
     chosen = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items() if v is not None}
-    for name in ("rows", "features", "repeats", "threads"):
+    for name in ("rows", "features", "repeats", "threads", "chunk_size", "row_chunk_size"):
         if chosen.get(name, 1) < 1:
-            p.error(f"--{name} must be >= 1, got {chosen[name]}")
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {chosen[name]}")
+    if chosen.get("warmup", 0) < 0:
+        p.error(f"--warmup must be >= 0, got {chosen['warmup']}")
+    if any(c < 1 for c in chosen.get("classes", ())):
+        p.error(f"--classes must all be >= 1, got {list(chosen['classes'])}")
     return Config(**{**asdict(base), **chosen})
 
 
 def _measure(spec: dict) -> dict:
     """One variant in this (fresh) process."""
     cpus = h.pin_threads(spec["threads"])
-    import jax
-    import jax.numpy as jnp
-
-    from jaxce import loss
-
-    jnp.ones(8).block_until_ready()
+    lv.warm_up(spec["variant"], spec["dtype"], spec["threads"])
     idle = h.rss_mib()
-    n, d, c = spec["rows"], spec["features"], spec["classes"]
-    kh, kk, kb, ky = jax.random.split(jax.random.key(0), 4)
-    args = jax.block_until_ready(
-        (
-            jax.random.normal(kh, (n, d)),
-            jax.random.normal(kk, (d, c)) / d**0.5,
-            jax.random.normal(kb, (c,)) * 0.1,
-            jax.random.randint(ky, (n,), 0, c),
-        )
-    )
+    call, compile_s = lv.prepare(spec)
     inputs = h.rss_mib()
-
-    def fused(hidden, kernel, bias, labels):
-        return loss.linear_cross_entropy(
-            hidden, kernel, labels, bias=bias, chunk_size=spec["chunk_size"]
-        )
-
-    def unfused(hidden, kernel, bias, labels):
-        return loss.cross_entropy(hidden @ kernel + bias, labels)
-
-    fn = fused if spec["variant"] == "fused" else unfused
-    start = time.perf_counter()
-    compiled = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2))).lower(*args).compile()
-    compile_s = time.perf_counter() - start
-    analysis = compiled.memory_analysis()
     h.reset_peak()
-    before = h.rss_mib()
-    device_before = _device_peak(jax)
-    value, grads = jax.block_until_ready(compiled(*args))
+    before, device_before = h.rss_mib(), lv.device_peak_mib(spec["variant"])
+    start = time.perf_counter()
+    out = call()
+    first_s = time.perf_counter() - start
     call_extra = h.peak_mib() - before
-    device_peak = _device_peak(jax)
+    device_after = lv.device_peak_mib(spec["variant"])
+    value = lv.loss_value(out)
+    del out
     for _ in range(spec["warmup"]):
-        jax.block_until_ready(compiled(*args))
+        call()
     cpu: list[float] = []
-    times = h.time_calls(lambda: jax.block_until_ready(compiled(*args)), spec["repeats"], cpu)
-    mib = 1 / 2**20
+    times = h.time_calls(call, spec["repeats"], cpu)
     return {
         "ok": True,
         "cpus": cpus,
-        "device": str(jax.devices()[0]),
         "compile_s": compile_s,
+        "first_call_s": first_s,
         "time": h.stats_dict(times),
         "cpu_time": h.stats_dict(cpu),
-        "loss": float(value),
-        "grad_abs_sums": [float(jnp.abs(g).sum()) for g in grads],
-        "memory_mib": {
-            "idle": idle,
-            "inputs": inputs - idle,
-            "call_extra": call_extra,
-            "process_peak": h.peak_mib() - idle,
-            "xla_temp": None if analysis is None else analysis.temp_size_in_bytes * mib,
-            "xla_output": None if analysis is None else analysis.output_size_in_bytes * mib,
-            "device_peak": None if device_peak is None else device_peak - (device_before or 0),
-        },
+        "loss": value,
+        "memory_mib": {"idle": idle, "inputs": inputs - idle, "call_extra": call_extra},
+        # on a GPU: the device's peak use after the first call (JAX cannot reset the peak)
+        "device_peak_mib": device_after,
+        "device_peak_before_mib": device_before,
     }
-
-
-def _device_peak(jax) -> float | None:
-    stats = jax.local_devices()[0].memory_stats()
-    return stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
 
 
 def _child(spec_json: str) -> None:
@@ -161,43 +142,85 @@ def _run_child(spec: dict, timeout_s: float) -> dict:
     return {"ok": False, "error": f"exit {proc.returncode}: {proc.stderr.strip()[-600:]}"}
 
 
-def summarize(results: dict) -> list[dict]:
-    """Per C: fused / unfused ratios of median time and call memory, and the targets."""
-    rows = []
-    for c, by_variant in results.items():
-        f, u = by_variant.get("fused", {}), by_variant.get("unfused", {})
-        if not (f.get("ok") and u.get("ok")):
-            rows.append({"classes": c, "ok": False})
-            continue
-        fm, um = f["memory_mib"], u["memory_mib"]
-        row = {
-            "classes": c,
-            "ok": True,
-            "fused_ms": f["time"]["median_ms"],
-            "unfused_ms": u["time"]["median_ms"],
-            "time_ratio": f["time"]["median_ms"] / u["time"]["median_ms"],
-            "cpu_time_ratio": f["cpu_time"]["median_ms"] / u["cpu_time"]["median_ms"],
-            "fused_call_mib": fm["call_extra"],
-            "unfused_call_mib": um["call_extra"],
-            "memory_ratio": fm["call_extra"] / um["call_extra"],
-            "xla_temp_mib": [fm["xla_temp"], um["xla_temp"]],
-            "loss_rel_diff": abs(f["loss"] - u["loss"]) / abs(u["loss"]),
-        }
-        if c == 131072:
-            row["target_memory_met"] = row["memory_ratio"] <= 1 / 8
-            row["target_time_met"] = row["time_ratio"] <= 1.5
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+def call_mib(result: dict) -> float:
+    """A call's memory: the device's peak growth on a GPU, else the host's peak RSS growth."""
+    if result.get("device_peak_mib") is not None:
+        return result["device_peak_mib"] - (result.get("device_peak_before_mib") or 0.0)
+    return result["memory_mib"]["call_extra"]
+
+
+def summarize(results: dict, features: int) -> tuple[list[dict], list[dict]]:
+    """Per (C, dtype): each variant's median time and call memory; the targets, met or not."""
+    rows, targets = [], []
+    for key, by_variant in results.items():
+        c, dtype = key.split("/")
+        c = int(c)
+        ms = {v: r["time"]["median_ms"] for v, r in by_variant.items() if r.get("ok")}
+        mib = {v: call_mib(r) for v, r in by_variant.items() if r.get("ok")}
+        floor = c * features * 4 / MIB
+        row = {"classes": c, "dtype": dtype, "median_ms": ms, "call_mib": mib,
+               "floor_mib": floor}  # fmt: skip
         rows.append(row)
-    return rows
+        fused_ms, fused_mib = ms.get("jaxce_fused"), mib.get("jaxce_fused")
+        checks = [
+            ("memory <= 0.75x torch chunked", _ratio(fused_mib, mib.get("torch_chunked")), 0.75),
+            ("memory <= 1.5x kernel-gradient floor", _ratio(fused_mib, floor), 1.5),
+            ("time <= 0.5x torch chunked", _ratio(fused_ms, ms.get("torch_chunked")), 0.5),
+            ("time <= 1.2x jaxce unfused", _ratio(fused_ms, ms.get("jaxce_unfused")), 1.2),
+        ]
+        for name, ratio, limit in checks:
+            met = None if ratio is None else ratio <= limit
+            targets.append({"classes": c, "dtype": dtype, "target": name, "ratio": ratio,
+                            "limit": limit, "met": met})  # fmt: skip
+    return rows, targets
 
 
-def run(cfg: Config) -> dict:
-    base = {k: v for k, v in asdict(cfg).items() if k not in ("classes", "json_path", "timeout_s")}
-    jobs = [(c, v) for c in cfg.classes for v in VARIANTS]
+def table(rows: list[dict]) -> str:
+    """The measured table, one line per (C, dtype): MiB and seconds of each variant."""
+    head = "| C | dtype | " + " | ".join(v.replace("_", " ") for v in lv.VARIANTS) + " |"
+    lines = [head, "|" + " --- |" * (2 + len(lv.VARIANTS))]
+    for row in rows:
+        cells = []
+        for v in lv.VARIANTS:
+            if v in row["median_ms"]:
+                cells.append(f"{row['call_mib'][v]:.0f} MiB, {row['median_ms'][v] / 1e3:.2f} s")
+            else:
+                cells.append("-")
+        lines.append(f"| {row['classes']} | {row['dtype']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _line(c: int, dtype: str, variant: str, result: dict) -> str:
+    if not result.get("ok"):
+        return f"C={c} {dtype} {variant}: failed: {result.get('error')}"
+    mem, t = call_mib(result), result["time"]["median_ms"] / 1e3
+    return f"C={c} {dtype} {variant}: {mem:.0f} MiB, {t:.2f} s"
+
+
+def run(cfg: Config, on_result=None) -> dict:
+    """Every (C, dtype, variant) in its own process; ``on_result(doc)`` after each one."""
+    base = {k: v for k, v in asdict(cfg).items()
+            if k not in ("classes", "dtypes", "variants", "json_path", "timeout_s")}  # fmt: skip
+    jobs = [(c, d, v) for c in cfg.classes for d in cfg.dtypes for v in cfg.variants]
     results: dict = {}
-    for c, variant in tqdm(jobs, desc="variants", unit="proc"):
-        spec = {**base, "classes": c, "variant": variant}
-        results.setdefault(c, {})[variant] = _run_child(spec, cfg.timeout_s)
-    return {"summary": summarize(results), "results": results}
+    for c, dtype, variant in tqdm(jobs, desc="variants", unit="proc", disable=None):
+        spec = {**base, "classes": c, "dtype": dtype, "variant": variant}
+        result = _run_child(spec, cfg.timeout_s)
+        results.setdefault(f"{c}/{dtype}", {})[variant] = result
+        tqdm.write(_line(c, dtype, variant, result))
+        if on_result is not None:
+            on_result(_document(results, cfg))
+    return _document(results, cfg)
+
+
+def _document(results: dict, cfg: Config) -> dict:
+    rows, targets = summarize(results, cfg.features)
+    return {"summary": rows, "targets": targets, "table_markdown": table(rows),
+            "results": results}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -205,11 +228,24 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["--child"]:
         return _child(argv[1])
     cfg = parse_args(argv)
-    started, load = time.time(), os.getloadavg()
-    out = run(cfg)
-    doc = {"command": "python -m benchmarks.linear " + " ".join(argv), "config": asdict(cfg)}
-    doc.update(out, loadavg=[load, os.getloadavg()], wall_s=time.time() - started)
-    print(json.dumps(out["summary"], indent=1))
+    started, machine = time.time(), _machine.describe()
+    head = {"command": "python -m benchmarks.linear " + " ".join(argv), "config": asdict(cfg),
+            "machine": machine}  # fmt: skip
+
+    def save(partial: dict) -> None:  # the JSON so far, rewritten after every variant
+        if cfg.json_path:
+            with open(cfg.json_path, "w") as f:
+                json.dump({**head, **partial, "complete": False}, f, indent=1)
+
+    out = run(cfg, on_result=save)
+    machine["loadavg_end"] = list(os.getloadavg())
+    doc = {**head, **out, "complete": True, "wall_s": time.time() - started}
+    print(_machine.summary_line(machine))
+    print(out["table_markdown"])
+    for t in out["targets"]:
+        ratio = "n/a" if t["ratio"] is None else f"{t['ratio']:.2f}"
+        state = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+        print(f"C={t['classes']} {t['dtype']}: {t['target']}: {ratio} ({state})")
     h.write_json(cfg.json_path, doc)
 
 
