@@ -6,6 +6,8 @@ moved last and calls it with ``axis=-1`` (the JAX-native layout). Inputs are dra
 from a seed and rounded to the case's dtype, so torch, the implementation under test and the
 float64 reference all see exactly the same numbers.
 
+The fused linear loss's cases (``parity._linear_cases``) come last in the matrix.
+
 A case is also the unit the tests use: ``make_case`` and ``make_inputs`` are public to them.
 """
 
@@ -18,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from parity._linear_cases import LinearCase, LinearInputs, build_linear, make_linear_inputs
 from parity._tolerances import DTYPES, round_to
 
 LAYOUTS = ("C", "NC", "NCd", "NdC")
@@ -281,13 +284,17 @@ def _random(count: int, seed: int) -> list[Case]:
     ]
 
 
-def build_matrix(*, quick: bool, seed: int) -> list[Case]:
-    """All cases of a run: the option grid, the edge cases and ``seed``-drawn random cases."""
-    return _grid(quick, seed) + _edge(quick, seed) + _random(8 if quick else 64, seed)
+def build_matrix(*, quick: bool, seed: int) -> list[Case | LinearCase]:
+    """All cases of a run: the option grid, the edge cases, ``seed``-drawn random cases, then
+    the fused linear loss's cases (``parity._linear_cases.build_linear``)."""
+    dense = _grid(quick, seed) + _edge(quick, seed) + _random(8 if quick else 64, seed)
+    return dense + build_linear(quick=quick, seed=seed)
 
 
-def make_inputs(case: Case) -> Inputs:
+def make_inputs(case: Case | LinearCase) -> Inputs | LinearInputs:
     """Draws the case's seeded inputs, rounded to its dtype, in torch's layout."""
+    if isinstance(case, LinearCase):
+        return make_linear_inputs(case)
     rng = np.random.default_rng(case.seed)
     axis = case.class_axis
     c = case.shape[axis]

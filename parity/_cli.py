@@ -88,10 +88,16 @@ def parse_loss(argv: list[str]) -> LossConfig:
     p = _Parser(
         prog="python -m parity",
         description="Loss and gradient parity of a cross-entropy against torch and a float64 "
-        "reference (run `python -m parity train --help` for training parity).",
+        "reference, and of jaxce's fused linear cross-entropy against "
+        "torch.nn.functional.linear_cross_entropy (its reference and chunked paths), in the "
+        "same reports (run `python -m parity train --help` for training parity).",
     )
     p.add_argument("--out", type=Path, default=Path("runs/parity"), metavar="DIR", help=OUT_HELP)
-    p.add_argument("--quick", action="store_true", help="a representative subset (~120 cases)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a representative subset (~140 cases, 20 of them fused linear)",
+    )
     p.add_argument(
         "--seed", type=_integer(0), default=0, help="seed of all inputs, >= 0 (default 0)"
     )
@@ -99,13 +105,15 @@ def parse_loss(argv: list[str]) -> LossConfig:
         "--impl",
         default=DEFAULT_IMPL,
         metavar="MODULE:FUNCTION",
-        help="the function under test, with jaxce.loss.cross_entropy's signature "
-        "(default %(default)s)",
+        help="the cross-entropy under test, with jaxce.loss.cross_entropy's signature "
+        "(default %(default)s); the fused linear cases always test "
+        "jaxce.loss.torch_linear_cross_entropy and jaxce.loss.linear_cross_entropy",
     )
     p.add_argument(
         "--only",
         metavar="GLOB",
-        help="run only the cases whose id matches this shell pattern, e.g. 'grid/float16/*'",
+        help="run only the cases whose id matches this shell pattern, e.g. 'grid/float16/*' "
+        "or 'linear*/float32/*' (the fused linear cases)",
     )
     _progress_flag(p)
     a = p.parse_args(argv)

@@ -1,15 +1,17 @@
 """Verdicts: each case's outputs against torch and against the float64 reference.
 
 A case passes when, for every quantity (value, gradient w.r.t. logits, gradient w.r.t.
-probability targets), the implementation under test agrees with torch (the "loss"/"grad" rows of
-the tolerance table) AND with the float64 reference rounded to the case's dtype (the
-"..._vs_float64" rows). When torch raises for a case, the implementation must raise too (both
-refusing the input is agreement). A case listed as an intentional difference must still agree
-with the reference; it is then reported as an intentional difference (not a pass) when torch
-disagrees, and as a pass when torch happens to agree. An intentional difference may name
-quantities (OFF_REFERENCE) where the implementation also departs from the math; only the
-reference's non-finite positions are waived there, and their count is recorded. Torch and optax
-are measured against the reference too, so the report can say who is closer to the truth.
+probability targets; for a fused linear case value and the gradients w.r.t. input, linear
+weight, linear bias and probability targets, see ``linear_units``), the implementation under
+test agrees with torch (the "loss"/"grad" rows of the tolerance table) AND with the float64
+reference rounded to the case's dtype (the "..._vs_float64" rows). When torch raises for a
+case, the implementation must raise too (both refusing the input is agreement). A case listed
+as an intentional difference must still agree with the reference; it is then reported as an
+intentional difference (not a pass) when torch disagrees, and as a pass when torch happens to
+agree. An intentional difference may name quantities (OFF_REFERENCE) where the implementation
+also departs from the math; only the reference's non-finite positions are waived there, and
+their count is recorded. Torch and optax are measured against the reference too, so the report
+can say who is closer to the truth.
 """
 
 from __future__ import annotations
@@ -20,12 +22,21 @@ import numpy as np
 
 from parity._cases import Case, Inputs
 from parity._intentional import OFF_REFERENCE
-from parity._reference import Result
+from parity._linear_cases import LinearCase, LinearInputs
+from parity._reference import LinearResult, Result
 from parity._tolerances import compare, describe, round_to
 
 PASSED, FAILED, INTENTIONAL = "passed", "failed", "intentional"
 # The parity report's quantities and the tolerance rows they are judged by.
 QUANTITIES = {"value": "loss", "grad_logits": "grad", "grad_target": "grad"}
+# The fused linear cases' quantities (torch's names: input, linear weight, linear bias).
+LINEAR_QUANTITIES = {
+    "value": "loss",
+    "grad_input": "grad",
+    "grad_weight": "grad",
+    "grad_bias": "grad",
+    "grad_target": "grad",
+}
 
 
 def _distance(stats: dict) -> float:
@@ -77,6 +88,29 @@ def gradient_unit(case: Case, inputs: Inputs) -> float:
     )
 
 
+def linear_units(inputs: LinearInputs, reference: LinearResult | None) -> dict[str, float]:
+    """The natural sizes of a fused linear case's quantities (the tolerance rule's ``unit``).
+
+    A matmul's rounding error is bounded by the sum of its terms' magnitudes, not by the
+    magnitude of the sum, so each gradient is judged against the largest such sum formed from
+    the reference's d loss / d logits G: ``max |G| |W|`` (input), ``max |G|^T |hidden|``
+    (linear weight), ``max sum_n |G|`` (bias). The value's unit is 1, the probability
+    targets' 0, as in the dense cases.
+    """
+    units = {"value": 1.0, "grad_input": 0.0, "grad_weight": 0.0, "grad_bias": 0.0}
+    units["grad_target"] = 0.0
+    if reference is None or reference.grad_logits is None or not reference.grad_logits.size:
+        return units
+    g = np.abs(reference.grad_logits).reshape(reference.grad_logits.shape[0], -1)
+    if not np.all(np.isfinite(g)):
+        return units
+    w = np.abs(inputs.linear_weight).reshape(-1, inputs.linear_weight.shape[-1])
+    units["grad_input"] = float(np.max(g @ w))
+    units["grad_weight"] = float(np.max(g.T @ np.abs(inputs.hidden)))
+    units["grad_bias"] = float(np.max(g.sum(axis=0)))
+    return units
+
+
 def _raised(err: Exception) -> str:
     return f"{type(err).__name__}: {err}".splitlines()[0]
 
@@ -89,15 +123,19 @@ def evaluate(
     optax: Result | None,
     *,
     grad_unit: float = 0.0,
+    units: dict[str, float] | None = None,
 ) -> dict:
     """The report record of one case.
 
     Args:
-      case: the case.
+      case: the case (a ``LinearCase`` is judged on ``LINEAR_QUANTITIES``, others on
+        ``QUANTITIES``).
       impl, torch: float64 results in torch's layout, or the exception each raised.
       reference: the float64 reference (None where it cannot evaluate the inputs).
       optax: optax's result (None when it does not support the case or raised).
       grad_unit: ``gradient_unit(case, inputs)``, the natural unit of grad_logits.
+      units: each quantity's natural unit, in place of the one derived from ``grad_unit``
+        (``linear_units`` for a fused linear case).
 
     Returns:
       A JSON-ready dict: the case's options, ``status`` (passed/failed/intentional), ``failures``
@@ -109,12 +147,14 @@ def evaluate(
         side: _raised(out) for side, out in (("impl", impl), ("torch", torch))
         if isinstance(out, Exception)
     }  # fmt: skip
+    if units is None:
+        units = {"value": 1.0, "grad_logits": grad_unit, "grad_target": 0.0}
     errors, closer, failures = {}, {}, []
     if not raised:
-        errors, closer, failures = _numbers(case, impl, torch, reference, optax, grad_unit)
+        errors, closer, failures = _numbers(case, impl, torch, reference, optax, units)
         torch_agrees = all(e["impl_vs_torch"]["ok"] for e in errors.values())
     elif "impl" not in raised:  # torch raised, the implementation returned: still vs the truth
-        errors, closer, failures = _numbers(case, impl, None, reference, optax, grad_unit)
+        errors, closer, failures = _numbers(case, impl, None, reference, optax, units)
         if not case.intentional:
             failures.append(f"torch raises ({raised['torch']}); the implementation returned")
         torch_agrees = False
@@ -130,6 +170,15 @@ def evaluate(
         status = INTENTIONAL
     else:
         status = PASSED
+    extra = {}
+    if isinstance(case, LinearCase):
+        extra = {
+            "api": case.api,
+            "torch_path": case.path,
+            "bias": case.bias,
+            "features": case.features,
+            "out_features": list(case.out_features),
+        }
     return {
         "id": case.id,
         "group": case.group,
@@ -150,20 +199,26 @@ def evaluate(
         "raised": raised,
         "errors": errors,
         "closer": closer,
+        **extra,
     }
 
 
-def _numbers(case, impl, torch, reference, optax, grad_unit):
+def quantities(case) -> dict[str, str]:
+    """The quantities a case is judged on, and their tolerance rows' kind."""
+    return LINEAR_QUANTITIES if isinstance(case, LinearCase) else QUANTITIES
+
+
+def _numbers(case, impl, torch, reference, optax, units):
     """errors, closer and failures of the numeric comparisons (torch None: not compared)."""
     errors, closer, failures = {}, {}, []
     if reference is None:
         return errors, closer, ["the float64 reference cannot evaluate these inputs"]
-    for q, kind in QUANTITIES.items():
+    for q, kind in quantities(case).items():
         ref = getattr(reference, q)
         if ref is None:
             continue
         truth = round_to(ref, case.dtype)
-        unit = 1.0 if q == "value" else (grad_unit if q == "grad_logits" else 0.0)
+        unit = units.get(q, 0.0)
 
         def cmp(a, b, quantity, unit=unit):
             return compare(a, b, dtype=case.dtype, quantity=quantity, unit=unit)

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import html
 
-from parity._compare import FAILED, INTENTIONAL, PASSED, QUANTITIES
+from parity._compare import FAILED, INTENTIONAL, LINEAR_QUANTITIES, PASSED, QUANTITIES
 from parity._plots import closeness_scatter, error_histograms
-from parity._report import PAIRS, case_errors, fmt
+from parity._report import (
+    LINEAR_HEADER,
+    PAIRS,
+    case_errors,
+    fmt,
+    is_linear,
+    linear_rows,
+    summary_line,
+)
 from parity._tolerances import DTYPES
 
 STYLE = """
@@ -91,11 +99,14 @@ def loss_html(payload: dict) -> str:
             ],
         )
     )
+    dense = [r for r in cases if not is_linear(r)]
+    linear = [r for r in cases if is_linear(r)]
     body += [
         "<h2>Error distribution per dtype</h2>",
-        img(error_histograms(cases, DTYPES, "impl"), "error histograms"),
-        img(closeness_scatter(cases, DTYPES, "impl"), "who is closer"),
+        img(error_histograms(dense, DTYPES, "impl"), "error histograms"),
+        img(closeness_scatter(dense, DTYPES, "impl"), "who is closer"),
     ]
+    body += _linear_section(payload)
     failed = [r for r in cases if r["status"] == FAILED]
     body.append(f"<h2>Failures ({len(failed)})</h2>")
     body.append(
@@ -165,10 +176,45 @@ def loss_html(payload: dict) -> str:
                     r["status"],
                     *(esc(case_errors(r, q)) for q in QUANTITIES),
                 ]
-                for r in cases
+                for r in dense
             ],
-            [r["status"] if r["status"] != PASSED else "" for r in cases],
+            [r["status"] if r["status"] != PASSED else "" for r in dense],
         )
     )
     body.append("</details>")
+    if linear:
+        body.append(
+            f"<details><summary><b>All {len(linear)} fused linear cases</b> (each cell: impl vs "
+            "torch / impl vs ref / torch vs ref)</summary>"
+        )
+        body.append(
+            table(
+                ["case", "status", *(q.replace("_", " ") for q in LINEAR_QUANTITIES)],
+                [
+                    [
+                        f"<code>{esc(r['id'])}</code>",
+                        r["status"],
+                        *(esc(case_errors(r, q)) for q in LINEAR_QUANTITIES),
+                    ]
+                    for r in linear
+                ],
+                [r["status"] if r["status"] != PASSED else "" for r in linear],
+            )
+        )
+        body.append("</details>")
     return page(f"Loss parity: {impl}", body)
+
+
+def _linear_section(payload: dict) -> list[str]:
+    """The fused linear section: summary line, notes, worst errors per dtype and torch path."""
+    lin = payload["summary"]["linear"]
+    if not lin["cases"]:
+        return []
+    esc = html.escape
+    return [
+        "<h2>Fused linear cross-entropy vs <code>torch.nn.functional.linear_cross_entropy"
+        "</code></h2>",
+        f"<p class='big'>{esc(summary_line(lin))}</p>",
+        "<ul>" + "".join(f"<li>{esc(note)}</li>" for note in lin["notes"]) + "</ul>",
+        table(LINEAR_HEADER, [[esc(c) for c in row] for row in linear_rows(payload)]),
+    ]

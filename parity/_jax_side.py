@@ -1,5 +1,7 @@
 """The implementation under test (jaxce by default) and optax, run on a case's inputs.
 
+``Runner`` is the one JAX-side runner of the reports (the fused linear loss subclasses it).
+
 Both run under ``jax.jit``, the loss and its VJP of a whole group of cases in one compiled
 function (see ``Runner``). The ``NdC`` layout hands over the arrays with the class axis moved
 last and calls with ``axis=-1``; results come back in torch's layout.
@@ -64,7 +66,7 @@ class _Unit(NamedTuple):
 
     static: tuple
     positions: list[int]  # where its cases sit in the group
-    args: tuple  # (x, t, w, cot), each stacked along a new leading axis (w may be None)
+    args: tuple  # the call's arrays, each stacked along a new leading axis (or None)
 
 
 def _units(statics: list[tuple], prepared: list[tuple]) -> list[_Unit]:
@@ -77,7 +79,7 @@ def _units(statics: list[tuple], prepared: list[tuple]) -> list[_Unit]:
         stacked = tuple(
             None if prepared[positions[0]][k] is None
             else np.stack([prepared[i][k] for i in positions])
-            for k in range(4)
+            for k in range(len(prepared[positions[0]]))
         )  # fmt: skip
         units.append(_Unit(static, positions, stacked))
     return units
@@ -85,6 +87,11 @@ def _units(statics: list[tuple], prepared: list[tuple]) -> list[_Unit]:
 
 class Runner:
     """Runs a cross_entropy-like callable on groups of cases, one compiled program per group.
+
+    What a case's call is lives in three methods: ``_prepare`` (the case's static options and
+    its arrays), ``_one`` (the loss and its VJP on one case's arrays) and ``_back`` (the result
+    in torch's layout, float64); ``parity._linear_jax.LinearRunner`` overrides them for the fused
+    linear loss and shares the rest.
 
     XLA's fixed cost per compilation dominates small cases, so a group is traced into one
     program, and cases of one signature (the same options, shapes and dtypes) share one traced
@@ -98,6 +105,11 @@ class Runner:
     def __init__(self, loss_fn: Callable):
         self._loss_fn = loss_fn
         self._compiled: dict[tuple, Callable] = {}
+
+    def _prepare(self, case: Case, inputs: Inputs) -> tuple[tuple, tuple]:
+        """(static, arrays) of a case: what its traced program depends on, and its inputs."""
+        x, t, w, cot, axis = _device_inputs(case, inputs)
+        return _static(case, axis), (x, t, w, cot)
 
     def _one(self, static: tuple, x, t, w, cot) -> Result:
         target, axis, ignore_index, reduction, smoothing = static
@@ -115,15 +127,16 @@ class Runner:
         value, vjp = jax.vjp(lambda x: loss(x, t), x)
         return Result(value, vjp(cot)[0], None)
 
+    def _back(self, case: Case, out):
+        """A result as float64 numpy arrays in torch's layout."""
+        return _back_to_torch_layout(case, out)
+
     def _unit_fn(self, static: tuple, count: int) -> Callable:
         if count == 1:
-            return lambda x, t, w, cot: jax.tree.map(
-                lambda a: a[None],
-                self._one(static, x[0], t[0], None if w is None else w[0], cot[0]),
+            return lambda *args: jax.tree.map(
+                lambda a: a[None], self._one(static, *(None if a is None else a[0] for a in args))
             )
-        return lambda x, t, w, cot: jax.lax.map(
-            lambda a: self._one(static, a[0], a[1], a[2], a[3]), (x, t, w, cot)
-        )
+        return lambda *args: jax.lax.map(lambda a: self._one(static, *a), args)
 
     def _run(self, units: list[_Unit], x64: bool) -> list:
         key = (x64, *((u.static, len(u.positions)) for u in units))
@@ -154,14 +167,13 @@ class Runner:
                 for i, o in zip(positions, self._run_same_x64(sub, x64), strict=True):
                     out[i] = o
         return [
-            o if isinstance(o, Exception) else _back_to_torch_layout(case, o)
+            o if isinstance(o, Exception) else self._back(case, o)
             for (case, _), o in zip(items, out, strict=True)
         ]
 
     def _run_same_x64(self, items, x64: bool) -> list:
-        prepared = [_device_inputs(case, inputs) for case, inputs in items]
-        statics = [_static(case, p[4]) for (case, _), p in zip(items, prepared, strict=True)]
-        units = _units(statics, [p[:4] for p in prepared])
+        prepared = [self._prepare(case, inputs) for case, inputs in items]
+        units = _units([p[0] for p in prepared], [p[1] for p in prepared])
         out: list = [None] * len(items)
         try:
             results = self._run(units, x64)
@@ -179,7 +191,7 @@ class Runner:
                     out[i] = result
                 continue
             for k, i in enumerate(unit.positions):
-                out[i] = Result(*(None if a is None else a[k] for a in result))
+                out[i] = jax.tree.map(lambda a, k=k: a[k], result)
         return out
 
     def _run_each(self, units: list[_Unit], x64: bool) -> list:

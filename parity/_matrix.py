@@ -1,4 +1,9 @@
-"""Runs the case matrix: inputs, float64 reference, torch, the implementation under test, optax."""
+"""Runs the case matrix: inputs, float64 reference, torch, the implementation under test, optax.
+
+The fused linear cases (``parity._linear_cases``) run jaxce's fused loss (``LinearRunner``)
+against ``torch.nn.functional.linear_cross_entropy`` and the float64 linear reference, in
+compile groups of their own.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,17 @@ from typing import NamedTuple
 from tqdm import tqdm
 
 from parity._cases import Case, Inputs, make_inputs, torch_options
-from parity._compare import FAILED, evaluate, gradient_unit
+from parity._compare import FAILED, evaluate, gradient_unit, linear_units
 from parity._env import environment
 from parity._html import loss_html
 from parity._jax_side import Runner, optax_cross_entropy, optax_supports
-from parity._reference import Result
+from parity._linear_cases import LinearCase, LinearInputs, torch_linear_options
+from parity._linear_jax import LinearRunner
+from parity._reference import LinearResult, Result
 from parity._reference import cross_entropy as reference_cross_entropy
+from parity._reference import linear_cross_entropy as reference_linear_cross_entropy
 from parity._report import build_payload, markdown, write_json
-from parity._torch_side import run_torch
+from parity._torch_side import run_torch, run_torch_linear
 
 GROUP_SIZE = 24  # signatures (options, shapes, dtype) per compiled program
 
@@ -25,42 +33,64 @@ GROUP_SIZE = 24  # signatures (options, shapes, dtype) per compiled program
 class Outcome(NamedTuple):
     """Everything one case produced; ``impl``/``torch`` hold the exception if one raised."""
 
-    case: Case
-    inputs: Inputs
-    impl: Result | Exception
-    torch: Result | Exception
-    reference: Result | None  # None where the float64 reference cannot evaluate the inputs
+    case: Case | LinearCase
+    inputs: Inputs | LinearInputs
+    impl: Result | LinearResult | Exception
+    torch: Result | LinearResult | Exception
+    reference: Result | LinearResult | None  # None where the reference cannot evaluate them
     optax: Result | None  # None where optax does not support the case (or raised)
 
 
-def _reference(case: Case, inputs: Inputs) -> Result:
+def _reference(case, inputs):
+    if isinstance(case, LinearCase):
+        return reference_linear_cross_entropy(
+            inputs.hidden, inputs.linear_weight, inputs.labels, **torch_linear_options(case, inputs)
+        )
     return reference_cross_entropy(inputs.logits, inputs.labels, **torch_options(case, inputs))
+
+
+def _torch(case, inputs):
+    linear = isinstance(case, LinearCase)
+    return run_torch_linear(case, inputs) if linear else run_torch(case, inputs)
 
 
 class CaseRunner:
     """Runs cases through the implementation under test, torch, optax and the reference.
 
     The implementation and optax run a whole list of cases as one compiled program (see
-    ``parity._jax_side.Runner``); torch and the numpy reference run case by case.
+    ``parity._jax_side.Runner``); torch and the numpy reference run case by case. Fused linear
+    cases run jaxce's fused loss through ``linear_runner`` (default: ``LinearRunner()``, which
+    calls ``jaxce.torch_linear_cross_entropy`` and ``jaxce.linear_cross_entropy``); a list of
+    cases holds one kind or the other.
     """
 
-    def __init__(self, impl_fn: Callable, *, with_optax: bool = True):
+    def __init__(
+        self,
+        impl_fn: Callable,
+        *,
+        with_optax: bool = True,
+        linear_runner: LinearRunner | None = None,
+    ):
         self._impl = Runner(impl_fn)
         self._optax = Runner(optax_cross_entropy) if with_optax else None
+        self._linear = linear_runner
 
-    def run(self, cases: list[Case]) -> list[Outcome]:
+    def run(self, cases: list[Case] | list[LinearCase]) -> list[Outcome]:
         """The outcomes of ``cases``, in order; the implementation's cases compile together."""
         items = [(c, make_inputs(c)) for c in cases]
-        impl_outs = self._impl.run_group(items)
+        linear = bool(cases) and isinstance(cases[0], LinearCase)
+        if linear and self._linear is None:
+            self._linear = LinearRunner()
+        impl_outs = (self._linear if linear else self._impl).run_group(items)
         optax_outs = {}
-        if self._optax is not None:
+        if self._optax is not None and not linear:
             supported = [(c, i) for c, i in items if optax_supports(c)]
             outs = self._optax.run_group(supported)
             optax_outs = {c.id: o for (c, _), o in zip(supported, outs, strict=True)}
         outcomes = []
         for (case, inputs), impl_out in zip(items, impl_outs, strict=True):
             try:
-                torch_out = run_torch(case, inputs)
+                torch_out = _torch(case, inputs)
             except Exception as err:  # torch refusing the input is its answer
                 torch_out = err
             try:
@@ -76,6 +106,9 @@ class CaseRunner:
 def record(outcome: Outcome) -> dict:
     """The report record of an outcome (see ``parity._compare.evaluate``)."""
     case, inputs = outcome.case, outcome.inputs
+    if isinstance(case, LinearCase):
+        units = linear_units(inputs, outcome.reference)
+        return evaluate(case, outcome.impl, outcome.torch, outcome.reference, None, units=units)
     return evaluate(
         case,
         outcome.impl,
@@ -86,9 +119,11 @@ def record(outcome: Outcome) -> dict:
     )
 
 
-def _signature(case: Case) -> tuple:
+def _signature(case) -> tuple:
+    linear = isinstance(case, LinearCase)
     return (
-        case.dtype == "float64",
+        (linear, case.dtype == "float64"),
+        (case.api, case.bias) if linear else (),
         case.dtype,
         case.layout,
         case.shape,
@@ -102,7 +137,8 @@ def _signature(case: Case) -> tuple:
 
 def groups(cases: list[Case]) -> list[list[int]]:
     """Positions of ``cases`` in compile groups: equal signatures together, at most GROUP_SIZE
-    signatures per group, float64 cases (run with x64 on) apart from the others."""
+    signatures per group, float64 cases (run with x64 on) apart from the others, fused linear
+    cases apart from the dense ones."""
     order = sorted(range(len(cases)), key=lambda i: _signature(cases[i]))
     out: list[list[int]] = []
     signatures: set = set()
@@ -117,13 +153,21 @@ def groups(cases: list[Case]) -> list[list[int]]:
     return out
 
 
-def run_matrix(cases: list[Case], impl_fn: Callable, *, progress: bool = False) -> list[dict]:
+def run_matrix(
+    cases: list,
+    impl_fn: Callable,
+    *,
+    progress: bool = False,
+    linear_runner: LinearRunner | None = None,
+) -> list[dict]:
     """Evaluates every case and returns one report record per case, in the order of ``cases``.
 
-    An exception raised by the implementation under test fails that case with its message;
-    the run goes on. Optax failing on a case it should support is recorded, not fatal.
+    ``impl_fn`` is the dense cross-entropy under test; fused linear cases run through
+    ``linear_runner`` (default: jaxce's fused loss). An exception raised by the implementation
+    under test fails that case with its message; the run goes on. Optax failing on a case it
+    should support is recorded, not fatal.
     """
-    runner = CaseRunner(impl_fn)
+    runner = CaseRunner(impl_fn, linear_runner=linear_runner)
     records: list[dict | None] = [None] * len(cases)
     failed = 0
     with tqdm(

@@ -121,3 +121,55 @@ def cross_entropy(
         grad_t_rows = -_times((g_rows[:, None] * (1.0 - e)) * w, logp)
         grad_t = np.moveaxis(grad_t_rows.reshape(xl.shape), -1, axis)
     return Result(value, np.moveaxis(grad_x, -1, axis), grad_t)
+
+
+class LinearResult(NamedTuple):
+    """float64 value and gradients of the fused linear loss, in torch's layout.
+
+    ``grad_logits`` is the reference's own d loss / d logits (the other sides leave it None);
+    the comparison uses it for the natural size of the matmuls' gradients.
+    """
+
+    value: np.ndarray
+    grad_input: np.ndarray  # (N, D)
+    grad_weight: np.ndarray  # (C, *out_features, D)
+    grad_bias: np.ndarray | None  # (C, *out_features), when there is a bias
+    grad_target: np.ndarray | None  # probability targets only
+    grad_logits: np.ndarray | None = None
+
+
+def linear_cross_entropy(
+    hidden, linear_weight, labels, *, bias=None, cotangent=1.0, **options
+) -> LinearResult:
+    """torch.nn.functional.linear_cross_entropy and its vector-Jacobian product, in float64.
+
+    The logits ``x[n, c, k] = sum_d hidden[n, d] linear_weight[c, k, d] + bias[c, k]`` go
+    through ``cross_entropy`` above (which gives G = d loss / d x); the chain rule then gives
+    ``d input = sum_{c,k} G[n, c, k] W[c, k, d]``, ``d W = sum_n G[n, c, k] hidden[n, d]`` and
+    ``d bias = sum_n G[n, c, k]``.
+
+    Args:
+      hidden: (N, D) input.
+      linear_weight: (C, d1, ..., dk, D), torch's layout (k = 0 for the plain loss).
+      labels: int class indices (N, d1, ..., dk) or float probabilities (N, C, d1, ..., dk).
+      bias: optional (C, d1, ..., dk).
+      cotangent: the loss' cotangent.
+      **options: ``cross_entropy``'s weight, ignore_index, reduction, label_smoothing.
+    """
+    h = np.asarray(hidden, np.float64)
+    w = np.asarray(linear_weight, np.float64)
+    columns = w.reshape(-1, w.shape[-1])  # (C * d1 * ... * dk, D)
+    logits = (h @ columns.T).reshape(h.shape[0], *w.shape[:-1])
+    if bias is not None:
+        logits = logits + np.asarray(bias, np.float64)
+    out = cross_entropy(logits, labels, cotangent=cotangent, **options)
+    g = out.grad_logits
+    g_columns = g.reshape(h.shape[0], -1)
+    return LinearResult(
+        out.value,
+        g_columns @ columns,
+        (g_columns.T @ h).reshape(w.shape),
+        None if bias is None else g.sum(axis=0),
+        out.grad_target,
+        g,
+    )

@@ -1,4 +1,9 @@
-"""report.json and report.md of the loss parity run, and its summary line."""
+"""report.json and report.md of the loss parity run, and its summary line.
+
+The fused linear cases (group "linear") have a section of their own: their summary
+(``summary["linear"]``), notes (``LINEAR_NOTES``) and case table; the dense tables and plots
+hold the other cases.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,39 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from parity._compare import FAILED, PASSED, QUANTITIES
+from parity._compare import FAILED, LINEAR_QUANTITIES, PASSED, QUANTITIES
 from parity._compare import INTENTIONAL as INTENTIONAL_STATUS
 from parity._intentional import INTENTIONAL
+from parity._linear_cases import CLASS_CHUNK, LINEAR_DTYPES, ROW_CHUNK
 from parity._tolerances import DTYPES, RULE, TOLERANCES
 
 PAIRS = ("impl_vs_torch", "impl_vs_reference", "torch_vs_reference", "optax_vs_reference")
+LINEAR_PATHS = ("reference", "chunked")
+LINEAR_NOTES = (
+    "impl is jaxce's fused loss: api `torch` is `jaxce.torch_linear_cross_entropy` with torch's "
+    "linear_weight (C, *out_features, D); api `jax` is `jaxce.linear_cross_entropy` with the "
+    "transposed kernel (D, C, *out_features), its kernel gradient transposed back. torch is "
+    "`torch.nn.functional.linear_cross_entropy`; ref is logits = input @ linear_weight.T + "
+    "linear_bias in float64, then the cross-entropy reference.",
+    "torch path `reference` is options=None (linear, then cross_entropy); `chunked` is "
+    "options=torch.nn.LinearCrossEntropyOptions(), which torch 2.13 runs for int64 class "
+    "indices without label smoothing or out_features only (otherwise it warns and falls back "
+    "to the reference path; the parity run turns that warning into an error, so every "
+    "chunked case ran the chunked op).",
+    f"jaxce runs with row_chunk_size={ROW_CHUNK} and chunk_size={CLASS_CHUNK}, so its row and "
+    "class chunks are ragged; torch's chunked path picks 4 (float64, float32) or 8 "
+    "(bfloat16) rows per chunk here.",
+    "Quantities: value and the gradients w.r.t. input, linear weight, linear bias (when "
+    "present) and probability targets (when the targets are probabilities). The class "
+    "`weight` is not compared: torch 2.13 does not differentiate it (its reference path "
+    "raises 'not differentiable with respect to argument weight' when it requires grad, "
+    "its chunked path returns no gradient); jaxce's class-weight gradient is tested against "
+    "autodiff of a plain reference in tests/test_linear_contract.py.",
+    "A gradient formed by a matmul is judged with the tolerance rule's unit set to the "
+    "largest sum of its terms' magnitudes (max |G| |W| for input, max |G|^T |input| for the "
+    "linear weight, max sum_n |G| for the bias, G = d loss / d logits of the reference): a "
+    "matmul's rounding error scales with that, not with the size of the sum.",
+)
 
 
 def jsonable(obj):
@@ -46,11 +78,51 @@ def worst(records, dtype: str, quantity: str, pair: str) -> float | None:
     return max(values) if values else None
 
 
-def summarize(records: list[dict]) -> dict:
+def is_linear(record: dict) -> bool:
+    """Whether a record is a fused linear case."""
+    return record["group"] == "linear"
+
+
+def _linear_summary(records: list[dict]) -> dict:
+    """Counts and worst errors of the fused linear cases, per dtype and torch path."""
     counts = Counter(r["status"] for r in records)
+    rows = []
+    for dtype in LINEAR_DTYPES:
+        for path in LINEAR_PATHS:
+            rs = [r for r in records if r["dtype"] == dtype and r["torch_path"] == path]
+            if not rs:
+                continue
+            closer = Counter(c for r in rs for c in r["closer"].values())
+            rows.append(
+                {
+                    "dtype": dtype,
+                    "torch_path": path,
+                    "cases": len(rs),
+                    **{s: sum(r["status"] == s for r in rs) for s in (PASSED, FAILED,
+                                                                        INTENTIONAL_STATUS)},
+                    "closer_to_float64": {k: closer[k] for k in ("impl", "torch", "tie")},
+                    "worst_max_rel": {
+                        q: {p: worst(rs, dtype, q, p) for p in PAIRS[:3]}
+                        for q in LINEAR_QUANTITIES
+                    },
+                }
+            )  # fmt: skip
+    return {
+        "cases": len(records),
+        **{s: counts[s] for s in (PASSED, FAILED, INTENTIONAL_STATUS)},
+        "per_dtype_and_path": rows,
+        "notes": list(LINEAR_NOTES),
+    }
+
+
+def summarize(records: list[dict]) -> dict:
+    """Counts over every case; per-dtype tables of the dense cases; the linear section."""
+    counts = Counter(r["status"] for r in records)
+    linear = [r for r in records if is_linear(r)]
+    dense = [r for r in records if not is_linear(r)]
     per_dtype = {}
     for dtype in DTYPES:
-        rs = [r for r in records if r["dtype"] == dtype]
+        rs = [r for r in dense if r["dtype"] == dtype]
         closer = Counter(c for r in rs for c in r["closer"].values())
         per_dtype[dtype] = {
             "cases": len(rs),
@@ -69,6 +141,7 @@ def summarize(records: list[dict]) -> dict:
         INTENTIONAL_STATUS: counts[INTENTIONAL_STATUS],
         "line": summary_line(counts),
         "per_dtype": per_dtype,
+        "linear": _linear_summary(linear),
         "failed_cases": [r["id"] for r in records if r["status"] == FAILED],
         "intentional_cases": [r["id"] for r in records if r["status"] == INTENTIONAL_STATUS],
     }
@@ -76,7 +149,8 @@ def summarize(records: list[dict]) -> dict:
 
 def tolerance_rows() -> list[dict]:
     """The rows of the one tolerance table that judge the loss parity report."""
-    used = {kind + suffix for kind in QUANTITIES.values() for suffix in ("", "_vs_float64")}
+    kinds = {*QUANTITIES.values(), *LINEAR_QUANTITIES.values()}
+    used = {kind + suffix for kind in kinds for suffix in ("", "_vs_float64")}
     return [
         {"dtype": d, "quantity": q, "rtol": t.rtol, "atol": t.atol, "reason": t.reason}
         for (d, q), t in TOLERANCES.items()
@@ -93,8 +167,10 @@ def build_payload(records, *, config: dict, environment: dict, elapsed_s: float)
         "elapsed_s": round(elapsed_s, 2),
         "tolerance_rule": RULE,
         "tolerance_units": "unit = 1 for value; |cotangent| * max weight / divisor for "
-        "grad_logits; 0 for grad_target. Quantities value -> loss, grad_* -> grad; pairs with "
-        "the reference use the *_vs_float64 rows.",
+        "grad_logits; 0 for grad_target; for the fused linear cases' grad_input, grad_weight "
+        "and grad_bias the largest sum of the matmul's term magnitudes (see the linear "
+        "section). Quantities value -> loss, grad_* -> grad; pairs with the reference use the "
+        "*_vs_float64 rows.",
         "tolerances": tolerance_rows(),
         "intentional_differences": INTENTIONAL,
         "cases": records,
@@ -113,6 +189,38 @@ def fmt(x) -> str:
     return "0" if x == 0 else f"{x:.1e}"
 
 
+def _cell(s: dict | None) -> str:
+    if not s:
+        return "-"
+    return "NaN/inf≠" if s["nonfinite_mismatch"] else fmt(s["max_rel"])
+
+
+def linear_rows(payload: dict) -> list[list[str]]:
+    """The linear section's table: per dtype, torch path and quantity (header LINEAR_HEADER)."""
+    rows = []
+    for d in payload["summary"]["linear"]["per_dtype_and_path"]:
+        for i, q in enumerate(LINEAR_QUANTITIES):
+            w = d["worst_max_rel"][q]
+            head = [d["dtype"], d["torch_path"], str(d["cases"]), str(d[PASSED]),
+                    str(d[FAILED]), str(d[INTENTIONAL_STATUS])]  # fmt: skip
+            rows.append((head if i == 0 else [""] * 6) + [q] + [fmt(w[p]) for p in PAIRS[:3]])
+    return rows
+
+
+LINEAR_HEADER = [
+    "dtype",
+    "torch path",
+    "cases",
+    "passed",
+    "failed",
+    "intentional",
+    "quantity",
+    "impl vs torch",
+    "impl vs ref",
+    "torch vs ref",
+]
+
+
 def case_errors(r: dict, quantity: str) -> str:
     e = r["errors"].get(quantity)
     if not e:
@@ -121,13 +229,7 @@ def case_errors(r: dict, quantity: str) -> str:
             return "raised: " + ", ".join(f"{k} {v.split(':')[0]}" for k, v in raised.items())
         return "-"
 
-    def one(pair):
-        s = e.get(pair)
-        if not s:
-            return "-"
-        return "NaN/inf≠" if s["nonfinite_mismatch"] else fmt(s["max_rel"])
-
-    return " / ".join(one(p) for p in PAIRS[:3])
+    return " / ".join(_cell(e.get(p)) for p in PAIRS[:3])
 
 
 def markdown(payload: dict) -> str:
@@ -171,6 +273,7 @@ def markdown(payload: dict) -> str:
     for dtype, d in s["per_dtype"].items():
         c = d["closer_to_float64"]
         lines.append(f"| {dtype} | {c['impl']} | {c['torch']} | {c['tie']} |")
+    lines += linear_markdown(payload)
     cases = payload["cases"]
     failed = [r for r in cases if r["status"] == FAILED]
     lines += ["", f"## Failures ({len(failed)})", ""]
@@ -218,5 +321,43 @@ def markdown(payload: dict) -> str:
         f"| `{r['id']}` | {r['status']} | {case_errors(r, 'value')} | "
         f"{case_errors(r, 'grad_logits')} | {case_errors(r, 'grad_target')} |"
         for r in cases
+        if not is_linear(r)
     ]
+    linear = [r for r in cases if is_linear(r)]
+    if linear:
+        names = " | ".join(q.replace("_", " ") for q in LINEAR_QUANTITIES)
+        lines += [
+            "",
+            "## All fused linear cases",
+            "",
+            "Each cell: impl vs torch / impl vs ref / torch vs ref.",
+            "",
+            f"| case | status | {names} |",
+            "|---|---|" + "---|" * len(LINEAR_QUANTITIES),
+        ]
+        lines += [
+            f"| `{r['id']}` | {r['status']} | "
+            + " | ".join(case_errors(r, q) for q in LINEAR_QUANTITIES)
+            + " |"
+            for r in linear
+        ]
     return "\n".join(lines) + "\n"
+
+
+def linear_markdown(payload: dict) -> list[str]:
+    """The fused linear section of report.md (summary, notes, per dtype and torch path)."""
+    lin = payload["summary"]["linear"]
+    if not lin["cases"]:
+        return []
+    lines = [
+        "",
+        "## Fused linear cross-entropy vs `torch.nn.functional.linear_cross_entropy`",
+        "",
+        f"**{summary_line(lin)}** ({lin['cases']} cases; worst case per dtype and torch path, "
+        "intentional differences excluded)",
+        "",
+    ]
+    lines += [f"- {note}" for note in lin["notes"]]
+    lines += ["", "| " + " | ".join(LINEAR_HEADER) + " |", "|---" * len(LINEAR_HEADER) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in linear_rows(payload)]
+    return lines

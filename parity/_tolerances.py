@@ -12,7 +12,9 @@ that cancel to near 0 (p - 1 at the target, a confident row's loss) are judged a
 largest one. ``unit`` is the quantity's natural size when the caller knows it and the expected
 array may be tiny everywhere: the parity report passes 1 for a loss value and |cotangent| * max
 class weight / divisor for a gradient w.r.t. logits (``parity._compare.grad_unit``, which tests
-use where a gradient may cancel to rounding noise everywhere); otherwise it is 0.
+use where a gradient may cancel to rounding noise everywhere), and for a gradient the fused
+linear loss forms by a matmul (input, linear weight, bias) the largest sum of that matmul's term
+magnitudes, which bounds its rounding error (``parity._compare.linear_units``); otherwise 0.
 
 The table. Quantities, for each dtype:
 
