@@ -1,4 +1,8 @@
-"""`python -m parity --quick`: the quick matrix passes and writes the three reports."""
+"""`python -m parity --quick`: the quick matrix passes and writes the three reports.
+
+The quick matrix includes a slice of the fused linear cases (jaxce's fused loss against
+``torch.nn.functional.linear_cross_entropy``); each is asserted here by its id.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from parity._cases import build_matrix
+from parity._compare import LINEAR_QUANTITIES
 from parity._intentional import INTENTIONAL
+from parity._linear_cases import build_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +74,12 @@ def test_report_json_records_every_case_and_the_environment(quick_run):
         if r["raised"]:  # the implementation refused the input: nothing to measure
             assert r["id"].startswith("edge-ignore-index-prob/") and "impl" in r["raised"]
             continue
-        assert set(r["errors"]) >= {"value", "grad_logits"}, r["id"]
+        if r["group"] == "linear":
+            assert set(r["errors"]) >= {"value", "grad_input", "grad_weight"}, r["id"]
+            assert ("grad_bias" in r["errors"]) == r["bias"], r["id"]
+            assert set(r["errors"]) <= set(LINEAR_QUANTITIES), r["id"]
+        else:
+            assert set(r["errors"]) >= {"value", "grad_logits"}, r["id"]
         assert ("grad_target" in r["errors"]) == (r["target"] == "prob"), r["id"]
         for pairs in r["errors"].values():
             assert {"impl_vs_torch", "impl_vs_reference", "torch_vs_reference"} <= set(pairs)
@@ -95,6 +106,25 @@ def test_intentional_differences_are_listed_not_passed(quick_run):
         assert f"**{key}**: {why}" in md
 
 
+QUICK_LINEAR = build_linear(quick=True, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", QUICK_LINEAR, ids=[c.id for c in QUICK_LINEAR])
+def test_quick_linear_case_matches_torch_and_float64(quick_run, case):
+    """Each fused linear case of the quick matrix: every quantity within the tolerance rule of
+    torch's F.linear_cross_entropy (on the case's path) and of the float64 reference."""
+    _, out = quick_run
+    by_id = {r["id"]: r for r in json.loads((out / "report.json").read_text())["cases"]}
+    r = by_id[case.id]
+    assert (r["api"], r["torch_path"], r["group"]) == (case.api, case.path, "linear")
+    assert not r["raised"] and not r["failures"], r["failures"] or r["raised"]
+    assert r["status"] == ("intentional" if case.intentional else "passed")
+    for q, pairs in r["errors"].items():
+        assert pairs["impl_vs_reference"]["ok"], (q, pairs["impl_vs_reference"])
+        assert pairs["impl_vs_torch"]["ok"] or case.intentional, (q, pairs["impl_vs_torch"])
+
+
 @pytest.mark.slow
 def test_markdown_and_self_contained_html(quick_run):
     _, out = quick_run
@@ -102,8 +132,14 @@ def test_markdown_and_self_contained_html(quick_run):
     md = (out / "report.md").read_text()
     assert f"**{summary['line']}**" in md
     assert "| float16 |" in md and "## Tolerances" in md
+    linear = summary["linear"]
+    assert linear["cases"] == len(QUICK_LINEAR) and linear["failed"] == 0
+    heading = "Fused linear cross-entropy vs "
+    assert f"## {heading}`torch.nn.functional.linear_cross_entropy`" in md
+    assert all(f"`{c.id}`" in md for c in QUICK_LINEAR)
+    assert "not differentiable with respect to argument weight" in md, "class weight note"
     page = (out / "report.html").read_text()
-    assert summary["line"] in page
+    assert summary["line"] in page and heading in page
     assert page.count("src='data:image/png;base64,") == 2
     assert not re.search(r"(src|href)=['\"]?https?:", page), "no external resources"
 
