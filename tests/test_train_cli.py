@@ -310,7 +310,21 @@ def test_settings_against_the_data(tiny, tmp_path, flags, message, capsys, monke
     status, _, err = run(["--data-dir", tiny, "--out", out, "--epochs", "1", *flags], capsys)
     assert status == 2
     assert error_line(err).startswith(message)
-    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing that refuses a rerun
+    assert not out.exists()  # made by the run, which wrote nothing: removed again
+
+
+def test_a_failed_start_leaves_no_new_directory_and_keeps_the_users(
+    tiny, tmp_path, capsys, monkeypatch
+):
+    """A run that fails before its first output removes the directory it made (the default
+    ``runs/<timestamp>`` or a new ``--out``), and leaves one that existed as it found it."""
+    monkeypatch.chdir(tmp_path)
+    assert run(["--data-dir", tiny, "--batch-size", "1000"], capsys)[0] == 2
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert run(["--data-dir", tiny, "--out", "mine", "--batch-size", "1000"], capsys)[0] == 2
+    assert sorted(p.name for p in mine.iterdir()) == [".lock"]  # nothing that refuses a rerun
 
 
 def test_a_failed_start_leaves_an_out_the_next_run_accepts(tiny, tmp_path, capsys):

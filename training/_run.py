@@ -123,6 +123,10 @@ def open_run_dir(config: Config, *, log: Log) -> Iterator[Path]:
     path = Path(on_primary(on_process_0))
     try:
         yield path
+    except BaseException:
+        for run_dir in opened:  # a run that failed before writing anything leaves no trace
+            run_dir.discard_if_unused()
+        raise
     finally:
         for run_dir in opened:
             run_dir.release()

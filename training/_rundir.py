@@ -48,9 +48,10 @@ class RunDir:
       path: the absolute directory.
     """
 
-    def __init__(self, path: Path, lock_fd: int | None = None):
+    def __init__(self, path: Path, lock_fd: int | None = None, *, created: bool = False):
         self.path = path
         self._lock_fd = lock_fd
+        self._created = created  # this process made the directory
 
     @classmethod
     def open(
@@ -74,9 +75,12 @@ class RunDir:
           RunDirError: ``out`` is not a directory or not writable, another live run holds it,
             or it holds a run and neither ``resume`` nor ``overwrite`` is given.
         """
-        path = default_out() if out is None else Path(out).expanduser()
-        path = _make_dir(path.resolve())
-        run_dir = cls(path, _lock(path))
+        if out is None:
+            path, created = default_out().resolve(), True
+        else:
+            path = Path(out).expanduser().resolve()
+            created = not path.exists()
+        run_dir = cls(_make_dir(path), _lock(path), created=created)
         try:
             run_dir._guard(resume=resume, overwrite=overwrite, log=log)
         except BaseException:
@@ -119,6 +123,15 @@ class RunDir:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def discard_if_unused(self) -> None:
+        """Releases the lock and, if this process made the directory and nothing but the lock
+        was written into it (a run that failed before its first output), removes it."""
+        self.release()
+        if self._created and [p.name for p in self.path.iterdir()] == [LOCK_FILE]:
+            _delete(self.path / LOCK_FILE)
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
 
     def __enter__(self) -> RunDir:
         return self

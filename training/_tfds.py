@@ -8,6 +8,8 @@ IDX files in a directory).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
 
 import numpy as np
@@ -25,9 +27,9 @@ DOWNLOAD_HOSTS = {
 }
 _OFFLINE_HELP = (
     "Without network, pass {@data_dir} DIR with the four IDX files (train-images-idx3-ubyte.gz, "
-    "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz), e.g. "
-    "../shared/data/mnist-mini, or /usr/share/datasets/fashion-mnist from Debian's "
-    "dataset-fashion-mnist package with {@dataset} fashion_mnist."
+    "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz, "
+    "gzipped or not), e.g. torchvision's MNIST/raw folder, or /usr/share/datasets/fashion-mnist "
+    "from Debian's dataset-fashion-mnist package with {@dataset} fashion_mnist."
 )
 
 
@@ -51,8 +53,10 @@ def load_tfds(dataset: str = "mnist", *, data_dir: str | None = None) -> Dataset
     try:
         import tensorflow_datasets as tfds
 
-        builder = tfds.builder(dataset, data_dir=data_dir)
-        if not builder.is_prepared():
+        with _absl_warnings_off():  # e.g. "Variant folder ... has no dataset_info.json"
+            builder = tfds.builder(dataset, data_dir=data_dir)
+            prepared = builder.is_prepared()
+        if not prepared:
             probe_download_hosts(DOWNLOAD_HOSTS[dataset], dataset=dataset)
         splits = tfds.load(
             dataset, split=["train", "test"], as_supervised=True, batch_size=8192, data_dir=data_dir
@@ -75,6 +79,18 @@ def load_tfds(dataset: str = "mnist", *, data_dir: str | None = None) -> Dataset
         test_images=test_images,
         test_labels=test_labels,
     )
+
+
+@contextlib.contextmanager
+def _absl_warnings_off():
+    """tfds' warnings about the state of its cache (the run's own checks say what matters)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def probe_download_hosts(
