@@ -113,15 +113,39 @@ def test_evaluate_matches_the_model(trainer, data, synthetic):
     assert float(accuracy) == np.mean(np.argmax(logits, -1) == labels)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1], ids=["plain", "smoothed"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_jaxce_and_optax_losses_agree(reduction):
+def test_jaxce_and_optax_losses_agree(reduction, smoothing):
     rng = seeded_rng("losses", reduction)
     logits = jnp.asarray(rng.standard_normal((64, 10)) * 3, jnp.float32)
     labels = jnp.asarray(rng.integers(0, 10, 64), jnp.int32)
     mask = jnp.arange(64) < 40
-    ours = make_loss("jaxce")(logits, labels, mask, reduction=reduction)
-    theirs = make_loss("optax")(logits, labels, mask, reduction=reduction)
+    ours = make_loss("jaxce", smoothing)(logits, labels, mask, reduction=reduction)
+    theirs = make_loss("optax", smoothing)(logits, labels, mask, reduction=reduction)
     assert_close(ours, theirs, dtype="float32", quantity="loss")
+    plain = make_loss("jaxce")(logits, labels, mask, reduction=reduction)
+    assert (float(ours) == float(plain)) == (smoothing == 0.0)
+
+
+def test_label_smoothing_trains_with_it_and_evaluates_without():
+    """The training loss is smoothed (a smoothed step differs), the test loss is not."""
+    smooth = Trainer(
+        hidden=(16,), learning_rate=1e-2, batch_size=BATCH, num_train=NUM_TRAIN, label_smoothing=0.2
+    )
+    logits = jnp.asarray(seeded_rng("eval-smoothing").standard_normal((6, 10)), jnp.float32)
+    labels, mask = jnp.arange(6) % 10, jnp.ones(6, bool)
+    assert_close(
+        smooth.eval_loss_fn(logits, labels, mask, reduction="mean"),
+        jaxce.loss.cross_entropy(logits, labels),
+        dtype="float32",
+        quantity="loss",
+    )
+    assert_close(
+        smooth.loss_fn(logits, labels, mask, reduction="mean"),
+        jaxce.loss.cross_entropy(logits, labels, label_smoothing=0.2),
+        dtype="float32",
+        quantity="loss",
+    )
 
 
 def test_chunk_bounds_cover_the_epoch_from_any_step():

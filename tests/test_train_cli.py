@@ -121,6 +121,9 @@ USAGE = [
     (["--keep-checkpoints", "0"], "--keep-checkpoints must be at least 1, got 0"),
     (["--checkpoint-every", "-1"], "--checkpoint-every must be at least 0, got -1"),
     (["--chunks", "0"], "--chunks must be at least 1, got 0"),
+    (["--label-smoothing", "1.5"], "--label-smoothing must be a number from 0 to 1, got 1.5"),
+    (["--label-smoothing", "-0.1"], "--label-smoothing must be a number from 0 to 1, got -0.1"),
+    (["--label-smoothing", "nan"], "--label-smoothing must be a number from 0 to 1, got nan"),
     (["--resume", "--overwrite"], "--resume continues the run in --out and --overwrite deletes"),
     (["--dataset", "cifar10"], "argument --dataset: invalid choice: 'cifar10'"),
     (["--loss", "mse"], "argument --loss: invalid choice: 'mse'"),
@@ -689,6 +692,15 @@ def test_resume_with_other_settings_names_the_flag(finished, tiny, tmp_path, cap
     status, _, err = run(["--data-dir", tiny, "--out", out, "--resume", *flags], capsys)
     assert status == 1
     assert "was written with --lr 0.001, this run has 0.01" in error_line(err)
+
+
+def test_resume_with_other_label_smoothing_names_the_flag(finished, tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    flags = [*RESUME, "--label-smoothing", "0.1"]
+    status, _, err = run(["--data-dir", tiny, "--out", out, "--resume", *flags], capsys)
+    assert status == 1
+    assert "was written with --label-smoothing 0.0, this run has 0.1" in error_line(err)
 
 
 def test_overwrite_deletes_the_run_but_not_other_files(finished, tiny, tmp_path, capsys):

@@ -15,7 +15,13 @@ import re
 from typing import Any
 
 from training._dataset import DATASETS, check_dataset_name
-from training._errors import ConfigError, check_choice, check_int, check_positive
+from training._errors import (
+    ConfigError,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_positive,
+)
 from training._loop import LOSSES
 from training._model import check_hidden
 
@@ -60,6 +66,11 @@ class Config:
     )
     loss: str = setting(
         "jaxce", "jaxce.loss.cross_entropy, or optax's for comparison", choices=LOSSES
+    )
+    label_smoothing: float = setting(
+        0.0,
+        "the training loss' label smoothing, 0 to 1, as torch's (the test loss is unsmoothed)",
+        metavar="EPS",
     )
     out: str | None = setting(
         None, "output directory (default: a new runs/<timestamp>)", metavar="DIR"
@@ -111,6 +122,7 @@ class Config:
         check_hidden(self.hidden)
         check_dataset_name(self.dataset)
         check_choice("loss", self.loss, LOSSES)
+        check_fraction("label_smoothing", self.label_smoothing)
         if self.resume and self.overwrite:
             raise ConfigError(
                 "{@resume} continues the run in {@out} and {@overwrite} deletes it; "

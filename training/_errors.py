@@ -95,6 +95,16 @@ def check_positive(name: str, value: Any) -> None:
         )
 
 
+def check_fraction(name: str, value: Any) -> None:
+    """Raises ConfigError unless setting ``name`` is a number from 0 to 1."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (math.isfinite(value) and 0 <= value <= 1)
+    ):
+        raise ConfigError("{@" + name + "} must be a number from 0 to 1, got {got!r}", got=value)
+
+
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
     """Raises ConfigError unless setting ``name`` is one of ``choices``."""
     choices = tuple(choices)

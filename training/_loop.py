@@ -35,7 +35,7 @@ from flax import nnx
 import jaxce.loss
 from training import _distributed
 from training._dataset import Dataset
-from training._errors import ConfigError, check_choice, check_positive
+from training._errors import ConfigError, check_choice, check_fraction, check_positive
 from training._model import MLP, NUM_CLASSES, NUM_PIXELS
 
 LOSSES = ("jaxce", "optax")
@@ -97,24 +97,33 @@ def compiler_options() -> dict[str, Any]:
     }
 
 
-def make_loss(name: str) -> Callable[..., jax.Array]:
+def make_loss(name: str, label_smoothing: float = 0.0) -> Callable[..., jax.Array]:
     """The loss ``f(logits (B, 10), labels (B,), mask (B,), *, reduction) -> scalar``.
 
-    ``"jaxce"`` is `jaxce.loss.cross_entropy` with ``where=mask``; ``"optax"`` is
-    `optax.softmax_cross_entropy_with_integer_labels`, masked and then averaged or summed.
-    ``reduction`` is ``"mean"`` (over the unmasked rows) or ``"sum"``.
+    ``"jaxce"`` is `jaxce.loss.cross_entropy` with ``where=mask`` and ``label_smoothing``;
+    ``"optax"`` is `optax.softmax_cross_entropy_with_integer_labels` (with smoothing,
+    `optax.softmax_cross_entropy` against `optax.smooth_labels` of the one-hot labels, the
+    same targets), masked and then averaged or summed. ``reduction`` is ``"mean"`` (over the
+    unmasked rows) or ``"sum"``.
 
     Raises:
-      ConfigError: an unknown ``name``.
+      ConfigError: an unknown ``name``, or ``label_smoothing`` outside [0, 1].
     """
     check_choice("loss", name, LOSSES)
+    check_fraction("label_smoothing", label_smoothing)
     if name == "jaxce":
         return lambda logits, labels, mask, *, reduction: jaxce.loss.cross_entropy(
-            logits, labels, where=mask, reduction=reduction
+            logits, labels, where=mask, reduction=reduction, label_smoothing=label_smoothing
         )
 
+    def per_example_optax(logits, labels):
+        if not label_smoothing:
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+        return optax.softmax_cross_entropy(logits, optax.smooth_labels(targets, label_smoothing))
+
     def optax_loss(logits, labels, mask, *, reduction):
-        per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        per_example = per_example_optax(logits, labels)
         total = jnp.sum(jnp.where(mask, per_example, 0.0))
         return total / jnp.maximum(jnp.sum(mask), 1) if reduction == "mean" else total
 
@@ -200,6 +209,7 @@ class Trainer:
       batch_size: the global batch size; must be a multiple of the mesh's device count.
       num_train: examples in the training split (fixes the steps per epoch).
       loss: ``"jaxce"`` or ``"optax"`` (see `make_loss`).
+      label_smoothing: the training loss' label smoothing; evaluation is unsmoothed.
       mesh: a 1-D mesh with axis ``"data"``; `training._distributed.make_mesh()` when None.
 
     Raises:
@@ -216,6 +226,7 @@ class Trainer:
         batch_size: int,
         num_train: int,
         loss: str = "jaxce",
+        label_smoothing: float = 0.0,
         mesh: jax.sharding.Mesh | None = None,
     ):
         self.mesh = _distributed.make_mesh() if mesh is None else mesh
@@ -232,7 +243,8 @@ class Trainer:
         self.batch_size = batch_size
         self.num_train = num_train
         self.steps_per_epoch = math.ceil(num_train / batch_size)
-        self.loss_fn = make_loss(loss)
+        self.loss_fn = make_loss(loss, label_smoothing)
+        self.eval_loss_fn = make_loss(loss)
         self.tx = optax.adam(learning_rate)
         self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: MLP(self.hidden, rngs=nnx.Rngs(0))))
         check_memory(self.hidden, batch_size, num_train, self.mesh)
@@ -320,7 +332,7 @@ class Trainer:
         logits = nnx.merge(self.graphdef, params)(images)
         mask = data.test_mask
         count = jnp.sum(mask)
-        total = self.loss_fn(logits, data.test_labels, mask, reduction="sum")
+        total = self.eval_loss_fn(logits, data.test_labels, mask, reduction="sum")
         correct = jnp.sum((jnp.argmax(logits, -1) == data.test_labels) & mask)
         return total / count, correct / count
 

@@ -30,7 +30,17 @@ from training._rundir import RUN_FILES
 
 # Settings a resumed run must share with the checkpoint; the others (epochs, chunks, paths,
 # checkpoint cadence, processes) may change between the two.
-MUST_MATCH = ("batch_size", "learning_rate", "hidden", "seed", "dataset", "loss")
+MUST_MATCH = (
+    "batch_size",
+    "learning_rate",
+    "hidden",
+    "seed",
+    "dataset",
+    "loss",
+    "label_smoothing",
+)
+# what a setting was before it was recorded (checkpoints of earlier versions)
+BEFORE_RECORDED = {"label_smoothing": 0.0}
 
 
 class RunCheckpointing:
@@ -124,7 +134,7 @@ class RunCheckpointing:
         saved = meta.get("config", {})
         for name in MUST_MATCH:
             ours = getattr(self.config, name)
-            theirs = saved.get(name, "(not recorded)")
+            theirs = saved.get(name, BEFORE_RECORDED.get(name, "(not recorded)"))
             theirs = (
                 tuple(theirs) if isinstance(ours, tuple) and isinstance(theirs, list) else theirs
             )

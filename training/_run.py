@@ -191,6 +191,7 @@ def make_trainer(config: Config, dataset: Dataset) -> Trainer:
         batch_size=config.batch_size,
         num_train=len(dataset.train_labels),
         loss=config.loss,
+        label_smoothing=config.label_smoothing,
     )
     config.epoch_chunks(trainer.steps_per_epoch)
     return trainer
