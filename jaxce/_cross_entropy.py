@@ -136,12 +136,7 @@ def cross_entropy(
     weight = _validation.check_class_vector(
         weight, "weight", spec.num_classes, "Pass one weight per class."
     )
-    ignore_index = _validation.check_ignore_index(ignore_index)
-    if spec.soft_labels and ignore_index != -100:
-        raise ValueError(
-            f"ignore_index={ignore_index} applies to class indices only, but labels are "
-            f"probabilities (dtype {labels.dtype}). Drop examples with where= instead."
-        )
+    ignore_index = _validation.check_ignore_index(ignore_index, labels)
     opts = rm.Options(spec.axis, *_validation.check_options(label_smoothing, z_loss, softcap))
     reduction = _validation.check_reduction(reduction)
     where = _validation.check_where(where, spec.batch_shape)

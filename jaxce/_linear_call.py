@@ -65,26 +65,12 @@ def check_arrays(hidden, kernel, labels, *, torch_layout: bool, names) -> Shapes
         )
     batch = hidden.shape[:-1]
     examples, probs = batch + out, (*batch, columns, *out)
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        if labels.shape != examples:
-            raise ValueError(
-                f"{y_name} of integer dtype are class indices and must have shape "
-                f"{examples} ({h_name}.shape[:-1] + out_features); got {labels.shape}. For "
-                f"probabilities, pass a floating array of shape {probs}."
-            )
-        return Shapes(batch, columns, out, False)
-    if jnp.issubdtype(labels.dtype, jnp.floating):
-        if labels.shape != probs:
-            raise ValueError(
-                f"{y_name} of floating dtype are class probabilities and must have shape "
-                f"{probs} ({h_name}.shape[:-1] + (C,) + out_features); got {labels.shape}. "
-                f"For class indices, pass an integer array of shape {examples}."
-            )
-        return Shapes(batch, columns, out, True)
-    raise TypeError(
-        f"{y_name} must be integer class indices or floating probabilities; got dtype "
-        f"{labels.dtype}. Cast them, e.g. {y_name}.astype(jnp.int32)."
-    )
+    soft = _validation.label_kind(
+        labels, y_name, indices=examples, probs=probs,
+        indices_as=f"shape {examples} ({h_name}.shape[:-1] + out_features)",
+        probs_as=f"shape {probs} ({h_name}.shape[:-1] + (C,) + out_features)",
+    )  # fmt: skip
+    return Shapes(batch, columns, out, soft)
 
 
 def check_bias(bias, shapes: Shapes, name: str):
@@ -125,12 +111,7 @@ def linear_loss(hidden, kernel, labels, *, torch_layout: bool, names=("hidden", 
     weight = _validation.check_class_vector(
         weight, "weight", shapes.columns, "Pass one weight per class."
     )
-    ignore_index = _validation.check_ignore_index(ignore_index)
-    if shapes.soft and ignore_index != -100:
-        raise ValueError(
-            f"ignore_index={ignore_index} applies to class indices only, but {names[2]} are "
-            f"probabilities (dtype {labels.dtype}). Drop examples with where= instead."
-        )
+    ignore_index = _validation.check_ignore_index(ignore_index, labels, names[2])
     smoothing, z, cap = _validation.check_options(label_smoothing, z_loss, softcap)
     reduction = _validation.check_reduction(reduction)
     where = _validation.check_where(where, shapes.examples)

@@ -117,9 +117,18 @@ def check_reduction(reduction) -> str:
     return str(reduction)
 
 
-def check_ignore_index(ignore_index) -> int:
-    """Any Python (or numpy) int; one the labels' dtype cannot hold matches no label."""
-    return check_int(ignore_index, "ignore_index", "It is static: pass a number, e.g. int(x).")
+def check_ignore_index(ignore_index, labels=None, labels_name: str = "labels") -> int:
+    """Any Python (or numpy) int; one the labels' dtype cannot hold matches no label.
+
+    Given ``labels`` that are probabilities (floating), only the default -100 is accepted.
+    """
+    index = check_int(ignore_index, "ignore_index", "It is static: pass a number, e.g. int(x).")
+    if labels is not None and jnp.issubdtype(labels.dtype, jnp.floating) and index != -100:
+        raise ValueError(
+            f"ignore_index={index} applies to class indices only, but {labels_name} are "
+            f"probabilities (dtype {labels.dtype}). Drop examples with where= instead."
+        )
+    return index
 
 
 def check_flag(value, name: str) -> bool:
@@ -171,29 +180,40 @@ def check_logits_labels(logits: jax.Array, labels, axis) -> Spec:
         )
     axis = axis % logits.ndim
     batch_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        if labels.shape != batch_shape:
-            raise ValueError(
-                f"labels of integer dtype are class indices and must have the logits' shape "
-                f"without the class axis, {batch_shape}; got {labels.shape} (logits "
-                f"{logits.shape}, axis={axis}). For probabilities, pass a floating array of "
-                f"shape {logits.shape}."
-            )
-        soft = False
-    elif jnp.issubdtype(labels.dtype, jnp.floating):
-        if labels.shape != logits.shape:
-            raise ValueError(
-                f"labels of floating dtype are class probabilities and must have the logits' "
-                f"shape {logits.shape}; got {labels.shape}. For class indices, pass an integer "
-                f"array of shape {batch_shape}."
-            )
-        soft = True
-    else:
-        raise TypeError(
-            f"labels must be integer class indices or floating probabilities; got dtype "
-            f"{labels.dtype}. Cast them, e.g. labels.astype(jnp.int32)."
-        )
+    soft = label_kind(
+        labels, "labels", indices=batch_shape, probs=logits.shape,
+        indices_as=f"the logits' shape without the class axis, {batch_shape}",
+        probs_as=f"the logits' shape {logits.shape}",
+        note=f" (logits {logits.shape}, axis={axis})",
+    )  # fmt: skip
     return Spec(axis, logits.shape[axis], soft, batch_shape)
+
+
+def label_kind(labels, name: str, *, indices, probs, indices_as: str, probs_as: str,
+               note: str = "") -> bool:  # fmt: skip
+    """Whether ``labels`` are probabilities (floating, shape ``probs``), not class indices.
+
+    Class indices are integer, of shape ``indices``; the errors state the expected shapes as
+    ``indices_as`` and ``probs_as`` put them.
+    """
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        if labels.shape != indices:
+            raise ValueError(
+                f"{name} of integer dtype are class indices and must have {indices_as}; got "
+                f"{labels.shape}{note}. For probabilities, pass a floating array of shape {probs}."
+            )
+        return False
+    if jnp.issubdtype(labels.dtype, jnp.floating):
+        if labels.shape != probs:
+            raise ValueError(
+                f"{name} of floating dtype are class probabilities and must have {probs_as}; got "
+                f"{labels.shape}. For class indices, pass an integer array of shape {indices}."
+            )
+        return True
+    raise TypeError(
+        f"{name} must be integer class indices or floating probabilities; got dtype "
+        f"{labels.dtype}. Cast them, e.g. {name}.astype(jnp.int32)."
+    )
 
 
 def check_class_vector(
@@ -237,16 +257,20 @@ def check_where(where, batch_shape: tuple[int, ...]) -> jax.Array | None:
             f"where must be a boolean mask of examples; got dtype {where.dtype}. "
             f"Pass e.g. where=mask.astype(bool)."
         )
+    check_broadcasts(where, "where", batch_shape, "the logits' shape without the class axis")
+    return jnp.broadcast_to(where, batch_shape)
+
+
+def check_broadcasts(array, name: str, shape: tuple[int, ...], what: str) -> None:
+    """A ValueError unless ``array`` broadcasts to the examples' ``shape`` (``what`` they are)."""
     try:
-        fits = np.broadcast_shapes(where.shape, batch_shape) == batch_shape
+        fits = np.broadcast_shapes(array.shape, shape) == shape
     except ValueError:
         fits = False
     if not fits:
         raise ValueError(
-            f"where must broadcast to the examples' shape {batch_shape} (the logits' shape "
-            f"without the class axis); got {where.shape}."
+            f"{name} must broadcast to the examples' shape {shape} ({what}); got {array.shape}."
         )
-    return jnp.broadcast_to(where, batch_shape)
 
 
 @contextlib.contextmanager

@@ -34,15 +34,7 @@ def check_sample_weight(value, example_shape: tuple[int, ...]) -> jax.Array | No
             f"sample_weight must have a floating dtype; got {weights.dtype}. "
             f"Cast it, e.g. sample_weight.astype(jnp.float32)."
         )
-    try:
-        fits = np.broadcast_shapes(weights.shape, example_shape) == example_shape
-    except ValueError:
-        fits = False
-    if not fits:
-        raise ValueError(
-            f"sample_weight must broadcast to the examples' shape {example_shape} (one weight "
-            f"per example); got {weights.shape}."
-        )
+    _validation.check_broadcasts(weights, "sample_weight", example_shape, "one weight per example")
     values = _concrete(weights)
     if values is not None and not np.isfinite(values).all():
         i = tuple(int(j[0]) for j in np.nonzero(~np.isfinite(values)))
