@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import html
 
-from parity._compare import FAILED, INTENTIONAL, LINEAR_QUANTITIES, PASSED, QUANTITIES
+from parity._compare import FAILED, LINEAR_QUANTITIES, PASSED, QUANTITIES
 from parity._plots import closeness_scatter, error_histograms
 from parity._report import (
+    DTYPE_HEADER,
     LINEAR_HEADER,
     PAIRS,
     case_errors,
+    dtype_rows,
     fmt,
     is_linear,
     linear_rows,
@@ -65,31 +67,7 @@ def loss_html(payload: dict) -> str:
         "implementation under test, <i>ref</i> the float64 reference rounded to the dtype.</p>",
         "<h2>Per dtype (worst case; intentional differences excluded)</h2>",
     ]
-    rows = []
-    for dtype, d in s["per_dtype"].items():
-        for q in QUANTITIES:
-            w = d["worst_max_rel"][q]
-            rows.append(
-                [dtype, str(d["cases"]), str(d[PASSED]), str(d[FAILED]), str(d[INTENTIONAL]), q]
-                + [fmt(w[p]) for p in PAIRS]
-            )
-    body.append(
-        table(
-            [
-                "dtype",
-                "cases",
-                "passed",
-                "failed",
-                "intentional",
-                "quantity",
-                "impl vs torch",
-                "impl vs ref",
-                "torch vs ref",
-                "optax vs ref",
-            ],
-            rows,
-        )
-    )
+    body.append(table(DTYPE_HEADER, dtype_rows(payload)))
     body.append(
         table(
             ["dtype", "impl closer to float64", "torch closer", "tie"],

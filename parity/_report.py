@@ -195,30 +195,43 @@ def _cell(s: dict | None) -> str:
     return "NaN/inf≠" if s["nonfinite_mismatch"] else fmt(s["max_rel"])
 
 
-def linear_rows(payload: dict) -> list[list[str]]:
-    """The linear section's table: per dtype, torch path and quantity (header LINEAR_HEADER)."""
+def _worst_rows(groups, quantities, pairs) -> list[list[str]]:
+    """Per (group name cells, group) and quantity: the counts, then each pair's worst error.
+
+    A group's name and counts stand on its first quantity's row only.
+    """
     rows = []
-    for d in payload["summary"]["linear"]["per_dtype_and_path"]:
-        for i, q in enumerate(LINEAR_QUANTITIES):
+    for names, d in groups:
+        head = [*names, str(d["cases"]), str(d[PASSED]), str(d[FAILED]), str(d[INTENTIONAL_STATUS])]
+        for i, q in enumerate(quantities):
             w = d["worst_max_rel"][q]
-            head = [d["dtype"], d["torch_path"], str(d["cases"]), str(d[PASSED]),
-                    str(d[FAILED]), str(d[INTENTIONAL_STATUS])]  # fmt: skip
-            rows.append((head if i == 0 else [""] * 6) + [q] + [fmt(w[p]) for p in PAIRS[:3]])
+            rows.append((head if i == 0 else [""] * len(head)) + [q] + [fmt(w[p]) for p in pairs])
     return rows
 
 
-LINEAR_HEADER = [
-    "dtype",
-    "torch path",
-    "cases",
-    "passed",
-    "failed",
-    "intentional",
-    "quantity",
-    "impl vs torch",
-    "impl vs ref",
-    "torch vs ref",
-]
+DTYPE_HEADER = ["dtype", "cases", "passed", "failed", "intentional", "quantity", "impl vs torch",
+                "impl vs ref", "torch vs ref", "optax vs ref"]  # fmt: skip
+LINEAR_HEADER = ["dtype", "torch path", *DTYPE_HEADER[1:-1]]  # no optax column
+
+
+def dtype_rows(payload: dict) -> list[list[str]]:
+    """The per-dtype table: per dtype and quantity (header DTYPE_HEADER)."""
+    groups = [((dtype,), d) for dtype, d in payload["summary"]["per_dtype"].items()]
+    return _worst_rows(groups, QUANTITIES, PAIRS)
+
+
+def linear_rows(payload: dict) -> list[list[str]]:
+    """The linear section's table: per dtype, torch path and quantity (header LINEAR_HEADER)."""
+    per = payload["summary"]["linear"]["per_dtype_and_path"]
+    return _worst_rows(
+        [((d["dtype"], d["torch_path"]), d) for d in per], LINEAR_QUANTITIES, PAIRS[:3]
+    )
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + [
+        "| " + " | ".join(row) + " |" for row in rows
+    ]
 
 
 def case_errors(r: dict, quantity: str) -> str:
@@ -250,19 +263,8 @@ def markdown(payload: dict) -> str:
         "",
         "## Per dtype",
         "",
-        "| dtype | cases | passed | failed | intentional | quantity | impl vs torch | "
-        "impl vs ref | torch vs ref | optax vs ref |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *markdown_table(DTYPE_HEADER, dtype_rows(payload)),
     ]
-    for dtype, d in s["per_dtype"].items():
-        for i, q in enumerate(QUANTITIES):
-            head = (
-                f"{dtype} | {d['cases']} | {d[PASSED]} | {d[FAILED]} | {d[INTENTIONAL_STATUS]}"
-                if i == 0
-                else " | | | | "
-            )
-            w = d["worst_max_rel"][q]
-            lines.append(f"| {head} | {q} | " + " | ".join(fmt(w[p]) for p in PAIRS) + " |")
     lines += [
         "",
         "## Closer to the float64 truth (quantities, per dtype)",
@@ -358,6 +360,5 @@ def linear_markdown(payload: dict) -> list[str]:
         "",
     ]
     lines += [f"- {note}" for note in lin["notes"]]
-    lines += ["", "| " + " | ".join(LINEAR_HEADER) + " |", "|---" * len(LINEAR_HEADER) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in linear_rows(payload)]
+    lines += ["", *markdown_table(LINEAR_HEADER, linear_rows(payload))]
     return lines
