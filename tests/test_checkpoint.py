@@ -93,34 +93,26 @@ def _drop_commit(out: Path):
     return "no commit file"
 
 
-def _garble_commit(out: Path):
-    (out / "checkpoints/step_00000020.commit.json").write_text('{"files": ')
-    return "unreadable"
+def _bad_commit(name: str, text: str, reason: str):
+    """A damage that writes ``text`` as the newest step's commit file; ``reason`` is its message."""
+
+    def damage(out: Path):
+        (out / "checkpoints/step_00000020.commit.json").write_text(text)
+        return reason
+
+    damage.__name__ = name
+    return damage
 
 
-def _commit_not_a_record(out: Path):
-    (out / "checkpoints/step_00000020.commit.json").write_text('{"files": [1, 2]}')
-    return "unreadable or not a commit record"
-
-
-def _commit_a_list(out: Path):
-    (out / "checkpoints/step_00000020.commit.json").write_text("[]")
-    return "unreadable or not a commit record"
-
-
-def _commit_without_files(out: Path):
-    (out / "checkpoints/step_00000020.commit.json").write_text('{"format": 1}')
-    return "unreadable or not a commit record"
-
-
-def _commit_entry_a_string(out: Path):
-    (out / "checkpoints/step_00000020.commit.json").write_text('{"files": {"a": "bb"}}')
-    return "unreadable or not a commit record"
-
-
-def _commit_entry_too_short(out: Path):
-    (out / "checkpoints/step_00000020.commit.json").write_text('{"files": {"state/x": [1]}}')
-    return "unreadable or not a commit record"
+_NOT_A_RECORD = "unreadable or not a commit record"
+_BAD_COMMITS = [
+    _bad_commit("garble_commit", '{"files": ', "unreadable"),
+    _bad_commit("commit_not_a_record", '{"files": [1, 2]}', _NOT_A_RECORD),
+    _bad_commit("commit_a_list", "[]", _NOT_A_RECORD),
+    _bad_commit("commit_without_files", '{"format": 1}', _NOT_A_RECORD),
+    _bad_commit("commit_entry_a_string", '{"files": {"a": "bb"}}', _NOT_A_RECORD),
+    _bad_commit("commit_entry_too_short", '{"files": {"state/x": [1]}}', _NOT_A_RECORD),
+]
 
 
 def _killed_in_orbax_write(out: Path):
@@ -138,12 +130,7 @@ def _killed_in_orbax_write(out: Path):
         _delete_file,
         _flip_byte,
         _drop_commit,
-        _garble_commit,
-        _commit_not_a_record,
-        _commit_a_list,
-        _commit_without_files,
-        _commit_entry_a_string,
-        _commit_entry_too_short,
+        *_BAD_COMMITS,
         _killed_in_orbax_write,
     ],
     ids=lambda f: f.__name__.strip("_"),

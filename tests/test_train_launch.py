@@ -367,21 +367,19 @@ def _train_py(*flags: str, timeout: int = 120) -> tuple[subprocess.CompletedProc
     return proc, time.perf_counter() - start
 
 
+def _join_as(process_id: int, out: str, port: int, *flags: str):
+    """``_train_py`` as process ``process_id`` of 2, coordinator at 127.0.0.1:``port``."""
+    return _train_py(
+        "--out", out, "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2",
+        "--process-id", str(process_id), *flags,
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 def test_unreachable_coordinator_fails_within_the_timeout_naming_it(tmp_path):
     port = _closed_port()
-    proc, seconds = _train_py(
-        "--out",
-        os.path.relpath(tmp_path / "run", ROOT),
-        "--coordinator-address",
-        f"127.0.0.1:{port}",
-        "--num-processes",
-        "2",
-        "--process-id",
-        "1",
-        "--coordinator-timeout",
-        "3",
-    )
+    out = os.path.relpath(tmp_path / "run", ROOT)  # as typed: relative to the repository
+    proc, seconds = _join_as(1, out, port, "--coordinator-timeout", "3")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"train.py: error: process 1 of 2 could not join the run at coordinator 127.0.0.1:{port} "
@@ -396,18 +394,7 @@ def test_unreachable_coordinator_fails_within_the_timeout_naming_it(tmp_path):
 @pytest.mark.slow
 def test_process_0_alone_fails_within_the_timeout(tmp_path):
     port = _closed_port()
-    proc, _ = _train_py(
-        "--out",
-        str(tmp_path / "run"),
-        "--coordinator-address",
-        f"127.0.0.1:{port}",
-        "--num-processes",
-        "2",
-        "--process-id",
-        "0",
-        "--coordinator-timeout",
-        "3",
-    )
+    proc, _ = _join_as(0, str(tmp_path / "run"), port, "--coordinator-timeout", "3")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"train.py: error: process 0 of 2 could not join the run at coordinator 127.0.0.1:{port} "
@@ -426,16 +413,7 @@ def test_busy_coordinator_port_is_an_error_not_a_crash(tmp_path):
         busy.bind(("", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc, _ = _train_py(
-            "--out",
-            str(tmp_path / "run"),
-            "--coordinator-address",
-            f"127.0.0.1:{port}",
-            "--num-processes",
-            "2",
-            "--process-id",
-            "0",
-        )
+        proc, _ = _join_as(0, str(tmp_path / "run"), port)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert (
         proc.stderr.strip()
