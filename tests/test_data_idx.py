@@ -107,10 +107,11 @@ def test_a_file_is_not_a_data_directory(tmp_path):
         load_idx_dir(tmp_path / "file")
 
 
-def test_unreadable_file_is_named(tmp_path, monkeypatch):
-    # A permission error, simulated: root (as in CI containers) reads files whatever their mode.
-    write_dir(tmp_path)
-    unreadable = tmp_path / "train-labels-idx1-ubyte.gz"
+def refuse_to_read(monkeypatch, unreadable: Path) -> None:
+    """Makes ``Path.read_bytes`` of ``unreadable`` raise a permission error.
+
+    Simulated: root (as in CI containers) reads files whatever their mode.
+    """
     read_bytes = Path.read_bytes
 
     def refuse(path):
@@ -119,6 +120,12 @@ def test_unreadable_file_is_named(tmp_path, monkeypatch):
         return read_bytes(path)
 
     monkeypatch.setattr(Path, "read_bytes", refuse)
+
+
+def test_unreadable_file_is_named(tmp_path, monkeypatch):
+    write_dir(tmp_path)
+    unreadable = tmp_path / "train-labels-idx1-ubyte.gz"
+    refuse_to_read(monkeypatch, unreadable)
     with pytest.raises(DataError) as err:
         load_quietly(tmp_path)
     assert str(err.value) == (

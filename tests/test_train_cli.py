@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import pytest
 
 import train
-from tests.test_data_idx import STEMS, idx_bytes, make_arrays, write_dir
+from tests.test_data_idx import STEMS, idx_bytes, make_arrays, refuse_to_read, write_dir
 from tests.test_resume import cpu_env, xla_cache  # noqa: F401 (the shared compilation cache)
 from training import RunDirError, _rundir
 from training._checkpoint import RunCheckpoints, latest_good
@@ -407,14 +407,7 @@ def test_bad_data_is_named(tiny, tmp_path, damage, message, capsys):
 
 def test_unreadable_data_file_is_named(tiny, tmp_path, capsys, monkeypatch):
     unreadable = tiny / "train-images-idx3-ubyte.gz"
-    read_bytes = Path.read_bytes
-
-    def refuse(path):
-        if path == unreadable:
-            raise PermissionError(13, "Permission denied", str(path))
-        return read_bytes(path)
-
-    monkeypatch.setattr(Path, "read_bytes", refuse)
+    refuse_to_read(monkeypatch, unreadable)
     status, _, err = run(["--data-dir", tiny, "--out", tmp_path / "run", *TINY], capsys)
     assert status == 1
     assert error_line(err) == (
@@ -685,22 +678,18 @@ def test_resume_after_a_kill_in_the_first_checkpoint_starts_over(tiny, tmp_path,
     assert "(unfinished checkpoint writes only); starting from scratch" in stdout
 
 
-def test_resume_with_other_settings_names_the_flag(finished, tiny, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "flag, written, given", [("--lr", "0.001", "0.01"), ("--label-smoothing", "0.0", "0.1")]
+)
+def test_resume_with_other_settings_names_the_flag(
+    finished, tiny, tmp_path, capsys, flag, written, given
+):
     out = tmp_path / "run"
     shutil.copytree(finished, out)
-    flags = [*RESUME, "--lr", "0.01"]
+    flags = [*RESUME, flag, given]
     status, _, err = run(["--data-dir", tiny, "--out", out, "--resume", *flags], capsys)
     assert status == 1
-    assert "was written with --lr 0.001, this run has 0.01" in error_line(err)
-
-
-def test_resume_with_other_label_smoothing_names_the_flag(finished, tiny, tmp_path, capsys):
-    out = tmp_path / "run"
-    shutil.copytree(finished, out)
-    flags = [*RESUME, "--label-smoothing", "0.1"]
-    status, _, err = run(["--data-dir", tiny, "--out", out, "--resume", *flags], capsys)
-    assert status == 1
-    assert "was written with --label-smoothing 0.0, this run has 0.1" in error_line(err)
+    assert f"was written with {flag} {written}, this run has {given}" in error_line(err)
 
 
 def test_overwrite_deletes_the_run_but_not_other_files(finished, tiny, tmp_path, capsys):
