@@ -17,7 +17,15 @@ from jax.typing import ArrayLike
 
 from jaxce import _labels, _validation
 from jaxce import _row_math as rm
-from jaxce._reductions import capped_row_stats, fresh, row_stats, shifted_sum, softmax, target_sum
+from jaxce._reductions import (
+    capped_row_stats,
+    fresh,
+    row_stats,
+    shared_row_stats,
+    shifted_sum,
+    softmax,
+    target_sum,
+)
 from jaxce._validation import Reduction
 
 
@@ -199,12 +207,14 @@ def _index_terms(opts, logits, m, lse0, index, weight, ct) -> rm.RowTerms:
     return rm.RowTerms(in_range, onehot, w_y, lse0 - s_y)
 
 
-def _capped_stats(opts: rm.Options, logits, ct):
-    """(xs, m, lse0): the soft-capped logits, their row maximum and shifted log-sum-exp."""
+def _capped_stats(opts: rm.Options, logits, ct, shared=False):
+    """(xs, m, lse0): the soft-capped logits, their row maximum and shifted log-sum-exp
+    (``shared``: in a custom VJP's forward pass, whose backward reuses them)."""
     xs = rm.softcap(opts, logits, ct)
     if opts.softcap is None:
-        return xs, *row_stats(xs, opts.axis)
-    return xs, *capped_row_stats(logits, xs, lambda v: rm.softcap(opts, v, ct), opts.axis)
+        return xs, *(shared_row_stats if shared else row_stats)(xs, opts.axis)
+    cap = lambda v: rm.softcap(opts, v, ct)
+    return xs, *capped_row_stats(logits, xs, cap, opts.axis, shared=shared)
 
 
 def _capped_again(opts: rm.Options, logits, ct, *tag):
@@ -214,10 +224,10 @@ def _capped_again(opts: rm.Options, logits, ct, *tag):
     return rm.softcap(opts, fresh(logits, *tag), ct)
 
 
-def _index_forward(opts: rm.Options, logits, index, weight, keep):
+def _index_forward(opts: rm.Options, logits, index, weight, keep, shared=False):
     ct = rm.compute_dtype(logits.dtype)
     eps, num_classes = opts.label_smoothing, logits.shape[opts.axis]
-    xs, m, lse0 = _capped_stats(opts, logits, ct)
+    xs, m, lse0 = _capped_stats(opts, logits, ct, shared)
     t = _index_terms(opts, logits, m, lse0, index, weight, ct)
     smooth = None
     if eps:
@@ -240,7 +250,7 @@ def index_rows(opts: rm.Options, logits, index, weight, keep):
 
 
 def _index_rows_fwd(opts, logits, index, weight, keep):
-    loss, (m, lse0) = _index_forward(opts, logits, index, weight, keep)
+    loss, (m, lse0) = _index_forward(opts, logits, index, weight, keep, shared=True)
     return loss, (logits, index, weight, keep, m, lse0)
 
 
@@ -276,9 +286,9 @@ def _soft_target(opts, logits, labels, weight, ct):
     return tt, wb, (tt if wb is None else tt * wb)
 
 
-def _soft_forward(opts: rm.Options, logits, labels, weight, keep):
+def _soft_forward(opts: rm.Options, logits, labels, weight, keep, shared=False):
     ct = rm.compute_dtype(logits.dtype, labels.dtype)
-    _, m, lse0 = _capped_stats(opts, logits, ct)
+    _, m, lse0 = _capped_stats(opts, logits, ct, shared)
     _, _, q = _soft_target(opts, logits, labels, weight, ct)
     q_sum = jnp.sum(q, axis=opts.axis, keepdims=True)
     # sum_c q_c (lse0 - s_c), both terms >= 0 for q >= 0 (no cancellation)
@@ -296,7 +306,7 @@ def soft_rows(opts: rm.Options, logits, labels, weight, keep):
 
 
 def _soft_rows_fwd(opts, logits, labels, weight, keep):
-    loss, (m, lse0, q_sum) = _soft_forward(opts, logits, labels, weight, keep)
+    loss, (m, lse0, q_sum) = _soft_forward(opts, logits, labels, weight, keep, shared=True)
     return loss, (logits, labels, weight, keep, m, lse0, q_sum)
 
 

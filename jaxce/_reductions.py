@@ -7,7 +7,8 @@
 sums of the forward pass. Here they are written in their textbook form.
 
 On XLA:CPU the same quantities run several times faster in the forms of ``jaxce._xla_cpu``
-(rows split into parts, an exponential shared between forward and backward). ``_by_backend``
+(rows split into parts; an exponential shared between forward and backward, which
+``shared_row_stats`` asks for where the gradient follows). ``_by_backend``
 is the only place that chooses: on a CPU backend it picks the CPU form (through
 ``lax.platform_dependent``, so a program lowered for GPU or TPU holds only the textbook form),
 everywhere else the textbook one.
@@ -69,7 +70,7 @@ def textbook_row_stats(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def row_stats(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-    """(m, lse0) of ``xs`` along ``axis``, both with ``axis`` kept at size 1."""
+    """(m, lse0) of ``xs`` along ``axis``, both with ``axis`` kept at size 1, for a loss value."""
     return _by_backend(
         functools.partial(_xla_cpu.row_stats, axis=axis),
         functools.partial(textbook_row_stats, axis=axis),
@@ -77,29 +78,48 @@ def row_stats(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
     )
 
 
-@row_stats.defjvp
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def shared_row_stats(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """``row_stats`` where the gradient follows in the same program (``softmax`` of them).
+
+    The same values; the CPU form writes ``exp(xs - m)`` once for the forward's sum and the
+    backward's ``softmax`` (``row_stats``, for a value alone, does not write it).
+    """
+    return _by_backend(
+        functools.partial(_xla_cpu.shared_row_stats, axis=axis),
+        functools.partial(textbook_row_stats, axis=axis),
+        xs,
+    )
+
+
 def _row_stats_jvp(axis, primals, tangents):
+    """Both forms' derivative: ``d lse0 = sum(softmax * d xs)``, ``m`` a constant shift."""
     (xs,), (dxs,) = primals, tangents
-    m, lse0 = row_stats(xs, axis)
+    m, lse0 = shared_row_stats(xs, axis)
     d_lse0 = jnp.sum(softmax(xs - m, lse0, axis) * dxs, axis=axis, keepdims=True)
     return (m, lse0), (jnp.zeros_like(m), d_lse0)
 
 
-def capped_row_stats(logits: jax.Array, xs: jax.Array, cap, axis: int):
+row_stats.defjvp(_row_stats_jvp)
+shared_row_stats.defjvp(_row_stats_jvp)
+
+
+def capped_row_stats(logits: jax.Array, xs: jax.Array, cap, axis: int, *, shared: bool = False):
     """``row_stats(xs, axis)`` for ``xs = cap(logits)`` with ``cap`` non-decreasing (softcap).
 
     Off CPU the maximum is taken of the raw logits, ``m = cap(max(logits))`` (equal to
     ``max(xs)``, as ``cap`` keeps the order), so the capped logits feed one reduction, the sum
     of exp, into which XLA fuses them; shared by two reductions, XLA:GPU writes them out as an
     (N, C) float32 temporary (``cap`` holds a tanh, which XLA does not duplicate). ``m`` is a
-    constant shift (no gradient), as in ``row_stats``.
+    constant shift (no gradient), as in ``row_stats``. ``shared``: ``shared_row_stats`` on CPU.
     """
 
     def textbook(logits, xs):
         m = _finite(cap(lax.stop_gradient(jnp.max(logits, axis=axis, keepdims=True))))
         return m, jnp.log(jnp.sum(jnp.exp(xs - m), axis=axis, keepdims=True))
 
-    return _by_backend(lambda logits, xs: row_stats(xs, axis), textbook, logits, xs)
+    on_cpu = shared_row_stats if shared else row_stats
+    return _by_backend(lambda logits, xs: on_cpu(xs, axis), textbook, logits, xs)
 
 
 def fresh(x: jax.Array, *tag: jax.Array) -> jax.Array:
