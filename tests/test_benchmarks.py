@@ -243,21 +243,29 @@ def test_torch_forward_is_the_no_grad_loss():
 
 
 @pytest.mark.parametrize(
-    ("variant", "setting", "reads", "writes"),
+    ("variant", "setting", "classes", "reads", "writes", "exp_passes"),
     [
-        pytest.param("bound_copy", "in_step", 1, 1, id="bound-copy"),
-        pytest.param("bound_read", "forward", 1, 0, id="bound-read"),
-        # The CPU kernel's memory plan (jaxce._xla_cpu): max, sum of exp, then the gradient.
-        pytest.param("jaxce", "in_step", 3, 1, id="jaxce-step"),
-        pytest.param("jaxce", "forward", 2, 0, id="jaxce-forward"),
+        pytest.param("bound_copy", "in_step", 40000, 1, 1, 0, id="bound-copy"),
+        pytest.param("bound_read", "forward", 40000, 1, 0, 0, id="bound-read"),
+        # The CPU memory plan (jaxce._xla_cpu). Rows longer than 32768 classes, in parts: max,
+        # sum of exp, then the gradient (two exp passes, no (N, C) write but the gradient).
+        pytest.param("jaxce", "in_step", 40000, 3, 1, 2, id="jaxce-step-split"),
+        pytest.param("jaxce", "forward", 40000, 2, 0, 1, id="jaxce-forward-split"),
+        # Up to 32768 classes, a step writes exp(x - m) once and the gradient reuses it (one
+        # exp pass); the value alone writes nothing.
+        pytest.param("jaxce", "in_step", 4096, 4, 2, 1, id="jaxce-step-shared-exp"),
+        pytest.param("jaxce", "forward", 4096, 2, 0, 1, id="jaxce-forward-textbook"),
     ],
 )
-def test_profile_counts_passes_over_the_logits(variant, setting, reads, writes):
-    """The HLO pass counter on real compiled variants (256x40000: 2 parts per row on CPU)."""
+def test_profile_counts_passes_over_the_logits(
+    variant, setting, classes, reads, writes, exp_passes
+):
+    """The HLO pass counter on real compiled variants (256 rows; 40000 classes: 2 parts)."""
     from benchmarks import _profile
 
-    rows = _profile.passes(_jax_variants.hlo_text(variant, setting, 256, 40000), 256, 40000)
+    rows = _profile.passes(_jax_variants.hlo_text(variant, setting, 256, classes), 256, classes)
     assert (sum(r.reads for r in rows), sum(r.writes for r in rows)) == (reads, writes)
+    assert sum(bool(r.exps) for r in rows) == exp_passes
 
 
 def test_profile_reductions_table():
