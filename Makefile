@@ -27,7 +27,11 @@ OTHER_JAX_PACKAGES := $(filter-out $(JAX_PACKAGES_$(JAX)),$(foreach b,$(JAX_BUIL
 
 .PHONY: train test lint format parity lock clean accel-check
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+# What re-runs the set-up when it changes (tests/test_readme.py empties it: the suite runs inside
+# the environment it would rebuild).
+SETUP_DEPS ?= pyproject.toml $(CONSTRAINTS)
+
+$(STAMP): $(SETUP_DEPS)
 	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
