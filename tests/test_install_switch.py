@@ -34,7 +34,9 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU 
 
 def make_n(*args: str, venv: Path) -> subprocess.CompletedProcess:
     """``make -n ARGS`` from the repository root, as a user types it (not as a sub-make)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    # Not what an outer `make test ARGS=... JAX=...` passes down (its flags and variables).
+    outer = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS", "JAX", "CONSTRAINTS", "SETUP_DEPS")
+    env = {k: v for k, v in os.environ.items() if k not in outer}
     return subprocess.run(
         ["make", "-n", f"VENV={venv}", f"PYTHON={sys.executable}", *args],
         cwd=ROOT,

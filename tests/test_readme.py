@@ -1,13 +1,15 @@
 """The README runs as written: its shell commands from the repository root, its Python snippets.
 
 Every command in a ```sh block is listed below, either with what running it must show or with
-the reason it is not run here (another host, a cluster, a system install, the suite itself); a
-command added to or removed from the README fails `test_every_command_is_accounted_for` until this
-table says what to do with it. Commands run exactly as written: from the repository root,
-relative paths, default flags, through `bash`, with the virtual environment's ``bin`` first on
-``PATH`` (what activating ``.venv`` does) and ``VENV`` naming it for ``make``. What a command
-writes under ``runs/`` or ``reports/`` is removed afterwards. Every ```python block runs, each on
-its own, in a fresh interpreter.
+the reason it is not run here (another host, a cluster, a system install, the suite itself, or
+a test that runs the same command); a command added to or removed from the README fails
+`test_every_command_is_accounted_for` until this table says what to do with it. Commands run
+exactly as written: from the repository root, relative paths, default flags, through `bash`,
+with the virtual environment's ``bin`` first on ``PATH`` (what activating ``.venv`` does),
+``VENV`` naming it for ``make`` and ``SETUP_DEPS`` empty (make never rebuilds the environment
+the suite runs in). What a command writes under ``runs/`` or ``reports/`` (the run directories
+it reports, the files it must write) is removed afterwards; what was there before stays. Every
+```python block runs, each on its own, in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ class Run:
 
 _MINI = SHARED_DATA / "mnist-mini"
 _TRAINED = (r"final test accuracy \d+\.\d+%",)
-_RUN_LINE = r"run directory /\S+/runs/{name}; backend cpu: {devices} x cpu"
+_RUN_LINE = r"run directory /\S+/runs/{name}(-\d+)?; backend cpu: {devices} x cpu"
 _TWO_HOSTS = (
     "another host (10.0.0.1) must run its half; the same flags on one machine run in the "
     "two-process loop above and in tests/test_distributed_training.py"
@@ -217,6 +219,10 @@ def _env() -> dict[str, str]:
     env["VENV"] = str(Path(sys.executable).parent.parent)
     env["SETUP_DEPS"] = ""  # make uses this environment as it is; it never rebuilds it mid-suite
     env.pop("JAX_NUM_CPU_DEVICES", None)
+    # An outer `make test ARGS=...` exports its flags and ARGS, which the README's `make train`
+    # would pass on to train.py; JAX stays (it names the build this environment holds).
+    for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS"):
+        env.pop(name, None)
     env.pop("XLA_FLAGS", None)
     return env
 
@@ -262,12 +268,14 @@ def test_commands_run_as_written(unit):
     missing = [RUN[c].needs for c in unit if RUN[c].needs is not None and not RUN[c].needs.exists()]
     if missing:
         pytest.skip(f"needs {missing[0]}")
-    before = _outputs()
+    before, made = _outputs(), set()
     try:
         for command in unit:
             spec = RUN[command]
+            made |= {ROOT / Path(f).parts[0] / Path(f).parts[1] for f in spec.files}
             result = run_as_written(command, timeout=spec.timeout)
             shown = result.stdout + result.stderr
+            made |= {Path(p) for p in re.findall(r"^run directory (\S+);", shown, re.M)}
             allowed = spec.status if isinstance(spec.status, tuple) else (spec.status,)
             assert result.returncode in allowed, (
                 f"{command}: exit {result.returncode}:\n{shown[-3000:]}"
@@ -278,7 +286,8 @@ def test_commands_run_as_written(unit):
             for path in spec.files:
                 assert (ROOT / path).is_file(), f"{command} did not write {path}"
     finally:
-        for path in _outputs() - before:
+        # only this unit's own outputs: units run side by side under pytest-xdist
+        for path in made - before:
             shutil.rmtree(path, ignore_errors=True)
 
 
