@@ -33,19 +33,11 @@ class Shapes(NamedTuple):
         return self.batch + self.out_features
 
 
-def _floating(array, name: str) -> None:
-    if not jnp.issubdtype(array.dtype, jnp.floating):
-        raise TypeError(
-            f"{name} must have a floating dtype; got {array.dtype}. "
-            f"Cast it, e.g. {name}.astype(jnp.float32)."
-        )
-
-
 def check_arrays(hidden, kernel, labels, *, torch_layout: bool, names) -> Shapes:
     """Dtypes and shapes of hidden (..., D), the kernel and the labels (indices or probs)."""
     h_name, k_name, y_name = names
-    _floating(hidden, h_name)
-    _floating(kernel, k_name)
+    _validation.check_floating(hidden, h_name)
+    _validation.check_floating(kernel, k_name)
     if hidden.ndim == 0:
         raise ValueError(f"{h_name} must have shape (..., D) with D features; got a scalar.")
     d = hidden.shape[-1]
@@ -77,7 +69,7 @@ def check_bias(bias, shapes: Shapes, name: str):
     if bias is None:
         return None
     bias = _validation.as_array(bias, name)
-    _floating(bias, name)
+    _validation.check_floating(bias, name)
     expected = (shapes.columns, *shapes.out_features)
     if bias.shape != expected:
         raise ValueError(

@@ -148,6 +148,13 @@ def _chunk_vjp(static, logits, labels, weight, keep, g, needs):
     return out, vjp(g.astype(out.dtype))[0]
 
 
+def compute_dtype(static: Static, hidden, kernel, bias, labels) -> jnp.dtype:
+    """The dtype of the sweep's arithmetic: of the matmul operands, and of probabilities."""
+    arrays = [a for a in (hidden, kernel, bias) if a is not None]
+    extra = [labels.dtype] if static.soft else []
+    return rm.compute_dtype(*[a.dtype for a in arrays], *extra)
+
+
 def sweep(static: Static, hidden, kernel, bias, labels, weight, keep, g=None, needs=ALL):
     """Per-example losses (N[, P]) in the compute dtype and, given ``g``, their gradients.
 
@@ -159,8 +166,7 @@ def sweep(static: Static, hidden, kernel, bias, labels, weight, keep, g=None, ne
     gradient is accumulated in the compute dtype and returned in it.
     """
     n, c = hidden.shape[0], static.num_classes
-    arrays = [hidden, kernel] + [a for a in (bias,) if a is not None]
-    ct = rm.compute_dtype(*[a.dtype for a in arrays], *([labels.dtype] if static.soft else []))
+    ct = compute_dtype(static, hidden, kernel, bias, labels)
     mm = jnp.result_type(hidden.dtype, kernel.dtype)  # operand dtype of the gradient matmuls
     weight_c = None if weight is None else weight[:c]
     example_shape = keep.shape

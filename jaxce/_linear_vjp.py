@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxce import _row_math as rm
-from jaxce._linear_sweep import Needs, sweep
+from jaxce._linear_sweep import Needs, compute_dtype, sweep
 
 
 def _values(args):
@@ -66,16 +66,10 @@ def _divisor(static, mean, labels, weight, keep, sample_weight, divisor, ct):
     return jnp.sum(example_weights(static, labels, weight, keep, sample_weight, ct))
 
 
-def _compute_dtype(static, hidden, kernel, bias, labels):
-    arrays = [a for a in (hidden, kernel, bias) if a is not None]
-    extra = [labels.dtype] if static.soft else []
-    return rm.compute_dtype(*[a.dtype for a in arrays], *extra)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def reduced(static, mean, hidden, kernel, bias, labels, weight, keep, sample_weight, divisor):
     """``sum(sample_weight * loss) / divisor`` ("sum": divisor 1) in the compute dtype."""
-    ct = _compute_dtype(static, hidden, kernel, bias, labels)
+    ct = compute_dtype(static, hidden, kernel, bias, labels)
     losses, _ = sweep(static, hidden, kernel, bias, labels, weight, keep)
     total = jnp.sum(losses if sample_weight is None else losses * sample_weight.astype(ct))
     return total / _divisor(static, mean, labels, weight, keep, sample_weight, divisor, ct)
@@ -84,7 +78,7 @@ def reduced(static, mean, hidden, kernel, bias, labels, weight, keep, sample_wei
 def _reduced_fwd(static, mean, *args):
     hidden, kernel, bias, labels, weight, keep, sample_weight, divisor = _values(args)
     needs = _needs(static, *args[:5])
-    ct = _compute_dtype(static, hidden, kernel, bias, labels)
+    ct = compute_dtype(static, hidden, kernel, bias, labels)
 
     def divisor_of(weight, sample_weight, divisor):
         return _divisor(static, mean, labels, weight, keep, sample_weight, divisor, ct)

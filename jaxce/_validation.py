@@ -216,6 +216,15 @@ def label_kind(labels, name: str, *, indices, probs, indices_as: str, probs_as: 
     )
 
 
+def check_floating(array, name: str) -> None:
+    """Raises TypeError unless ``array`` (named ``name``) has a floating dtype."""
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must have a floating dtype; got {array.dtype}. "
+            f"Cast it, e.g. {name}.astype(jnp.float32)."
+        )
+
+
 def check_class_vector(
     value, name: str, num_classes: int, hint: str, *, finite: bool = True
 ) -> jax.Array | None:
@@ -227,11 +236,7 @@ def check_class_vector(
     if value is None:
         return None
     vector = as_array(value, name)
-    if not jnp.issubdtype(vector.dtype, jnp.floating):
-        raise TypeError(
-            f"{name} must have a floating dtype; got {vector.dtype}. "
-            f"Cast it, e.g. {name}.astype(jnp.float32)."
-        )
+    check_floating(vector, name)
     if vector.shape != (num_classes,):
         raise ValueError(
             f"{name} must have shape (num_classes,) = ({num_classes},); got {vector.shape}. {hint}"

@@ -29,11 +29,7 @@ def check_sample_weight(value, example_shape: tuple[int, ...]) -> jax.Array | No
     if value is None:
         return None
     weights = _validation.as_array(value, "sample_weight")
-    if not jnp.issubdtype(weights.dtype, jnp.floating):
-        raise TypeError(
-            f"sample_weight must have a floating dtype; got {weights.dtype}. "
-            f"Cast it, e.g. sample_weight.astype(jnp.float32)."
-        )
+    _validation.check_floating(weights, "sample_weight")
     _validation.check_broadcasts(weights, "sample_weight", example_shape, "one weight per example")
     values = _concrete(weights)
     if values is not None and not np.isfinite(values).all():

@@ -83,26 +83,24 @@ def check_int(name: str, value: Any, *, low: int, high: int | None = None, why: 
         )
 
 
-def check_positive(name: str, value: Any) -> None:
-    """Raises ConfigError unless setting ``name`` is a positive, finite number."""
+def _check_number(name: str, value: Any, accept, what: str) -> None:
+    """Raises ConfigError unless setting ``name`` is a finite real number ``accept`` takes."""
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
-        or not (math.isfinite(value) and value > 0)
+        or not (math.isfinite(value) and accept(value))
     ):
-        raise ConfigError(
-            "{@" + name + "} must be a positive, finite number, got {got!r}", got=value
-        )
+        raise ConfigError("{@" + name + "} must be " + what + ", got {got!r}", got=value)
+
+
+def check_positive(name: str, value: Any) -> None:
+    """Raises ConfigError unless setting ``name`` is a positive, finite number."""
+    _check_number(name, value, lambda v: v > 0, "a positive, finite number")
 
 
 def check_fraction(name: str, value: Any) -> None:
     """Raises ConfigError unless setting ``name`` is a number from 0 to 1."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not (math.isfinite(value) and 0 <= value <= 1)
-    ):
-        raise ConfigError("{@" + name + "} must be a number from 0 to 1, got {got!r}", got=value)
+    _check_number(name, value, lambda v: 0 <= v <= 1, "a number from 0 to 1")
 
 
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
