@@ -77,14 +77,16 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
 
 
 def plot_curves(path: Path, history: History, *, title: str) -> None:
-    """Saves loss (train and test) and test accuracy per epoch to a PNG."""
-    import matplotlib
+    """Saves loss (train and test) and test accuracy per epoch to a PNG.
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    A bare ``Figure`` (rendered by Agg when saved), not pyplot: no GUI backend is chosen or
+    imported, and no global figure state is kept.
+    """
+    from matplotlib.figure import Figure
 
     epochs = range(1, len(history.train_loss) + 1)
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
     loss_ax.plot(epochs, history.train_loss, "o-", label="train (mean over the epoch)")
     loss_ax.plot(epochs, history.test_loss, "s-", label="test (after the epoch)")
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
@@ -96,4 +98,3 @@ def plot_curves(path: Path, history: History, *, title: str) -> None:
         ax.set_xticks(list(epochs))
     fig.suptitle(title)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
