@@ -1,9 +1,12 @@
-"""Shared fixtures: seeded randomness and float64 scoping."""
+"""Shared fixtures: seeded randomness and float64 scoping; one compilation cache per run."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
+import shutil
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -30,6 +33,33 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 collect_ignore = [] if _compilers_installed() else ["test_compiled.py"]
 
 
+# jax's persistent compilation cache, for every program of the run: the xdist workers and the
+# processes the tests start (train.py, parity, the README's commands) inherit these variables, so
+# a program compiled once (the same computation, options and shapes) is read back, not compiled
+# again, by the other worker or a later process. The executables are the same, so are the results.
+CACHE_VARIABLES = (
+    "JAX_COMPILATION_CACHE_DIR",
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
+)
+
+
+def pytest_configure(config):
+    """A fresh cache directory for this run, unless the user set one (then theirs is used)."""
+    if hasattr(config, "workerinput") or os.environ.get(CACHE_VARIABLES[0]):
+        return  # an xdist worker inherits the controller's variables
+    config.jaxce_xla_cache = tempfile.mkdtemp(prefix="jaxce-tests-xla-cache-")
+    os.environ.update(dict(zip(CACHE_VARIABLES, (config.jaxce_xla_cache, "0", "0"), strict=True)))
+    jax.config.update("jax_compilation_cache_dir", config.jaxce_xla_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    if cache := getattr(config, "jaxce_xla_cache", None):
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 def x64_scope(dtype):
     """A context enabling float64 in JAX for float64 cases, and nothing otherwise."""
     if np.dtype(dtype) == np.float64:
@@ -45,3 +75,10 @@ def seeded_rng(*key) -> np.random.Generator:
 @pytest.fixture
 def rng(request) -> np.random.Generator:
     return seeded_rng(request.node.nodeid)
+
+
+def pytest_collection_modifyitems(items):
+    """The slow end-to-end tests first (in their collected order, so module fixtures still run
+    once): under ``pytest -n 2`` they overlap the many short tests instead of ending the run on
+    one worker while the other idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

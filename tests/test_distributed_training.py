@@ -28,7 +28,6 @@ from tests.test_resume import (
     reference,  # noqa: F401 (the session fixture, shared with the resume tests)
     train_command,
     train_py,
-    xla_cache,  # noqa: F401 (the shared compilation cache of the test subprocesses)
 )
 from tests.tolerances import assert_close
 

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import train
-from tests.conftest import SHARED_DATA
+from tests.conftest import CACHE_VARIABLES, SHARED_DATA
 from tests.faults import TEST_KILL_ENV
 from training import Config, NonFiniteLossError, ResumeError
 from training._checkpoint import read_checkpoint
@@ -55,24 +55,18 @@ def train_command(out, *flags, faults: bool = False) -> list[str]:
     return [sys.executable, *program, *data, "--out", relative(Path(out)), *flags]
 
 
-XLA_CACHE_ENV = "JAXCE_TEST_XLA_CACHE"
-
-
 def cpu_env(devices: int = 1, **extra: str) -> dict[str, str]:
     """This environment without JAX/XLA settings, on ``devices`` CPU devices, plus ``extra``.
 
-    With the `xla_cache` fixture active, the runs share jax's persistent compilation cache: a
-    run compiles what an earlier one with the same settings compiled in a fraction of the time
-    (the same executables, so results stay bit-identical).
+    The run's compilation cache (``tests/conftest.py``) stays: a run reads back what an earlier
+    one with the same settings compiled (the same executables, so results stay bit-identical).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JAX_", "XLA_")) or k in CACHE_VARIABLES
+    }
     env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), **extra)
-    if cache := os.environ.get(XLA_CACHE_ENV):
-        env.update(
-            JAX_COMPILATION_CACHE_DIR=cache,
-            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-        )
     return env
 
 
@@ -80,20 +74,6 @@ def shared_dir(tmp_path_factory) -> Path:
     """A directory of this test session that every xdist worker shares."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
-@pytest.fixture(scope="session", autouse=True)
-def xla_cache(tmp_path_factory):
-    """Turns on the shared compilation cache for the test subprocesses (see `cpu_env`)."""
-    cache = shared_dir(tmp_path_factory) / "xla-cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    previous = os.environ.get(XLA_CACHE_ENV)
-    os.environ[XLA_CACHE_ENV] = str(cache)
-    yield cache
-    if previous is None:
-        os.environ.pop(XLA_CACHE_ENV, None)
-    else:
-        os.environ[XLA_CACHE_ENV] = previous
 
 
 def train_py(out, *flags, env=None, devices: int = 1, timeout: int = 300):
@@ -134,7 +114,7 @@ def assert_same_run(out: Path, reference: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def reference(tmp_path_factory, xla_cache) -> Path:
+def reference(tmp_path_factory) -> Path:
     """The uninterrupted run on one device, made once per test session and shared by the test
     processes (the resume and data-parallel tests compare against it)."""
     out = shared_dir(tmp_path_factory) / "train-reference" / "run"

@@ -23,7 +23,7 @@ import pytest
 
 import train
 from tests.test_data_idx import STEMS, idx_bytes, make_arrays, refuse_to_read, write_dir
-from tests.test_resume import cpu_env, xla_cache  # noqa: F401 (the shared compilation cache)
+from tests.test_resume import cpu_env
 from training import RunDirError, _rundir
 from training._checkpoint import RunCheckpoints, latest_good
 from training._rundir import RunDir, default_out
