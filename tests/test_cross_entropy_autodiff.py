@@ -75,8 +75,8 @@ def test_custom_vjp_matches_autodiff_of_the_reference(target, option_set, reduct
             return lambda x, t, w: jnp.sum(cot * fn(x, t, weight=w, reduction=reduction, **options))
 
         argnums = (0, 1, 2) if target == "probs" else (0, 2)
-        got = jax.grad(wrap(loss.cross_entropy), argnums)(logits, labels, weight)
-        want = jax.grad(wrap(reference_cross_entropy), argnums)(logits, labels, weight)
+        got = jax.jit(jax.grad(wrap(loss.cross_entropy), argnums))(logits, labels, weight)
+        want = jax.jit(jax.grad(wrap(reference_cross_entropy), argnums))(logits, labels, weight)
     for name, g, w in zip(("logits", "labels", "weight")[: len(got)], got, want, strict=True):
         assert_close(g, w, dtype="float64", quantity="grad", context=name)
 
@@ -88,9 +88,9 @@ def test_check_grads_reverse_mode_to_second_order(target, option_set):
         logits, labels, options = make_problem(target, option_set, shape=(3, 4), axis=-1)
         f = functools.partial(loss.cross_entropy, **options)
         if target == "probs":
-            check_grads(f, (logits, labels), order=2, modes=["rev"])
+            check_grads(jax.jit(f), (logits, labels), order=2, modes=["rev"])
         else:
-            check_grads(lambda x: f(x, labels), (logits,), order=2, modes=["rev"])
+            check_grads(jax.jit(lambda x: f(x, labels)), (logits,), order=2, modes=["rev"])
 
 
 @pytest.mark.parametrize("target", ["index", "probs"])
@@ -98,8 +98,10 @@ def test_check_grads_reverse_mode_to_second_order(target, option_set):
 def test_hessian_by_reverse_over_reverse_matches_the_reference(target, option_set):
     with jax.enable_x64(True):
         logits, labels, options = make_problem(target, option_set, shape=(2, 5), axis=-1)
-        got = jax.jacrev(jax.jacrev(lambda x: loss.cross_entropy(x, labels, **options)))(logits)
-        want = jax.hessian(lambda x: reference_cross_entropy(x, labels, **options))(logits)
+        got = jax.jit(jax.jacrev(jax.jacrev(lambda x: loss.cross_entropy(x, labels, **options))))(
+            logits
+        )
+        want = jax.jit(jax.hessian(lambda x: reference_cross_entropy(x, labels, **options)))(logits)
     assert_close(got, want, dtype="float64", quantity="second_order")
 
 
@@ -110,12 +112,18 @@ def test_forward_mode_through_custom_vjp_false(target):
         f = lambda x: loss.cross_entropy(x, labels, custom_vjp=False, **options)
         ref = lambda x: reference_cross_entropy(x, labels, **options)
         tangent = jnp.asarray(seeded_rng("tangent").normal(size=logits.shape))
-        (value, jvp), (ref_value, ref_jvp) = (
-            jax.jvp(f, (logits,), (tangent,)),
-            jax.jvp(ref, (logits,), (tangent,)),
-        )
-        hess, ref_hess = jax.hessian(f)(logits), jax.hessian(ref)(logits)
-        jacfwd, ref_grad = jax.jacfwd(f)(logits), jax.grad(ref)(logits)
+
+        def derivatives(f, ref, x):
+            return (
+                jax.jvp(f, (x,), (tangent,)),
+                jax.jvp(ref, (x,), (tangent,)),
+                (jax.hessian(f)(x), jax.hessian(ref)(x)),
+                (jax.jacfwd(f)(x), jax.grad(ref)(x)),
+            )
+
+        (value, jvp), (ref_value, ref_jvp), (hess, ref_hess), (jacfwd, ref_grad) = jax.jit(
+            derivatives, static_argnums=(0, 1)
+        )(f, ref, logits)
     assert_close(value, ref_value, dtype="float64", quantity="loss")
     assert_close(jvp, ref_jvp, dtype="float64", quantity="grad")
     assert_close(jacfwd, ref_grad, dtype="float64", quantity="grad")

@@ -19,6 +19,7 @@ from jaxce import loss
 from tests.conftest import seeded_rng, x64_scope
 from tests.reference import reference_cross_entropy
 from tests.tolerances import assert_close
+from tests.vjp import value_and_vjp
 
 ROWS, FEATURES, CLASSES = 9, 5, 7
 DIFF = ("hidden", "kernel", "bias", "weight", "labels", "sample_weight", "divisor")
@@ -108,9 +109,7 @@ def reference(arrays, options):
 def value_and_grads(fn, arrays, cotangent):
     diff = {k: v for k, v in arrays.items() if k in DIFF and jnp.issubdtype(v.dtype, jnp.floating)}
     rest = {k: v for k, v in arrays.items() if k not in diff}
-    out, vjp = jax.vjp(lambda d: fn({**rest, **d}), diff)
-    ct = jnp.asarray(cotangent if out.ndim else np.ravel(cotangent)[0], out.dtype)
-    return out, vjp(ct)[0]
+    return value_and_vjp(fn, diff, rest, cotangent)
 
 
 def assert_matches_reference(arrays, options, cotangent, dtype="float64", **kw):
@@ -200,7 +199,7 @@ def test_check_grads_float64(probs, reduction):
 
         args = [arrays[k] for k in ("hidden", "kernel", "bias", "weight", "sample_weight")]
         args += [labels] if probs else []
-        check_grads(f, args, order=1, modes=["rev"])
+        check_grads(jax.jit(f), args, order=1, modes=["rev"])
 
 
 def test_check_grads_divisor_float64():
@@ -209,7 +208,8 @@ def test_check_grads_divisor_float64():
         f = lambda h, k, d: loss.linear_cross_entropy(
             h, k, arrays["labels"], weight=arrays["weight"], divisor=d, row_chunk_size=4
         )
-        check_grads(f, (arrays["hidden"], arrays["kernel"], jnp.float64(5.5)), 1, modes=["rev"])
+        check_grads(jax.jit(f), (arrays["hidden"], arrays["kernel"], jnp.float64(5.5)), 1,
+                    modes=["rev"])  # fmt: skip
 
 
 def test_reverse_over_reverse_matches_reference():
@@ -221,7 +221,7 @@ def test_reverse_over_reverse_matches_reference():
 
         def hvp(fn):
             grad = jax.grad(lambda h: fn({**arrays, "hidden": h}))
-            return jax.grad(lambda h: jnp.vdot(grad(h), v))(arrays["hidden"])
+            return jax.jit(jax.grad(lambda h: jnp.vdot(grad(h), v)))(arrays["hidden"])
 
         got = hvp(lambda a: fused(a, options, row_chunk_size=4))
         assert_close(got, hvp(lambda a: reference(a, options)), dtype="float64",

@@ -11,6 +11,7 @@ from jax.test_util import check_grads
 from jaxce import loss
 from tests.conftest import seeded_rng, x64_scope
 from tests.tolerances import assert_close
+from tests.vjp import value_and_vjp
 
 ROWS, FEATURES, CLASSES = 10, 6, 23
 
@@ -93,10 +94,7 @@ def unfused(arrays, options):
 
 
 def value_and_grads(fn, arrays, cotangent):
-    diff, rest = _split(arrays)
-    out, vjp = jax.vjp(lambda d: fn({**rest, **d}), diff)
-    ct = jnp.asarray(cotangent if out.ndim else np.ravel(cotangent)[0], out.dtype)
-    return out, vjp(ct)[0]
+    return value_and_vjp(fn, *_split(arrays), cotangent)
 
 
 def assert_parity(arrays, options, cotangent, *, dtype, chunk_size=None, context=""):
@@ -168,7 +166,7 @@ def test_check_grads_float64():
             )
 
         args = (arrays["hidden"], arrays["kernel"], arrays["bias"], arrays["weight"])
-        check_grads(f, args, order=1, modes=["rev"])
+        check_grads(jax.jit(f), args, order=1, modes=["rev"])
 
 
 def test_batched_hidden_and_where():

@@ -1,0 +1,24 @@
+"""The value of a loss and its VJP, compiled as one program (the tests' shared helper)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def value_and_vjp(fn: Callable[[dict], jax.Array], diff: dict, rest: dict, cotangent):
+    """``fn({**rest, **diff})`` and its VJP with respect to ``diff`` for ``cotangent``.
+
+    One compiled program (jit), not the operations one by one: the suite's many small cases
+    spend their time compiling. A scalar value takes the cotangent's first entry.
+    """
+
+    @jax.jit
+    def run(diff, rest, cotangent):
+        out, vjp = jax.vjp(lambda d: fn({**rest, **d}), diff)
+        ct = (cotangent if out.ndim else jnp.ravel(cotangent)[0]).astype(out.dtype)
+        return out, vjp(ct)[0]
+
+    return run(diff, rest, jnp.asarray(cotangent))
