@@ -22,6 +22,7 @@ from jaxce import loss
 from jaxce.nnx import LinearCrossEntropyLoss
 from tests.conftest import seeded_rng, x64_scope
 from tests.tolerances import assert_close
+from tests.vjp import value_and_vjp
 
 ROWS, FEATURES, CLASSES = 12, 6, 9
 CASES = {
@@ -88,17 +89,16 @@ def jax_side(arrays, case, cotangent, dtype):
     if case.get("probs"):
         diff["target"] = a["target"]
 
+    rest = {k: v for k, v in a.items() if k not in diff}
+
     def f(d):
-        d = {**a, **d}
         return loss.torch_linear_cross_entropy(
             d["input"], d["linear_weight"], d["target"], linear_bias=d.get("linear_bias"),
             weight=d.get("weight"), row_chunk_size=5, **_options(case),
         )  # fmt: skip
 
-    out, vjp = jax.vjp(f, diff)
-    ct = jnp.asarray(cotangent if out.ndim else np.ravel(cotangent)[0], out.dtype)
-    return np.asarray(out, np.float64), {k: np.asarray(g, np.float64) for k, g in
-                                         vjp(ct)[0].items()}  # fmt: skip
+    out, grads = value_and_vjp(f, diff, rest, cotangent)
+    return np.asarray(out, np.float64), {k: np.asarray(g, np.float64) for k, g in grads.items()}
 
 
 PAIRS = [(name, False) for name in CASES] + [(name, True) for name in CHUNKED]
