@@ -15,7 +15,7 @@ CEILING = 10.0  # where a NaN/inf position mismatch is drawn
 def to_png_base64(fig) -> str:
     """Renders ``fig``; returns the PNG as base64 text for a data: URI."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
