@@ -185,9 +185,27 @@ def run_child(spec: Spec, *, timeout_s: float) -> dict:
     return {"ok": False, "error": f"exit code {proc.returncode}: " + " | ".join(tail)}
 
 
-def write_json(path: str | None, doc: dict) -> None:
-    """Writes a benchmark's JSON document to ``path`` (nothing when None) and says so."""
+def write_json(path: str | None, doc: dict, *, quiet: bool = False) -> None:
+    """Writes a benchmark's JSON document to ``path`` (nothing when None) and says so.
+
+    Atomically (a temporary file beside it, then a rename): an interrupted write never leaves a
+    truncated document in place of the last complete one.
+    """
     if path:
-        with open(path, "w") as f:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
             json.dump(doc, f, indent=1)
-        print(f"wrote {path}")
+        os.replace(tmp, path)
+        if not quiet:
+            print(f"wrote {path}")
+
+
+def partial_writer(path: str | None, head: dict) -> Callable[[dict], None]:
+    """``save(partial)``: rewrites ``path`` with ``head``, the results so far and
+    ``"complete": false``, so a run stopped midway (interrupted, a crash, a timeout) keeps what
+    it measured. The finished run rewrites it with ``"complete": true``."""
+
+    def save(partial: dict) -> None:
+        write_json(path, {**head, **partial, "complete": False}, quiet=True)
+
+    return save

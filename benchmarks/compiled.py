@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import os
 import sys
 import time
@@ -29,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import _hlo
+from benchmarks._harness import write_json
 
 # An H100 80GB HBM3 (SXM5): 132 SMs, compute capability 9.0, 3.35 TB/s, 50 MiB of L2 (NVIDIA's
 # data sheet; the fields XLA reads from a GpuTargetConfigProto to compile without the GPU).
@@ -289,8 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                 for m in rows
             ],
         }
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
+        write_json(args.json, doc)
     return 0
 
 

@@ -231,13 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     started, machine = time.time(), _machine.describe()
     head = {"command": "python -m benchmarks.linear " + " ".join(argv), "config": asdict(cfg),
             "machine": machine}  # fmt: skip
-
-    def save(partial: dict) -> None:  # the JSON so far, rewritten after every variant
-        if cfg.json_path:
-            with open(cfg.json_path, "w") as f:
-                json.dump({**head, **partial, "complete": False}, f, indent=1)
-
-    out = run(cfg, on_result=save)
+    out = run(cfg, on_result=h.partial_writer(cfg.json_path, head))
     machine["loadavg_end"] = list(os.getloadavg())
     doc = {**head, **out, "complete": True, "wall_s": time.time() - started}
     print(_machine.summary_line(machine))

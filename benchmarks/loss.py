@@ -164,11 +164,15 @@ def jobs(cfg: Config) -> list[tuple[str, tuple[int, int], str, str]]:
     ]
 
 
-def run(cfg: Config) -> dict:
-    """Runs every job ``cfg.rounds`` times, interleaved, and summarizes."""
+def run(cfg: Config, on_result=None) -> dict:
+    """Runs every job ``cfg.rounds`` times, interleaved, and summarizes; ``on_result(doc)``
+    after each job with the raw results so far."""
     records: dict[tuple[str, str, str, str], list[dict]] = {}
     for _, (targets, shape, setting, variant) in tqdm(
-        [(r, job) for r in range(cfg.rounds) for job in jobs(cfg)], desc="variants", unit="proc"
+        [(r, job) for r in range(cfg.rounds) for job in jobs(cfg)],
+        desc="variants",
+        unit="proc",
+        disable=None,  # quiet when stderr is not a terminal
     ):
         spec = h.Spec(
             variant, setting, *shape, cfg.repeats, cfg.warmup, cfg.threads, targets=targets
@@ -176,6 +180,8 @@ def run(cfg: Config) -> dict:
         result = h.run_child(spec, timeout_s=cfg.timeout_s)
         key = (targets, _report.shape_key(*shape), setting, variant)
         records.setdefault(key, []).append(result)
+        if on_result is not None:
+            on_result({"results": _raw_results(records)})
     combined = {key: _report.combine(recs) for key, recs in records.items()}
     summary = _report.summarize(combined)
     return {
@@ -194,6 +200,11 @@ def run(cfg: Config) -> dict:
             for k in records
         ],
     }
+
+
+def _raw_results(records: dict) -> list[dict]:
+    keys = ("targets", "shape", "setting", "variant")
+    return [{**dict(zip(keys, k, strict=True)), "raw": recs} for k, recs in records.items()]
 
 
 def print_report(out: dict, machine: dict, variants: tuple[str, ...]) -> None:
@@ -221,11 +232,11 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     machine = _machine.describe()
     machine["jax_backend"] = _jax_backend()
-    out = run(cfg)
-    machine["loadavg_end"] = list(os.getloadavg())
     command = "python -m benchmarks.loss " + " ".join(sys.argv[1:] if argv is None else argv)
-    doc = {"command": command.strip(), "config": asdict(cfg), "machine": machine, **out}
-    doc["wall_s"] = time.time() - started
+    head = {"command": command.strip(), "config": asdict(cfg), "machine": machine}
+    out = run(cfg, on_result=h.partial_writer(cfg.json_path, head))
+    machine["loadavg_end"] = list(os.getloadavg())
+    doc = {**head, **out, "complete": True, "wall_s": time.time() - started}
     shown = tuple(dict.fromkeys((*cfg.variants, *cfg.target_variants)))
     doc["table_markdown"] = (
         "Machine: "

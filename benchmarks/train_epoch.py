@@ -37,17 +37,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from benchmarks._harness import write_json
 from training import Dataset, Trainer, load_idx_dir, put_dataset
 from training._loop import compiler_options
 from training._report import describe_devices, versions
@@ -75,7 +74,7 @@ def _time_interleaved(epochs: dict, rounds: int) -> dict[str, list[float]]:
     for run_epoch in epochs.values():
         run_epoch(0)
     seconds = {name: [] for name in epochs}
-    for i in tqdm(range(1, rounds + 1), desc="rounds", leave=False):
+    for i in tqdm(range(1, rounds + 1), desc="rounds", leave=False, disable=None):
         for name, run_epoch in epochs.items():
             start = time.perf_counter()
             run_epoch(i)
@@ -260,8 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     report = run(config)
     _print(report)
-    if config.json:
-        Path(config.json).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(config.json, report)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ def tiny_run(tmp_path_factory) -> dict:
 def test_json_top_level_schema(tiny_run):
     keys = {"command", "config", "machine", "headline", "summary", "targets", "results"}
     assert set(tiny_run) >= keys | {"table_markdown"}
+    assert tiny_run["complete"] is True
     assert tiny_run["config"]["shapes"] == [[64, 16]]
     assert tiny_run["config"]["targets"] == ["index"]
     machine = tiny_run["machine"]
@@ -38,6 +39,32 @@ def test_json_top_level_schema(tiny_run):
     if sys.platform == "linux":  # caches from /sys: L1-L3 on every x86 and arm64 host we use
         assert {c["level"] for c in machine["caches"]} >= {1, 2}
     assert tiny_run["table_markdown"].startswith(f"Machine: {machine['cpu']} (")
+
+
+def test_an_interrupted_run_keeps_the_results_so_far(tmp_path, monkeypatch):
+    """The JSON is rewritten after every job: stopped at the third, it holds the first two."""
+    calls = []
+
+    def child(spec, *, timeout_s):
+        calls.append(spec.variant)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return {"ok": False, "error": f"not run: {spec.variant}"}
+
+    monkeypatch.setattr(bench.h, "run_child", child)
+    path = tmp_path / "loss.json"
+    path.write_text('{"an": "earlier run"}')
+    argv = ["--shapes", "64x16", "--targets", "index", "--variants", "jaxce", "bound_copy"]
+    with pytest.raises(KeyboardInterrupt):
+        bench.main([*argv, "--settings", "outside", "forward", "--json", str(path)])
+    doc = json.loads(path.read_text())
+    assert doc["complete"] is False and doc["config"]["shapes"] == [[64, 16]]
+    assert [(r["setting"], r["variant"]) for r in doc["results"]] == [
+        ("outside", "jaxce"),
+        ("outside", "bound_copy"),
+    ]
+    assert doc["results"][0]["raw"] == [{"ok": False, "error": "not run: jaxce"}]
+    assert not list(tmp_path.glob("*.tmp")), "no temporary file left behind"
 
 
 def test_every_job_ran_once_with_timing_and_memory(tiny_run):
