@@ -1,0 +1,37 @@
+"""Smoke test of `python -m benchmarks.train_epoch`: every variant runs and the JSON adds up."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import train_epoch
+from tests.test_resume import MNIST_MINI, needs_data
+from training import ChecksumWarning
+
+
+@pytest.mark.slow
+@needs_data
+def test_every_variant_is_timed_and_the_ratios_follow(tmp_path):
+    path = tmp_path / "epoch.json"
+    argv = ["--data-dir", str(MNIST_MINI), "--dataset", "mnist", "--repeats", "1"]
+    argv += ["--torch-repeats", "1", "--torch-threads", "1", "--json", str(path)]
+    with pytest.warns(ChecksumWarning, match="mnist-mini"):  # a subset of MNIST's test split
+        train_epoch.main(argv)
+    report = json.loads(path.read_text())
+    seconds = report["seconds_per_epoch"]
+    names = {"jax_epoch", "jax_epoch_chunked", "matmul_floor"}
+    assert set(seconds) == names | {"torch_tutorial_1t", "torch_tensors_1t"}
+    for name, times in seconds.items():
+        assert len(times["all"]) == 1 and times["median"] == times["min"] > 0, name
+    assert report["dataset"].startswith("MNIST: 8000 train / 2000 test images")
+    assert report["compile_seconds"]["jax_epoch"] > 0
+    ratios = report["ratios_of_medians"]
+    expected = {
+        "torch_tutorial (fastest threads) / jax_epoch": ("torch_tutorial_1t", "jax_epoch"),
+        "jax_epoch / matmul_floor": ("jax_epoch", "matmul_floor"),
+        "jax_epoch_chunked / matmul_floor": ("jax_epoch_chunked", "matmul_floor"),
+    }
+    for key, (num, den) in expected.items():
+        assert ratios[key] == pytest.approx(seconds[num]["median"] / seconds[den]["median"])
