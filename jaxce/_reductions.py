@@ -72,7 +72,7 @@ def textbook_row_stats(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
 def row_stats(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
     """(m, lse0) of ``xs`` along ``axis``, both with ``axis`` kept at size 1, for a loss value."""
     return _by_backend(
-        functools.partial(_xla_cpu.row_stats, axis=axis),
+        functools.partial(_xla_cpu.row_stats, axis=axis, textbook=textbook_row_stats),
         functools.partial(textbook_row_stats, axis=axis),
         xs,
     )
