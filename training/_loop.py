@@ -254,17 +254,11 @@ class Trainer:
         self.epoch_order = jax.jit(self._epoch_order, out_shardings=self._replicated)
         self.run_steps = jax.jit(self._run_steps, donate_argnums=0, out_shardings=self._replicated)
         self.evaluate = jax.jit(self._evaluate, out_shardings=self._replicated)
-        self._init_state = jax.jit(self._fresh_state, out_shardings=self._replicated)
+        self.init_state = jax.jit(self._init_state, out_shardings=self._replicated)
 
-    def init_state(self, seed: int) -> TrainState:
-        """Fresh parameters (from ``seed``), Adam state and loss record, replicated.
-
-        One compiled program (every process computes the same state from ``seed``), not the
-        initialisers' operations one by one.
-        """
-        return self._init_state(seed)
-
-    def _fresh_state(self, seed) -> TrainState:
+    def _init_state(self, seed) -> TrainState:
+        """Fresh parameters (from ``seed``), Adam state and loss record; `init_state` is its
+        compiled form (replicated: every process computes the same state from ``seed``)."""
         _, params = nnx.split(MLP(self.hidden, rngs=nnx.Rngs(jax.random.key(seed))))
         params = nnx.to_pure_dict(params)
         return TrainState(
