@@ -8,13 +8,16 @@ exactly as written: from the repository root, relative paths, default flags, thr
 with the virtual environment's ``bin`` first on ``PATH`` (what activating ``.venv`` does),
 ``VENV`` naming it for ``make`` and ``SETUP_DEPS`` empty (make never rebuilds the environment
 the suite runs in). What a command writes under ``runs/`` or ``reports/`` (the run directories
-it reports, the files it must write) is removed afterwards; what was there before stays. Every
+it reports, the files it must write) is removed afterwards; what was there before stays. The
+data-parallel commands (4 CPU devices, 2 processes) run after the one-device command of the same
+flags and must train as it did, epoch by epoch, within the data-parallel tolerance. Every
 ```python block runs, each on its own, in a fresh interpreter.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -25,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHARED_DATA
+from tests.tolerances import assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -101,6 +105,11 @@ class Run:
     files: tuple[str, ...] = ()  # paths (relative to the root) it must create
     needs: Path | None = None  # data that must be on the machine
     after: str | None = None  # a command that must have run first (same test)
+    # Data parallelism: a one-device command of the same test, run first, whose training this
+    # run's must match (losses and accuracy per epoch, within the data-parallel tolerance).
+    matches: str | None = None
+    devices: tuple[int, int] | None = None  # (devices, processes) that metrics.json records
+    once: tuple[str, ...] = ()  # regular expressions that must match exactly once
     timeout: float = 600
 
 
@@ -109,7 +118,7 @@ _TRAINED = (r"final test accuracy \d+\.\d+%",)
 _RUN_LINE = r"run directory /\S+/runs/{name}(-\d+)?; backend cpu: {devices} x cpu"
 _TWO_HOSTS = (
     "another host (10.0.0.1) must run its half; the same flags on one machine run in the "
-    "two-process loop above and in tests/test_distributed_training.py"
+    "two-process loop above"
 )
 _LAUNCHER = (
     "a cluster launcher; tests/test_train_launch.py runs train.py under each launcher's "
@@ -141,15 +150,35 @@ def _reset_tables() -> None:
             "/usr/share/datasets/fashion-mnist": Run(
                 output=(r"warning: .*SHA-256", r"epoch +10/10", *_TRAINED), needs=FASHION
             ),
+            # The batch sharded over 4 devices trains as on one device (the gradient's partial
+            # sums are added in another order, so within the data-parallel tolerance).
             "JAX_NUM_CPU_DEVICES=4 python train.py --data-dir ../shared/data/mnist-mini": Run(
                 output=(_RUN_LINE.format(name=r"\d{8}-\d{6}", devices=4), *_TRAINED),
+                matches="python train.py --data-dir ../shared/data/mnist-mini",
+                devices=(4, 1),
                 needs=_MINI,
             ),
+            # Two processes of 2 devices join through jax.distributed and CPU collectives (gloo);
+            # each says whom it waits for, only process 0 logs, and they train as one device.
             "for i in 0 1; do JAX_NUM_CPU_DEVICES=2 python train.py --data-dir "
             "../shared/data/mnist-mini --epochs 2 --out runs/two --coordinator-address "
             "127.0.0.1:12345 --num-processes 2 --process-id $i & done; wait": Run(
-                output=(r"backend cpu: 4 x cpu .*2 processes", *_TRAINED),
+                output=(
+                    r"run directory \S+/runs/two; backend cpu: 4 x cpu over 2 processes",
+                    *_TRAINED,
+                ),
+                once=(
+                    *(
+                        rf"joining the run as process {i} of 2, coordinator 127\.0\.0\.1:12345 "
+                        r"\(flags\)"
+                        for i in (0, 1)
+                    ),
+                    r"epoch +2/2",
+                    r"final test accuracy",
+                ),
                 files=("runs/two/metrics.json",),
+                matches='make train ARGS="--data-dir ../shared/data/mnist-mini --epochs 2"',
+                devices=(4, 2),
                 needs=_MINI,
             ),
             "python train.py --data-dir ../shared/data/mnist-mini --out runs/mlp "
@@ -252,12 +281,13 @@ def test_every_command_is_accounted_for():
 
 
 def units() -> list[list[str]]:
-    """RUN's commands in README order, a command with ``after`` in the unit of that command
-    (a resume runs on the run its README line follows), each unit run by one test."""
+    """RUN's commands in README order, a command with ``after`` or ``matches`` in the unit of
+    that command (a resume runs on the run its README line follows; a data-parallel run is
+    compared with its one-device run), each unit run by one test."""
     order = [c for c in readme_commands() if c in RUN]
     grouped: dict[str, list[str]] = {}
     for command in order:
-        head = RUN[command].after or command
+        head = RUN[command].after or RUN[command].matches or command
         grouped.setdefault(head, []).append(command)
     return list(grouped.values())
 
@@ -268,14 +298,16 @@ def test_commands_run_as_written(unit):
     missing = [RUN[c].needs for c in unit if RUN[c].needs is not None and not RUN[c].needs.exists()]
     if missing:
         pytest.skip(f"needs {missing[0]}")
-    before, made = _outputs(), set()
+    before, made, run_dirs = _outputs(), set(), {}
     try:
         for command in unit:
             spec = RUN[command]
             made |= {ROOT / Path(f).parts[0] / Path(f).parts[1] for f in spec.files}
             result = run_as_written(command, timeout=spec.timeout)
             shown = result.stdout + result.stderr
-            made |= {Path(p) for p in re.findall(r"^run directory (\S+);", shown, re.M)}
+            reported = [Path(p) for p in re.findall(r"^run directory (\S+);", shown, re.M)]
+            made |= set(reported)
+            run_dirs[command] = reported[0] if reported else None
             allowed = spec.status if isinstance(spec.status, tuple) else (spec.status,)
             assert result.returncode in allowed, (
                 f"{command}: exit {result.returncode}:\n{shown[-3000:]}"
@@ -283,12 +315,36 @@ def test_commands_run_as_written(unit):
             for pattern in spec.output:
                 assert re.search(pattern, shown), f"{command}: no {pattern!r} in:\n{shown[-3000:]}"
             assert "Traceback" not in shown, f"{command}:\n{shown[-3000:]}"
+            for pattern in spec.once:
+                found = len(re.findall(pattern, shown))
+                assert found == 1, f"{command}: {pattern!r} {found} times in:\n{shown[-3000:]}"
             for path in spec.files:
                 assert (ROOT / path).is_file(), f"{command} did not write {path}"
+            if spec.matches is not None:
+                assert_same_training(run_dirs[command], run_dirs[spec.matches], spec.devices)
     finally:
         # only this unit's own outputs: units run side by side under pytest-xdist
         for path in made - before:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def assert_same_training(run: Path, one_device: Path, devices: tuple[int, int]) -> None:
+    """``run``'s metrics.json records ``devices`` and the training of ``one_device``'s run."""
+    actual, expected = (json.loads((d / "metrics.json").read_text()) for d in (run, one_device))
+    recorded = (actual["device"]["device_count"], actual["device"]["process_count"])
+    assert recorded == devices, f"{run}: (devices, processes) {recorded}, not {devices}"
+    assert expected["device"]["device_count"] == 1, f"{one_device} did not run on one device"
+    for key in ("train_loss", "test_loss"):
+        assert_close(
+            actual[key], expected[key], dtype="float32", quantity="data_parallel_loss", context=key
+        )
+    assert_close(
+        actual["test_accuracy"],
+        expected["test_accuracy"],
+        dtype="float32",
+        quantity="data_parallel_accuracy",
+        context=f"{run} vs {one_device}",
+    )
 
 
 @pytest.mark.parametrize("block", python_blocks(), ids=lambda b: f"line-{b.line}")
@@ -325,3 +381,25 @@ def test_the_flag_table_lists_every_flag_of_train_py():
     rows = [line for line in README.read_text().splitlines() if line.startswith("| `--")]
     listed = [f for row in rows for f in re.findall(r"`(--[a-z-]+)`", row.split("|")[1])]
     assert sorted(listed) == sorted(flags)
+
+
+def test_the_data_parallel_check_refuses_another_training(tmp_path):
+    """assert_same_training fails on a loss off by more than rounding, or the wrong devices."""
+    one = {"train_loss": [1.0, 0.5], "test_loss": [0.9, 0.4], "test_accuracy": [0.8, 0.9]}
+    runs = {
+        "one": {**one, "device": {"device_count": 1, "process_count": 1}},
+        "four": {**one, "device": {"device_count": 4, "process_count": 1}},
+        "drifted": {
+            **one,
+            "train_loss": [1.0, 0.5001],
+            "device": {"device_count": 4, "process_count": 1},
+        },
+    }
+    for name, doc in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(doc))
+    assert_same_training(tmp_path / "four", tmp_path / "one", (4, 1))
+    with pytest.raises(AssertionError, match="train_loss"):
+        assert_same_training(tmp_path / "drifted", tmp_path / "one", (4, 1))
+    with pytest.raises(AssertionError, match=r"\(devices, processes\) \(4, 1\), not \(4, 2\)"):
+        assert_same_training(tmp_path / "four", tmp_path / "one", (4, 2))

@@ -116,7 +116,7 @@ def assert_same_run(out: Path, reference: Path) -> None:
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory) -> Path:
     """The uninterrupted run on one device, made once per test session and shared by the test
-    processes (the resume and data-parallel tests compare against it)."""
+    processes (the resume tests compare against it)."""
     out = shared_dir(tmp_path_factory) / "train-reference" / "run"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / "lock", "w") as lock:
