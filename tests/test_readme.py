@@ -173,6 +173,7 @@ def _reset_tables() -> None:
                         r"\(flags\)"
                         for i in (0, 1)
                     ),
+                    r"epoch +1/2",
                     r"epoch +2/2",
                     r"final test accuracy",
                 ),
