@@ -17,9 +17,14 @@ REDUCTIONS = ["mean", "sum", "none"]
 
 
 def _value_and_grad(logits, labels, **options):
-    f = lambda x: loss.cross_entropy(x, labels, **options)
-    out, vjp = jax.vjp(f, logits)
-    return out, vjp(jnp.ones_like(out))[0]
+    """The loss and its VJP for a cotangent of ones, compiled as one program."""
+
+    @jax.jit
+    def run(x):
+        out, vjp = jax.vjp(lambda x: loss.cross_entropy(x, labels, **options), x)
+        return out, vjp(jnp.ones_like(out))[0]
+
+    return run(logits)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -97,9 +102,9 @@ def test_neg_inf_logits_with_probabilities_are_finite_where_torch_is_nan(smoothi
     w = None if weight is None else jnp.asarray(weight, jnp.float32)
     x, t = jnp.asarray(logits, jnp.float32), jnp.asarray(probs, jnp.float32)
     f = lambda x, t: loss.cross_entropy(x, t, weight=w, label_smoothing=smoothing)
-    value, (gx, gt) = jax.value_and_grad(f, argnums=(0, 1))(x, t)
+    value, (gx, gt) = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, t)
     ref_f = lambda x, t: reference_cross_entropy(x, t, weight=w, label_smoothing=smoothing)
-    ref_value, (ref_gx, ref_gt) = jax.value_and_grad(ref_f, argnums=(0, 1))(x, t)
+    ref_value, (ref_gx, ref_gt) = jax.jit(jax.value_and_grad(ref_f, argnums=(0, 1)))(x, t)
     if smoothing:  # smoothing puts mass on the masked classes: the loss is +inf, as the math says
         assert value == np.inf and ref_value == np.inf
     else:
@@ -124,7 +129,9 @@ def test_large_logits_stay_accurate_in_float32(scale, target):
     )
     jl = jnp.asarray(labels)
     out = loss.cross_entropy(jnp.asarray(logits), jl, reduction="none")
-    grad = jax.grad(lambda x: loss.cross_entropy(x, jl, reduction="sum"))(jnp.asarray(logits))
+    grad = jax.jit(jax.grad(lambda x: loss.cross_entropy(x, jl, reduction="sum")))(
+        jnp.asarray(logits)
+    )
     assert np.isfinite(out).all() and np.isfinite(grad).all()
     assert_close(out, truth.value, dtype="float32", quantity="loss")
     assert_close(grad, truth.grad_logits, dtype="float32", quantity="grad")
@@ -233,9 +240,11 @@ def test_z_loss_and_softcap_match_the_reference(z_loss, softcap, target, dtype):
             label_smoothing=0.1,
             weight=jnp.asarray(rng.uniform(0.5, 2, size=6), dtype),
         )
-        value, grad = jax.value_and_grad(lambda x: loss.cross_entropy(x, labels, **options))(logits)
+        value, grad = jax.jit(
+            jax.value_and_grad(lambda x: loss.cross_entropy(x, labels, **options))
+        )(logits)
         ref = lambda x: reference_cross_entropy(x, labels, **options)
-        ref_value, ref_grad = jax.value_and_grad(ref)(logits)
+        ref_value, ref_grad = jax.jit(jax.value_and_grad(ref))(logits)
     assert_close(value, ref_value, dtype=dtype, quantity="loss")
     assert_close(grad, ref_grad, dtype=dtype, quantity="grad")
 
@@ -248,7 +257,7 @@ def test_full_smoothing_with_a_masked_class_has_no_nan_gradient(custom_vjp, targ
     labels = jnp.array([1, 0]) if target == "index" else jnp.array([[0.5, 0, 0.5], [0, 1, 0.0]])
     f = lambda x, t: loss.cross_entropy(x, t, label_smoothing=1.0, custom_vjp=custom_vjp)
     argnums = (0, 1) if target == "probs" else (0,)
-    value, grads = jax.value_and_grad(f, argnums=argnums)(logits, labels)
+    value, grads = jax.jit(jax.value_and_grad(f, argnums=argnums))(logits, labels)
     assert value == np.inf  # the uniform target puts mass on the masked class
     assert all(np.isfinite(g).all() for g in grads)
     if target == "probs":
