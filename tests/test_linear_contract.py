@@ -244,14 +244,14 @@ def test_gradient_accumulation_equals_one_big_batch(probs):
                 **options,
             )  # fmt: skip
 
-        whole = jax.value_and_grad(part_loss, argnums=(0, 1))(kernel, bias, arrays)
+        whole = jax.jit(jax.value_and_grad(part_loss, argnums=(0, 1)))(kernel, bias, arrays)
         parts = [{k: arrays[k][i : i + 4] for k in ("hidden", "labels", "where",
                   "sample_weight")} for i in (0, 4, 8)]  # fmt: skip
         divisor = sum(
             loss.mean_divisor(p["labels"], axis=1, weight=options["weight"], where=p["where"],
                               sample_weight=p["sample_weight"]) for p in parts
         )  # fmt: skip
-        summed = [jax.value_and_grad(part_loss, argnums=(0, 1))(kernel, bias, p, divisor)
+        summed = [jax.jit(jax.value_and_grad(part_loss, argnums=(0, 1)))(kernel, bias, p, divisor)
                   for p in parts]  # fmt: skip
         value = sum(s[0] for s in summed)
         assert_close(value, whole[0], dtype="float64", quantity="loss")
@@ -282,7 +282,7 @@ def test_only_the_gradients_asked_for(argnums):
         y = arrays["labels"]
 
         def f(fn):
-            return jax.grad(fn, argnums=argnums)(arrays["hidden"], arrays["kernel"],
+            return jax.jit(jax.grad(fn, argnums=argnums))(arrays["hidden"], arrays["kernel"],
                                                  arrays["bias"])  # fmt: skip
 
         got = f(lambda h, k, b: loss.linear_cross_entropy(h, k, y, bias=b, row_chunk_size=4))

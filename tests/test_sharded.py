@@ -142,8 +142,15 @@ def _jax_arrays(inputs: dict) -> dict:
 def _value_and_grads(fn, arrays: dict, cotangent):
     """Loss, d/d logits and d/d weight (None without weight) of ``fn(arrays)``."""
     diff = {k: v for k, v in arrays.items() if k in ("x", "w")}
-    out, vjp = jax.vjp(lambda d: fn({**arrays, **d}), diff)
-    (grads,) = vjp(jnp.asarray(cotangent, out.dtype) * jnp.ones_like(out))
+    rest = {k: v for k, v in arrays.items() if k not in diff}
+
+    @jax.jit
+    def run(diff, rest, cotangent):
+        out, vjp = jax.vjp(lambda d: fn({**rest, **d}), diff)
+        (grads,) = vjp(cotangent.astype(out.dtype) * jnp.ones_like(out))
+        return out, grads
+
+    out, grads = run(diff, rest, jnp.asarray(cotangent))
     return out, grads["x"], grads.get("w")
 
 
