@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +13,7 @@ from parity._compare import grad_unit
 from parity._torch_side import torch_cross_entropy
 from tests.conftest import x64_scope
 from tests.tolerances import assert_close
+from tests.vjp import value_and_vjp
 
 
 @st.composite
@@ -70,16 +70,13 @@ def test_random_problems_match_torch(problem):
         x = jnp.moveaxis(jnp.asarray(logits, dtype), class_dim, axis)
         t = jnp.moveaxis(jnp.asarray(labels, dtype), class_dim, axis) if soft else labels
         w = None if weight is None else jnp.asarray(weight, dtype)
-        ct = None if cotangent is None else jnp.asarray(cotangent, dtype)
-
-        @jax.jit
-        def value_and_grad(x, t, w, ct):  # one compiled program per example
-            out, vjp = jax.vjp(
-                lambda x: loss.cross_entropy(x, t, axis=axis, weight=w, **options), x
-            )
-            return out, vjp(jnp.ones_like(out) if ct is None else ct)[0]
-
-        out, grad = value_and_grad(x, t, w, ct)
+        out, grads = value_and_vjp(
+            lambda a: loss.cross_entropy(a["x"], a["t"], axis=axis, weight=a["w"], **options),
+            {"x": x},
+            {"t": t, "w": w},
+            1.0 if cotangent is None else cotangent,
+        )
+        grad = grads["x"]
     assert_close(out, expected.value, dtype=dtype, quantity="loss")
     grad = np.moveaxis(np.asarray(grad), axis, class_dim)
     unit = grad_unit(  # gradients that cancel to rounding noise are judged against their unit

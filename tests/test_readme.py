@@ -322,6 +322,9 @@ def test_commands_run_as_written(unit):
             for path in spec.files:
                 assert (ROOT / path).is_file(), f"{command} did not write {path}"
             if spec.matches is not None:
+                pair = (command, spec.matches)
+                silent = [c for c in pair if run_dirs[c] is None]
+                assert not silent, f"no 'run directory' line in the output of {silent}"
                 assert_same_training(run_dirs[command], run_dirs[spec.matches], spec.devices)
     finally:
         # only this unit's own outputs: units run side by side under pytest-xdist

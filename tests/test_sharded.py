@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 from jaxce import loss
 from tests.conftest import seeded_rng, x64_scope
 from tests.tolerances import assert_close
+from tests.vjp import value_and_vjp
 
 MARKER = "@@sharded-results@@ "
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,14 +144,7 @@ def _value_and_grads(fn, arrays: dict, cotangent):
     """Loss, d/d logits and d/d weight (None without weight) of ``fn(arrays)``."""
     diff = {k: v for k, v in arrays.items() if k in ("x", "w")}
     rest = {k: v for k, v in arrays.items() if k not in diff}
-
-    @jax.jit
-    def run(diff, rest, cotangent):
-        out, vjp = jax.vjp(lambda d: fn({**rest, **d}), diff)
-        (grads,) = vjp(cotangent.astype(out.dtype) * jnp.ones_like(out))
-        return out, grads
-
-    out, grads = run(diff, rest, jnp.asarray(cotangent))
+    out, grads = value_and_vjp(fn, diff, rest, cotangent)
     return out, grads["x"], grads.get("w")
 
 
