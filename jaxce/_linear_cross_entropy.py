@@ -90,6 +90,9 @@ def linear_cross_entropy(
       row_chunk_size: rows per chunk, an int >= 1. The default keeps a chunk's logits near 2M
         (8 MiB in float32) with at least 64 rows: memory O(row_chunk_size * C) besides the
         inputs and the gradients; fewer, larger chunks read the kernel fewer times.
+        Chunks of either kind all have the same size (one compiled body): where the size does
+        not divide the count, the last chunk overlaps the one before it, whose rows or columns
+        it computes again and counts once (at most one chunk of extra work in each loop).
 
     Returns:
       A scalar for ``"mean"`` and ``"sum"``, else an array of the examples' shape; in the dtype

@@ -80,16 +80,43 @@ def default_class_chunk(num_classes: int) -> int:
 
 
 def for_chunks(total: int, chunk: int, step, carry):
-    """Runs ``step(carry, offset, size)`` over [0, total) in chunks (a scan, then the rest)."""
-    full, rest = divmod(total, chunk)
-    if full == 1:
-        carry = step(carry, 0, chunk)
-    elif full:
-        body = lambda c, offset: (step(c, offset, chunk), None)
-        carry, _ = lax.scan(body, carry, jnp.arange(full, dtype=jnp.int32) * chunk)
-    if rest:
-        carry = step(carry, full * chunk, rest)
+    """Runs ``step(carry, offset, seen)`` over windows of ``chunk`` entries covering [0, total).
+
+    Every window has the same size, so one traced body serves them all (a scan; a ragged
+    remainder would need a second copy of the body, and twice the compile time). When
+    ``chunk`` does not divide ``total``, the last window ends at ``total`` and so starts inside
+    its predecessor: its first ``seen`` entries were covered already and ``step`` must count
+    them once. ``seen`` is None when no window overlaps, else an int32 (0 but in the last).
+    """
+    if total == 0:
+        return carry
+    chunk = min(chunk, total)
+    count, rest = -(-total // chunk), total % chunk
+    if count == 1:
+        return step(carry, 0, None)
+    starts = jnp.arange(count, dtype=jnp.int32) * chunk
+    if not rest:
+        carry, _ = lax.scan(lambda c, start: (step(c, start, None), None), carry, starts)
+        return carry
+    offsets = jnp.minimum(starts, total - chunk)
+    body = lambda c, xs: (step(c, *xs), None)
+    carry, _ = lax.scan(body, carry, (offsets, starts - offsets))
     return carry
+
+
+def fresh(size: int, seen, axis: int, ndim: int):
+    """Which entries of a window along ``axis`` were not ``seen`` before: bool, broadcastable
+    to ``ndim`` axes; None where windows do not overlap."""
+    if seen is None:
+        return None
+    shape = [1] * ndim
+    shape[axis] = size
+    return (jnp.arange(size, dtype=jnp.int32) >= seen).reshape(shape)
+
+
+def _merge(new, block, old):
+    """``block`` where ``new``, else the already written ``old``."""
+    return block if new is None else jnp.where(new, block, old)
 
 
 def _cols(array, offset, size, axis=CLASS_AXIS):
@@ -119,7 +146,10 @@ def _logits(static, h, kernel, bias, ct):
     c, pos = static.num_classes, kernel.shape[1:-1] if static.torch_layout else kernel.shape[2:]
     classes, features = _kernel_axes(static, kernel)
 
-    def fill(logits, offset, size):
+    size = min(static.class_chunk, c)
+
+    def fill(logits, offset, seen):
+        del seen  # columns seen before are computed again, to the same numbers
         x = _dot(h, _cols(kernel, offset, size, classes), [1], [features], ct)
         if bias is not None:
             x = x + _cols(bias, offset, size, 0).astype(ct)[None]
@@ -176,16 +206,23 @@ def sweep(static: Static, hidden, kernel, bias, labels, weight, keep, g=None, ne
     need_dw = grads and needs.weight and weight is not None
     need_dl = grads and needs.labels and static.soft
 
-    def step(carry, start, size):
+    size = min(static.row_chunk, n)
+
+    def step(carry, start, seen):
         losses, dh, dk, db, dw, dl = carry
         h = _rows(hidden, start, size)
         y = _rows(labels, start, size)
         if static.soft:
             y = lax.slice_in_dim(y, 0, c, axis=CLASS_AXIS)
+        keep_rows = _rows(keep, start, size)
+        new = fresh(size, seen, 0, keep_rows.ndim)
+        if new is not None:  # rows seen before count as ignored: their gradients are exactly 0
+            keep_rows = keep_rows & new
         logits = _logits(static, h, kernel, bias, ct)
         g_rows = None if g is None else _rows(g, start, size)
-        out, cot = _chunk_vjp(static, logits, y, weight_c, _rows(keep, start, size), g_rows, needs)
-        losses = lax.dynamic_update_slice_in_dim(losses, out.astype(ct), start, 0)
+        out, cot = _chunk_vjp(static, logits, y, weight_c, keep_rows, g_rows, needs)
+        out = _merge(new, out.astype(ct), _rows(losses, start, size))
+        losses = lax.dynamic_update_slice_in_dim(losses, out, start, 0)
         if cot is None:
             return losses, dh, dk, db, dw, dl
         dx = cot["logits"]
@@ -196,11 +233,17 @@ def sweep(static: Static, hidden, kernel, bias, labels, weight, keep, g=None, ne
         if need_dl:
             block = cot["labels"].astype(dl.dtype)
             index = [jnp.asarray(start, jnp.int32)] + [jnp.int32(0)] * (dl.ndim - 1)
+            if seen is not None:
+                old = lax.dynamic_slice(dl, index, block.shape)
+                block = _merge(fresh(size, seen, 0, block.ndim), block, old)
             dl = lax.dynamic_update_slice(dl, block, index)
         if need_dh or need_dk:
             dh_rows, dk = _contract(static, h, kernel, dx.astype(mm), dk, need_dh, ct)
             if need_dh:
-                dh = lax.dynamic_update_slice_in_dim(dh, dh_rows.astype(dh.dtype), start, 0)
+                dh_rows = _merge(
+                    fresh(size, seen, 0, 2), dh_rows.astype(dh.dtype), _rows(dh, start, size)
+                )
+                dh = lax.dynamic_update_slice_in_dim(dh, dh_rows, start, 0)
         return losses, dh, dk, db, dw, dl
 
     zeros = lambda shape, dtype, needed: jnp.zeros(shape, dtype) if needed else None
@@ -236,9 +279,13 @@ def _contract(static, h, kernel, dx, dk, need_dh: bool, ct):
     k_axes = [classes, *(classes + 1 + i for i in range(len(pos)))]
     dh0 = jnp.zeros((h.shape[0], kernel.shape[features]), ct) if need_dh else None
 
-    def step(carry, offset, size):
+    size = min(static.class_chunk, static.num_classes)
+
+    def step(carry, offset, seen):
         dh, dk = carry
         part = _cols(dx, offset, size)
+        if seen is not None:  # columns seen before add nothing again
+            part = jnp.where(fresh(size, seen, 1, part.ndim), part, 0)
         if dh is not None:
             dh = dh + _dot(part, _cols(kernel, offset, size, classes), [1, *pos], k_axes, ct)
         if dk is not None:

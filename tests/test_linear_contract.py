@@ -291,14 +291,18 @@ def test_only_the_gradients_asked_for(argnums):
             assert_close(g, e, dtype="float64", quantity="grad")
 
 
-def test_undifferentiated_call_computes_the_logits_once():
-    """The primal alone runs one matmul sweep: one dot per class chunk and row chunk."""
+@pytest.mark.parametrize(
+    "row_chunk_size, chunk_size", [(8, None), (3, 4)], ids=["one-chunk", "ragged-chunks"]
+)
+def test_undifferentiated_call_computes_the_logits_once(row_chunk_size, chunk_size):
+    """The primal alone runs one matmul sweep, the gradients three matmuls, written once each:
+    ragged chunks (8 rows by 3, 6 classes by 4) reuse the loops' one body, not a second copy."""
     h = jnp.ones((8, 4))
     k = jnp.ones((4, 6))
     y = jnp.zeros(8, jnp.int32)
-    forward = jax.jit(lambda h, k: loss.linear_cross_entropy(h, k, y, row_chunk_size=8))
-    grads = jax.jit(jax.grad(lambda h, k: loss.linear_cross_entropy(h, k, y, row_chunk_size=8),
-                             argnums=(0, 1)))  # fmt: skip
+    kw = dict(row_chunk_size=row_chunk_size, chunk_size=chunk_size)
+    forward = jax.jit(lambda h, k: loss.linear_cross_entropy(h, k, y, **kw))
+    grads = jax.jit(jax.grad(lambda h, k: loss.linear_cross_entropy(h, k, y, **kw), argnums=(0, 1)))
     count = lambda f: f.lower(h, k).as_text().count("dot_general")
     assert (count(forward), count(grads)) == (1, 3)
 
