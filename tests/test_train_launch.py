@@ -379,11 +379,11 @@ def _join_as(process_id: int, out: str, port: int, *flags: str):
 def test_unreachable_coordinator_fails_within_the_timeout_naming_it(tmp_path):
     port = _closed_port()
     out = os.path.relpath(tmp_path / "run", ROOT)  # as typed: relative to the repository
-    proc, seconds = _join_as(1, out, port, "--coordinator-timeout", "3")
+    proc, seconds = _join_as(1, out, port, "--coordinator-timeout", "1")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"train.py: error: process 1 of 2 could not join the run at coordinator 127.0.0.1:{port} "
-        f"within 3 s (--coordinator-timeout): nothing listens at 127.0.0.1:{port}; is process 0 "
+        f"within 1 s (--coordinator-timeout): nothing listens at 127.0.0.1:{port}; is process 0 "
         "running, with the same --coordinator-address?"
     )
     assert "Check failure" not in proc.stderr and "Terminating process" not in proc.stderr
@@ -394,16 +394,16 @@ def test_unreachable_coordinator_fails_within_the_timeout_naming_it(tmp_path):
 @pytest.mark.slow
 def test_process_0_alone_fails_within_the_timeout(tmp_path):
     port = _closed_port()
-    proc, _ = _join_as(0, str(tmp_path / "run"), port, "--coordinator-timeout", "3")
+    proc, _ = _join_as(0, str(tmp_path / "run"), port, "--coordinator-timeout", "1")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"train.py: error: process 0 of 2 could not join the run at coordinator 127.0.0.1:{port} "
-        "within 3 s (--coordinator-timeout): the other processes did not all join; start each "
+        "within 1 s (--coordinator-timeout): the other processes did not all join; start each "
         "with the same --coordinator-address and --num-processes, and a distinct --process-id"
     )
     assert (
         f"joining the run as process 0 of 2, coordinator 127.0.0.1:{port} (flags); waiting up to "
-        "3 s for all processes" in proc.stdout
+        "1 s for all processes" in proc.stdout
     )
 
 
