@@ -80,43 +80,47 @@ def default_class_chunk(num_classes: int) -> int:
 
 
 def for_chunks(total: int, chunk: int, step, carry):
-    """Runs ``step(carry, offset, seen)`` over windows of ``chunk`` entries covering [0, total).
+    """Runs ``step(carry, offset, size, new)`` over windows of ``size = min(chunk, total)``
+    entries covering [0, total).
 
     Every window has the same size, so one traced body serves them all (a scan; a ragged
     remainder would need a second copy of the body, and twice the compile time). When
     ``chunk`` does not divide ``total``, the last window ends at ``total`` and so starts inside
-    its predecessor: its first ``seen`` entries were covered already and ``step`` must count
-    them once. ``seen`` is None when no window overlaps, else an int32 (0 but in the last).
+    its predecessor; ``new`` (bool, (size,)) then marks the entries of each window not covered
+    before, which ``step`` must count once. ``new`` is None when no window overlaps.
     """
     if total == 0:
         return carry
-    chunk = min(chunk, total)
-    count, rest = -(-total // chunk), total % chunk
+    size = min(chunk, total)
+    count, rest = -(-total // size), total % size
     if count == 1:
-        return step(carry, 0, None)
-    starts = jnp.arange(count, dtype=jnp.int32) * chunk
+        return step(carry, 0, size, None)
+    starts = jnp.arange(count, dtype=jnp.int32) * size
     if not rest:
-        carry, _ = lax.scan(lambda c, start: (step(c, start, None), None), carry, starts)
+        body = lambda c, start: (step(c, start, size, None), None)
+        carry, _ = lax.scan(body, carry, starts)
         return carry
-    offsets = jnp.minimum(starts, total - chunk)
-    body = lambda c, xs: (step(c, *xs), None)
-    carry, _ = lax.scan(body, carry, (offsets, starts - offsets))
+    offsets = jnp.minimum(starts, total - size)
+    window = jnp.arange(size, dtype=jnp.int32)
+
+    def body(c, xs):
+        offset, start = xs
+        return step(c, offset, size, window >= start - offset), None
+
+    carry, _ = lax.scan(body, carry, (offsets, starts))
     return carry
 
 
-def fresh(size: int, seen, axis: int, ndim: int):
-    """Which entries of a window along ``axis`` were not ``seen`` before: bool, broadcastable
-    to ``ndim`` axes; None where windows do not overlap."""
-    if seen is None:
-        return None
+def _along(mask, axis: int, ndim: int):
+    """A (size,) mask shaped to broadcast along ``axis`` of an ``ndim``-axis array."""
     shape = [1] * ndim
-    shape[axis] = size
-    return (jnp.arange(size, dtype=jnp.int32) >= seen).reshape(shape)
+    shape[axis] = mask.shape[0]
+    return mask.reshape(shape)
 
 
-def _merge(new, block, old):
-    """``block`` where ``new``, else the already written ``old``."""
-    return block if new is None else jnp.where(new, block, old)
+def _merge_rows(new, block, old):
+    """The rows of ``block`` that are ``new``, the already written ``old`` elsewhere."""
+    return jnp.where(_along(new, 0, block.ndim), block, old)
 
 
 def _cols(array, offset, size, axis=CLASS_AXIS):
@@ -146,10 +150,8 @@ def _logits(static, h, kernel, bias, ct):
     c, pos = static.num_classes, kernel.shape[1:-1] if static.torch_layout else kernel.shape[2:]
     classes, features = _kernel_axes(static, kernel)
 
-    size = min(static.class_chunk, c)
-
-    def fill(logits, offset, seen):
-        del seen  # columns seen before are computed again, to the same numbers
+    def fill(logits, offset, size, new):
+        del new  # columns seen before are computed again, to the same numbers
         x = _dot(h, _cols(kernel, offset, size, classes), [1], [features], ct)
         if bias is not None:
             x = x + _cols(bias, offset, size, 0).astype(ct)[None]
@@ -206,22 +208,21 @@ def sweep(static: Static, hidden, kernel, bias, labels, weight, keep, g=None, ne
     need_dw = grads and needs.weight and weight is not None
     need_dl = grads and needs.labels and static.soft
 
-    size = min(static.row_chunk, n)
-
-    def step(carry, start, seen):
+    def step(carry, start, size, new):
         losses, dh, dk, db, dw, dl = carry
         h = _rows(hidden, start, size)
         y = _rows(labels, start, size)
         if static.soft:
             y = lax.slice_in_dim(y, 0, c, axis=CLASS_AXIS)
         keep_rows = _rows(keep, start, size)
-        new = fresh(size, seen, 0, keep_rows.ndim)
         if new is not None:  # rows seen before count as ignored: their gradients are exactly 0
-            keep_rows = keep_rows & new
+            keep_rows = keep_rows & _along(new, 0, keep_rows.ndim)
         logits = _logits(static, h, kernel, bias, ct)
         g_rows = None if g is None else _rows(g, start, size)
         out, cot = _chunk_vjp(static, logits, y, weight_c, keep_rows, g_rows, needs)
-        out = _merge(new, out.astype(ct), _rows(losses, start, size))
+        out = out.astype(ct)
+        if new is not None:
+            out = _merge_rows(new, out, _rows(losses, start, size))
         losses = lax.dynamic_update_slice_in_dim(losses, out, start, 0)
         if cot is None:
             return losses, dh, dk, db, dw, dl
@@ -233,16 +234,15 @@ def sweep(static: Static, hidden, kernel, bias, labels, weight, keep, g=None, ne
         if need_dl:
             block = cot["labels"].astype(dl.dtype)
             index = [jnp.asarray(start, jnp.int32)] + [jnp.int32(0)] * (dl.ndim - 1)
-            if seen is not None:
-                old = lax.dynamic_slice(dl, index, block.shape)
-                block = _merge(fresh(size, seen, 0, block.ndim), block, old)
+            if new is not None:
+                block = _merge_rows(new, block, lax.dynamic_slice(dl, index, block.shape))
             dl = lax.dynamic_update_slice(dl, block, index)
         if need_dh or need_dk:
             dh_rows, dk = _contract(static, h, kernel, dx.astype(mm), dk, need_dh, ct)
             if need_dh:
-                dh_rows = _merge(
-                    fresh(size, seen, 0, 2), dh_rows.astype(dh.dtype), _rows(dh, start, size)
-                )
+                dh_rows = dh_rows.astype(dh.dtype)
+                if new is not None:
+                    dh_rows = _merge_rows(new, dh_rows, _rows(dh, start, size))
                 dh = lax.dynamic_update_slice_in_dim(dh, dh_rows, start, 0)
         return losses, dh, dk, db, dw, dl
 
@@ -279,13 +279,11 @@ def _contract(static, h, kernel, dx, dk, need_dh: bool, ct):
     k_axes = [classes, *(classes + 1 + i for i in range(len(pos)))]
     dh0 = jnp.zeros((h.shape[0], kernel.shape[features]), ct) if need_dh else None
 
-    size = min(static.class_chunk, static.num_classes)
-
-    def step(carry, offset, seen):
+    def step(carry, offset, size, new):
         dh, dk = carry
         part = _cols(dx, offset, size)
-        if seen is not None:  # columns seen before add nothing again
-            part = jnp.where(fresh(size, seen, 1, part.ndim), part, 0)
+        if new is not None:  # columns seen before add nothing again
+            part = jnp.where(_along(new, CLASS_AXIS, part.ndim), part, 0)
         if dh is not None:
             dh = dh + _dot(part, _cols(kernel, offset, size, classes), [1, *pos], k_axes, ct)
         if dk is not None:
