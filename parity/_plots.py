@@ -12,6 +12,20 @@ FLOOR = 1e-18  # where an exact (zero) error is drawn on log axes
 CEILING = 10.0  # where a NaN/inf position mismatch is drawn
 
 
+def place(fig, *, left=0.55, right=0.35, bottom=0.5, top=0.55, wspace=0.3, hspace=0.45) -> None:
+    """Fixed margins in inches (so they hold at any figure width) and gaps as fractions of an
+    axes: the labels here have known sizes, so no layout engine measures every tick label."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+        wspace=wspace,
+        hspace=hspace,
+    )
+
+
 def to_png_base64(fig) -> str:
     """Renders ``fig``; returns the PNG as base64 text for a data: URI."""
     buf = io.BytesIO()
@@ -37,7 +51,8 @@ def error_histograms(records, dtypes, impl_label: str) -> str:
         ("torch_vs_reference", "torch", "tab:orange"),
         ("optax_vs_reference", "optax", "tab:green"),
     )
-    fig = Figure(figsize=(3.4 * len(dtypes), 8.5), layout="constrained")
+    fig = Figure(figsize=(3.4 * len(dtypes), 8.5))
+    place(fig)
     axes = fig.subplots(len(quantities), len(dtypes), squeeze=False)
     bins = np.logspace(np.log10(FLOOR), np.log10(CEILING) + 0.5, 39)
     for i, q in enumerate(quantities):
@@ -69,7 +84,8 @@ def error_histograms(records, dtypes, impl_label: str) -> str:
 
 def closeness_scatter(records, dtypes, impl_label: str) -> str:
     """Each case's error vs float64: implementation (y) against torch (x); below = closer."""
-    fig = Figure(figsize=(3.4 * len(dtypes), 3.6), layout="constrained")
+    fig = Figure(figsize=(3.4 * len(dtypes), 3.6))
+    place(fig, left=0.6)
     axes = fig.subplots(1, len(dtypes), squeeze=False)
     for j, dtype in enumerate(dtypes):
         ax = axes[0, j]

@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from parity._html import img, page, table
-from parity._plots import to_png_base64
+from parity._plots import place, to_png_base64
 from parity._report import jsonable
 
 DERIVATION = (
@@ -158,14 +158,16 @@ def markdown(payload: dict) -> str:
 def _plots(payload: dict) -> tuple[str, str]:
     c = {k: np.asarray(v) for k, v in payload["curves"].items()}
     steps = np.arange(len(c["torch"]))
-    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    fig = Figure(figsize=(9, 3.6))
+    place(fig, left=0.75, right=0.2, top=0.2)
     ax = fig.subplots()
     ax.plot(steps, c["torch"], label="torch float32", lw=1.2)
     ax.plot(steps, c["jax"], "--", label="Flax + jaxce float32", lw=1.2)
     ax.set(xlabel="step", ylabel="training loss (batch mean)", yscale="log")
     ax.legend()
     curves = to_png_base64(fig)
-    fig = Figure(figsize=(9, 4.2), layout="constrained")
+    fig = Figure(figsize=(9, 4.2))
+    place(fig, left=0.75, right=0.2, top=0.2)
     ax = fig.subplots()
     floor = 1e-10  # where an exactly equal pair is drawn
     ax.plot(steps, np.maximum(np.abs(c["jax"] - c["torch"]), floor), label="|jax - torch|", lw=1)

@@ -85,7 +85,9 @@ def plot_curves(path: Path, history: History, *, title: str) -> None:
     from matplotlib.figure import Figure
 
     epochs = range(1, len(history.train_loss) + 1)
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4))
+    # fixed margins (in figure fractions) instead of a layout engine, which measures every label
+    fig.subplots_adjust(left=0.075, right=0.98, bottom=0.125, top=0.84, wspace=0.22)
     loss_ax, acc_ax = fig.subplots(1, 2)
     loss_ax.plot(epochs, history.train_loss, "o-", label="train (mean over the epoch)")
     loss_ax.plot(epochs, history.test_loss, "s-", label="test (after the epoch)")
