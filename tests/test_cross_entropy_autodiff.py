@@ -14,6 +14,7 @@ from jax.ad_checkpoint import print_saved_residuals
 from jax.test_util import check_grads
 
 from jaxce import loss
+from tests.batch import result, run_together, shared_groups
 from tests.conftest import seeded_rng
 from tests.reference import reference_cross_entropy
 from tests.tolerances import assert_close
@@ -62,21 +63,39 @@ CASES = [
 ]
 
 
+def _gradients(target, option_set, reduction):
+    """(fn, args): the custom VJP's gradients and autodiff's of the reference, for one case."""
+    logits, labels, options = make_problem(target, option_set)
+    weight = options.pop("weight", None)
+    if weight is None:
+        weight = jnp.ones(logits.shape[1])  # differentiate w.r.t. an all-ones weight
+    cot = jnp.asarray(seeded_rng("cot").normal(size=(4, 3))) if reduction == "none" else 1.0
+
+    def wrap(fn):
+        return lambda x, t, w: jnp.sum(cot * fn(x, t, weight=w, reduction=reduction, **options))
+
+    argnums = (0, 1, 2) if target == "probs" else (0, 2)
+    got = jax.grad(wrap(loss.cross_entropy), argnums)
+    want = jax.grad(wrap(reference_cross_entropy), argnums)
+    return (lambda *args: (got(*args), want(*args))), (logits, labels, weight)
+
+
+@pytest.fixture(scope="module")
+def custom_vjp_gradients(tmp_path_factory):
+    """Every case of CASES as one float64 program (see tests/batch.py), by test id."""
+
+    def compute(_):
+        with jax.enable_x64(True):
+            return run_together({p.id: _gradients(*p.values) for p in CASES})
+
+    return shared_groups(tmp_path_factory, "autodiff", compute)
+
+
 @pytest.mark.parametrize(("target", "option_set", "reduction"), CASES)
-def test_custom_vjp_matches_autodiff_of_the_reference(target, option_set, reduction):
-    with jax.enable_x64(True):
-        logits, labels, options = make_problem(target, option_set)
-        weight = options.pop("weight", None)
-        if weight is None:
-            weight = jnp.ones(logits.shape[1])  # differentiate w.r.t. an all-ones weight
-        cot = jnp.asarray(seeded_rng("cot").normal(size=(4, 3))) if reduction == "none" else 1.0
-
-        def wrap(fn):
-            return lambda x, t, w: jnp.sum(cot * fn(x, t, weight=w, reduction=reduction, **options))
-
-        argnums = (0, 1, 2) if target == "probs" else (0, 2)
-        got = jax.jit(jax.grad(wrap(loss.cross_entropy), argnums))(logits, labels, weight)
-        want = jax.jit(jax.grad(wrap(reference_cross_entropy), argnums))(logits, labels, weight)
+def test_custom_vjp_matches_autodiff_of_the_reference(
+    target, option_set, reduction, custom_vjp_gradients
+):
+    got, want = result(custom_vjp_gradients(), f"{target}-{option_set}-{reduction}")
     for name, g, w in zip(("logits", "labels", "weight")[: len(got)], got, want, strict=True):
         assert_close(g, w, dtype="float64", quantity="grad", context=name)
 

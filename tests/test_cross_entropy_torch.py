@@ -14,17 +14,15 @@ verdict against the float64 reference as well.
 from __future__ import annotations
 
 import itertools
-import os
-import pickle
 
 import jax.numpy as jnp
 import pytest
-from filelock import FileLock
 
 from jaxce import loss
 from parity._cases import make_case, make_inputs
 from parity._compare import PASSED, QUANTITIES
 from parity._matrix import CaseRunner, record
+from tests.batch import shared_groups
 from tests.conftest import x64_scope
 from tests.tolerances import assert_close
 
@@ -88,37 +86,16 @@ def _compile_group(case) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def outcome_of(tmp_path_factory):
-    """The parity outcome of a grid case; its compile group runs on first use.
-
-    Under pytest-xdist the workers of one session share each group's outcomes through a file
-    (written under a lock by the first worker that needs it), so a group whose tests are split
-    between workers still compiles once.
-    """
+    """The parity outcome of a grid case; its compile group runs on first use, once per test
+    session (a group whose tests are split between xdist workers still compiles once)."""
     runner = CaseRunner(loss.cross_entropy, with_optax=False)
-    shared = None
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # the session's directory, common to its workers
-        shared = tmp_path_factory.getbasetemp().parent / "torch-grid-outcomes"
-        shared.mkdir(exist_ok=True)
-    done = {}
 
-    def run(key):
-        return runner.run([p.values[0] for p in GRID if _compile_group(p.values[0]) == key])
+    def compute(key):
+        cases = [p.values[0] for p in GRID if _compile_group(p.values[0]) == key]
+        return {o.case.id: o for o in runner.run(cases)}
 
-    def get(case):
-        if case.id not in done:
-            key = _compile_group(case)
-            if shared is None:
-                outcomes = run(key)
-            else:
-                path = shared / f"{key[0]}-{key[1]}.pickle"
-                with FileLock(f"{path}.lock"):
-                    if not path.exists():
-                        path.write_bytes(pickle.dumps(run(key)))
-                    outcomes = pickle.loads(path.read_bytes())
-            done.update((o.case.id, o) for o in outcomes)
-        return done[case.id]
-
-    return get
+    groups = shared_groups(tmp_path_factory, "torch-grid", compute)
+    return lambda case: groups(_compile_group(case))[case.id]
 
 
 def test_grid_ids_and_cases_are_unique():

@@ -1,0 +1,42 @@
+"""The tests' batching helper: one program for many cases, and a failing case kept to itself."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.batch import CaseError, result, run_together, shared_groups
+
+
+def test_results_equal_each_case_alone():
+    x = jnp.arange(6.0).reshape(2, 3)
+    cases = {"sum": (lambda a: a.sum(axis=1), (x,)), "pair": (lambda a, b: (a * b, b), (x, 2.0))}
+    got = run_together(cases)
+    np.testing.assert_array_equal(result(got, "sum"), [3.0, 12.0])
+    product, factor = result(got, "pair")
+    np.testing.assert_array_equal(product, np.arange(6.0).reshape(2, 3) * 2)
+    assert isinstance(product, np.ndarray) and factor == 2.0
+
+
+def test_a_case_that_raises_fails_alone():
+    def bad(a):
+        raise ValueError("planted")
+
+    got = run_together({"good": (lambda a: a + 1, (jnp.ones(2),)), "bad": (bad, (jnp.ones(2),))})
+    np.testing.assert_array_equal(result(got, "good"), [2.0, 2.0])
+    with pytest.raises(CaseError, match="ValueError: planted"):
+        result(got, "bad")
+
+
+def test_a_group_is_computed_once_per_process(tmp_path_factory):
+    calls = []
+
+    def compute(group):
+        calls.append(group)
+        return {"n": group}
+
+    get = shared_groups(tmp_path_factory, "test-batch", compute)
+    assert get("a") == get("a") == {"n": "a"}
+    assert get(None) == {"n": None}
+    assert calls == ["a", None]
