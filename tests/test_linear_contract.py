@@ -16,10 +16,11 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxce import loss
+from tests.batch import result, run_together, shared_groups
 from tests.conftest import seeded_rng, x64_scope
 from tests.reference import reference_cross_entropy
 from tests.tolerances import assert_close
-from tests.vjp import value_and_vjp
+from tests.vjp import vjp_program
 
 ROWS, FEATURES, CLASSES = 9, 5, 7
 DIFF = ("hidden", "kernel", "bias", "weight", "labels", "sample_weight", "divisor")
@@ -106,21 +107,33 @@ def reference(arrays, options):
     return total / jnp.sum(jnp.where(keep, w_y * s, 0))
 
 
-def value_and_grads(fn, arrays, cotangent):
+def split(arrays):
+    """(diff, rest): the differentiated float arrays and the others."""
     diff = {k: v for k, v in arrays.items() if k in DIFF and jnp.issubdtype(v.dtype, jnp.floating)}
-    rest = {k: v for k, v in arrays.items() if k not in diff}
-    return value_and_vjp(fn, diff, rest, cotangent)
+    return diff, {k: v for k, v in arrays.items() if k not in diff}
 
 
-def assert_matches_reference(arrays, options, cotangent, dtype="float64", **kw):
-    got = value_and_grads(lambda a: fused(a, options, **kw), arrays, cotangent)
-    expected = value_and_grads(lambda a: reference(a, options), arrays, cotangent)
+def reference_program(arrays, options, cotangent, **kw):
+    """(program, args): the fused loss's value and gradients and the reference's, for
+    `check_reference` (one case; `tests.batch.run_together` compiles many together)."""
+    fused_fn, args = vjp_program(lambda a: fused(a, options, **kw), *split(arrays), cotangent)
+    reference_fn, _ = vjp_program(lambda a: reference(a, options), *split(arrays), cotangent)
+    return (lambda *a: (fused_fn(*a), reference_fn(*a))), args
+
+
+def check_reference(arrays, results, dtype="float64"):
+    got, expected = results
     assert got[0].shape == expected[0].shape
     assert_close(got[0], expected[0], dtype=dtype, quantity="loss")
     assert set(got[1]) == set(expected[1])
     for name, value in expected[1].items():
         assert got[1][name].dtype == arrays[name].dtype, name
         assert_close(got[1][name], value, dtype=dtype, quantity="grad", context=f"d {name}")
+
+
+def assert_matches_reference(arrays, options, cotangent, dtype="float64", **kw):
+    program, args = reference_program(arrays, options, cotangent, **kw)
+    check_reference(arrays, jax.jit(program)(*args), dtype)
 
 
 CASES = {
@@ -159,15 +172,32 @@ FLOAT64_CASES = [(name, "mean") for name in CASES] + [
 ]
 
 
+def float64_program(name, reduction):
+    """(program, args) of a FLOAT64_CASES case, with ragged chunks of rows and classes."""
+    case = CASES[name]
+    options = {**case["options"], "reduction": reduction}
+    arrays, cotangent = make((name, reduction), **case["make"])
+    return reference_program(arrays, options, cotangent, row_chunk_size=4, chunk_size=3)
+
+
+@pytest.fixture(scope="module")
+def float64_results(tmp_path_factory):
+    """Every FLOAT64_CASES case as one float64 program (see tests/batch.py), by id."""
+
+    def compute(_):
+        with x64_scope("float64"):
+            return run_together({f"{n}-{r}": float64_program(n, r) for n, r in FLOAT64_CASES})
+
+    return shared_groups(tmp_path_factory, "linear-contract", compute)
+
+
 @pytest.mark.parametrize(
     "name, reduction", FLOAT64_CASES, ids=[f"{n}-{r}" for n, r in FLOAT64_CASES]
 )
-def test_matches_reference_float64(name, reduction):
-    case = CASES[name]
-    options = {**case["options"], "reduction": reduction}
+def test_matches_reference_float64(name, reduction, float64_results):
     with x64_scope("float64"):
-        arrays, cotangent = make((name, reduction), **case["make"])
-        assert_matches_reference(arrays, options, cotangent, row_chunk_size=4, chunk_size=3)
+        arrays, _ = make((name, reduction), **CASES[name]["make"])
+    check_reference(arrays, result(float64_results(), f"{name}-{reduction}"))
 
 
 @pytest.mark.parametrize("name", ["probs-everything", "kdim-two-axes-weight-ignored"])

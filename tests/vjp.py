@@ -8,17 +8,24 @@ import jax
 import jax.numpy as jnp
 
 
+def vjp_program(fn: Callable[[dict], jax.Array], diff: dict, rest: dict, cotangent):
+    """``(program, args)``: ``program(*args)`` is ``fn({**rest, **diff})`` and its VJP with
+    respect to ``diff`` for ``cotangent`` (a scalar value takes the cotangent's first entry),
+    for `value_and_vjp` to compile alone or `tests.batch.run_together` with other cases."""
+
+    def program(diff, rest, cotangent):
+        out, vjp = jax.vjp(lambda d: fn({**rest, **d}), diff)
+        ct = (cotangent if out.ndim else jnp.ravel(cotangent)[0]).astype(out.dtype)
+        return out, vjp(ct)[0]
+
+    return program, (diff, rest, jnp.asarray(cotangent))
+
+
 def value_and_vjp(fn: Callable[[dict], jax.Array], diff: dict, rest: dict, cotangent):
     """``fn({**rest, **diff})`` and its VJP with respect to ``diff`` for ``cotangent``.
 
     One compiled program (jit), not the operations one by one: the suite's many small cases
     spend their time compiling. A scalar value takes the cotangent's first entry.
     """
-
-    @jax.jit
-    def run(diff, rest, cotangent):
-        out, vjp = jax.vjp(lambda d: fn({**rest, **d}), diff)
-        ct = (cotangent if out.ndim else jnp.ravel(cotangent)[0]).astype(out.dtype)
-        return out, vjp(ct)[0]
-
-    return run(diff, rest, jnp.asarray(cotangent))
+    program, args = vjp_program(fn, diff, rest, cotangent)
+    return jax.jit(program)(*args)
