@@ -9,9 +9,10 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxce import loss
+from tests.batch import result, run_together, shared_groups
 from tests.conftest import seeded_rng, x64_scope
 from tests.tolerances import assert_close
-from tests.vjp import value_and_vjp
+from tests.vjp import value_and_vjp, vjp_program
 
 ROWS, FEATURES, CLASSES = 10, 6, 23
 
@@ -97,9 +98,18 @@ def value_and_grads(fn, arrays, cotangent):
     return value_and_vjp(fn, *_split(arrays), cotangent)
 
 
-def assert_parity(arrays, options, cotangent, *, dtype, chunk_size=None, context=""):
-    got = value_and_grads(lambda a: fused(a, options, chunk_size), arrays, cotangent)
-    expected = value_and_grads(lambda a: unfused(a, options), arrays, cotangent)
+def parity_program(arrays, options, cotangent, chunk_size=None):
+    """(program, args): the fused loss's value and gradients and the unfused loss's, for
+    `check_parity` (one case; `tests.batch.run_together` compiles many together)."""
+    fused_fn, args = vjp_program(
+        lambda a: fused(a, options, chunk_size), *_split(arrays), cotangent
+    )
+    unfused_fn, _ = vjp_program(lambda a: unfused(a, options), *_split(arrays), cotangent)
+    return (lambda *a: (fused_fn(*a), unfused_fn(*a))), args
+
+
+def check_parity(arrays, results, *, dtype, context=""):
+    got, expected = results
     assert_close(got[0], expected[0], dtype=dtype, quantity="loss", context=context)
     assert set(got[1]) == set(expected[1])
     for name in expected[1]:
@@ -107,6 +117,11 @@ def assert_parity(arrays, options, cotangent, *, dtype, chunk_size=None, context
         assert_close(
             got[1][name], expected[1][name], dtype=dtype, quantity="grad", context=f"d{name}"
         )
+
+
+def assert_parity(arrays, options, cotangent, *, dtype, chunk_size=None, context=""):
+    program, args = parity_program(arrays, options, cotangent, chunk_size)
+    check_parity(arrays, jax.jit(program)(*args), dtype=dtype, context=context)
 
 
 # Every option set with "mean" (whose divisor depends on weights, ignore_index and where), and
@@ -118,40 +133,76 @@ FLOAT64_CASES = [(name, "mean") for name in OPTIONS] + [
 ]
 
 
-@pytest.mark.parametrize(
-    "name, reduction", FLOAT64_CASES, ids=[f"{n}-{r}" for n, r in FLOAT64_CASES]
-)
-def test_matches_unfused_float64(name, reduction):
-    options = {**OPTIONS[name], "reduction": reduction}
-    with x64_scope("float64"):
+CHUNK_CASES = {
+    "divides": (24, 8),
+    "remainder": (23, 5),
+    "one_class_chunks": (23, 1),
+    "one_chunk": (23, 23),
+    "larger_than_classes": (23, 1000),
+    "default": (23, None),
+    "chunk_of_the_remainder_only": (3, 2),
+}
+FLOAT32_CASES = ["plain", "weight", "smoothing_weight", "everything"]
+
+
+# group: (its case keys, its dtype); each group compiles as one program
+GROUPS = {
+    "float64": ([f"{n}-{r}" for n, r in FLOAT64_CASES], "float64"),
+    "chunks": (list(CHUNK_CASES), "float64"),
+    "float32": (FLOAT32_CASES, "float32"),
+}
+
+
+def case_inputs(group, key):
+    """(arrays, options, cotangent, chunk_size) of a case of a group (in its dtype's scope)."""
+    if group == "float64":
+        name, reduction = key.rsplit("-", 1)
+        options = {**OPTIONS[name], "reduction": reduction}
         arrays, cotangent = make_inputs((name, reduction), options)
-        assert_parity(arrays, options, cotangent, dtype="float64", chunk_size=5, context=name)
-
-
-@pytest.mark.parametrize("name", ["plain", "weight", "smoothing_weight", "everything"])
-def test_matches_unfused_float32(name):
-    options = {**OPTIONS[name], "reduction": "mean"}
-    arrays, cotangent = make_inputs(name, options, dtype="float32")
-    assert_parity(arrays, options, cotangent, dtype="float32", chunk_size=8, context=name)
-
-
-@pytest.mark.parametrize(
-    "classes, chunk_size",
-    [
-        pytest.param(24, 8, id="divides"),
-        pytest.param(23, 5, id="remainder"),
-        pytest.param(23, 1, id="one_class_chunks"),
-        pytest.param(23, 23, id="one_chunk"),
-        pytest.param(23, 1000, id="larger_than_classes"),
-        pytest.param(23, None, id="default"),
-        pytest.param(3, 2, id="chunk_of_the_remainder_only"),
-    ],
-)
-def test_chunk_sizes(classes, chunk_size):
-    options = {**OPTIONS["everything"], "reduction": "mean"}
-    with x64_scope("float64"):
+        return arrays, options, cotangent, 5
+    if group == "chunks":
+        options = {**OPTIONS["everything"], "reduction": "mean"}
+        classes, chunk_size = CHUNK_CASES[key]
         arrays, cotangent = make_inputs(("chunks", classes), options, classes=classes)
-        assert_parity(arrays, options, cotangent, dtype="float64", chunk_size=chunk_size)
+        return arrays, options, cotangent, chunk_size
+    options = {**OPTIONS[key], "reduction": "mean"}
+    arrays, cotangent = make_inputs(key, options, dtype="float32")
+    return arrays, options, cotangent, 8
+
+
+@pytest.fixture(scope="module")
+def parity_results(tmp_path_factory):
+    """Each group's cases as one program (see tests/batch.py): group -> {case: results}."""
+
+    def compute(group):
+        keys, dtype = GROUPS[group]
+        with x64_scope(dtype):
+            return run_together({key: parity_program(*case_inputs(group, key)) for key in keys})
+
+    return shared_groups(tmp_path_factory, "linear-unfused", compute)
+
+
+def check_case(group, key, parity_results, context=""):
+    dtype = GROUPS[group][1]
+    with x64_scope(dtype):
+        arrays = case_inputs(group, key)[0]
+    check_parity(arrays, result(parity_results(group), key), dtype=dtype, context=context)
+
+
+@pytest.mark.parametrize("key", GROUPS["float64"][0])
+def test_matches_unfused_float64(key, parity_results):
+    check_case("float64", key, parity_results, context=key)
+
+
+@pytest.mark.parametrize("name", FLOAT32_CASES)
+def test_matches_unfused_float32(name, parity_results):
+    check_case("float32", name, parity_results, context=name)
+
+
+@pytest.mark.parametrize("key", list(CHUNK_CASES))
+def test_chunk_sizes(key, parity_results):
+    """Chunk sizes that divide the class count, leave a remainder, or exceed it (float64)."""
+    check_case("chunks", key, parity_results)
 
 
 def test_check_grads_float64():
