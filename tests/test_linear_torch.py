@@ -20,9 +20,10 @@ from flax import nnx
 
 from jaxce import loss
 from jaxce.nnx import LinearCrossEntropyLoss
+from tests.batch import result, run_together, shared_groups
 from tests.conftest import seeded_rng, x64_scope
 from tests.tolerances import assert_close
-from tests.vjp import value_and_vjp
+from tests.vjp import vjp_program
 
 ROWS, FEATURES, CLASSES = 12, 6, 9
 CASES = {
@@ -82,7 +83,8 @@ def torch_side(arrays, case, cotangent, dtype, chunked):
     return as_float(out), {k: as_float(g) for k, g in zip(diff, grads, strict=True)}
 
 
-def jax_side(arrays, case, cotangent, dtype):
+def jax_program(arrays, case, cotangent, dtype):
+    """(program, args): jaxce's value and gradients for a case (see tests/vjp.py)."""
     a = {k: jnp.asarray(v, dtype) if v.dtype.kind == "f" else jnp.asarray(v)
          for k, v in arrays.items()}  # fmt: skip
     diff = {k: a[k] for k in ("input", "linear_weight", "linear_bias") if k in a}
@@ -97,8 +99,23 @@ def jax_side(arrays, case, cotangent, dtype):
             weight=d.get("weight"), row_chunk_size=5, **_options(case),
         )  # fmt: skip
 
-    out, grads = value_and_vjp(f, diff, rest, cotangent)
-    return np.asarray(out, np.float64), {k: np.asarray(g, np.float64) for k, g in grads.items()}
+    return vjp_program(f, diff, rest, cotangent)
+
+
+@pytest.fixture(scope="module")
+def jax_results(tmp_path_factory):
+    """dtype -> {case: jaxce's value and gradients}: each dtype's cases as one program (see
+    tests/batch.py); the torch-reference and torch-chunked tests of a case share them."""
+
+    def compute(dtype):
+        with x64_scope(dtype):
+            programs = {}
+            for name, case in CASES.items():
+                arrays, cotangent = make((name, dtype), case)
+                programs[name] = jax_program(arrays, case, cotangent, dtype)
+            return run_together(programs)
+
+    return shared_groups(tmp_path_factory, "linear-torch", compute)
 
 
 PAIRS = [(name, False) for name in CASES] + [(name, True) for name in CHUNKED]
@@ -108,11 +125,11 @@ PAIRS = [(name, False) for name in CASES] + [(name, True) for name in CHUNKED]
 @pytest.mark.parametrize(
     "name, chunked", PAIRS, ids=[f"{n}-{'chunked' if c else 'reference'}" for n, c in PAIRS]
 )
-def test_matches_torch_linear_cross_entropy(name, chunked, dtype):
+def test_matches_torch_linear_cross_entropy(name, chunked, dtype, jax_results):
     case = CASES[name]
     arrays, cotangent = make((name, dtype), case)
-    with x64_scope(dtype):
-        got = jax_side(arrays, case, cotangent, dtype)
+    out, grads = result(jax_results(dtype), name)
+    got = np.asarray(out, np.float64), {k: np.asarray(g, np.float64) for k, g in grads.items()}
     expected = torch_side(arrays, case, cotangent, getattr(torch, dtype), chunked)
     assert_close(got[0], expected[0], dtype=dtype, quantity="loss")
     assert set(got[1]) == set(expected[1])
