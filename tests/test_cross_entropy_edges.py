@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 
 from jaxce import loss
 from parity._torch_side import torch_cross_entropy
+from tests.batch import result, run_together, shared_groups
 from tests.conftest import seeded_rng, x64_scope
 from tests.reference import reference_cross_entropy
 from tests.tolerances import assert_close
@@ -221,30 +224,50 @@ def test_where_equals_dropping_the_examples(reduction, target):
     assert_close(out, kept, dtype="float32", quantity="loss")
 
 
+def extension_program(z_loss, softcap, target, dtype):
+    """(program, args): value and gradient of jaxce's loss and of the reference, for one case
+    of the z-loss and softcap test (in its dtype's scope; `run_together` compiles many)."""
+    rng = seeded_rng("extensions", z_loss, softcap, target)
+    logits = jnp.asarray(rng.normal(scale=4.0, size=(2, 6, 3)), dtype)
+    if target == "index":
+        labels = jnp.asarray(rng.integers(0, 6, size=(2, 3)))
+    else:
+        labels = jnp.asarray(np.moveaxis(rng.dirichlet(np.ones(6), size=(2, 3)), -1, 1), dtype)
+    options = dict(
+        axis=1,
+        z_loss=z_loss,
+        softcap=softcap,
+        label_smoothing=0.1,
+        weight=jnp.asarray(rng.uniform(0.5, 2, size=6), dtype),
+    )
+    got = jax.value_and_grad(lambda x: loss.cross_entropy(x, labels, **options))
+    want = jax.value_and_grad(lambda x: reference_cross_entropy(x, labels, **options))
+    return (lambda x: (got(x), want(x))), (logits,)
+
+
+EXTENSIONS = list(itertools.product([0.0, 1e-2], [None, 5.0], ["index", "probs"]))
+
+
+@pytest.fixture(scope="module")
+def extension_results(tmp_path_factory):
+    """dtype -> {case: results}: each dtype's z-loss and softcap cases as one program."""
+
+    def compute(dtype):
+        with x64_scope(dtype):
+            return run_together({repr(c): extension_program(*c, dtype) for c in EXTENSIONS})
+
+    return shared_groups(tmp_path_factory, "edges-extensions", compute)
+
+
 @pytest.mark.parametrize("z_loss", [0.0, 1e-2])
 @pytest.mark.parametrize("softcap", [None, 5.0], ids=["nocap", "cap5"])
 @pytest.mark.parametrize("target", ["index", "probs"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_z_loss_and_softcap_match_the_reference(z_loss, softcap, target, dtype):
-    rng = seeded_rng("extensions", z_loss, softcap, target)
-    with x64_scope(dtype):
-        logits = jnp.asarray(rng.normal(scale=4.0, size=(2, 6, 3)), dtype)
-        if target == "index":
-            labels = jnp.asarray(rng.integers(0, 6, size=(2, 3)))
-        else:
-            labels = jnp.asarray(np.moveaxis(rng.dirichlet(np.ones(6), size=(2, 3)), -1, 1), dtype)
-        options = dict(
-            axis=1,
-            z_loss=z_loss,
-            softcap=softcap,
-            label_smoothing=0.1,
-            weight=jnp.asarray(rng.uniform(0.5, 2, size=6), dtype),
-        )
-        value, grad = jax.jit(
-            jax.value_and_grad(lambda x: loss.cross_entropy(x, labels, **options))
-        )(logits)
-        ref = lambda x: reference_cross_entropy(x, labels, **options)
-        ref_value, ref_grad = jax.jit(jax.value_and_grad(ref))(logits)
+def test_z_loss_and_softcap_match_the_reference(z_loss, softcap, target, dtype, extension_results):
+    (value, grad), (ref_value, ref_grad) = result(
+        extension_results(dtype), repr((z_loss, softcap, target))
+    )
+    assert value.dtype == grad.dtype == dtype
     assert_close(value, ref_value, dtype=dtype, quantity="loss")
     assert_close(grad, ref_grad, dtype=dtype, quantity="grad")
 
