@@ -24,6 +24,7 @@ from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
 from jaxce import loss
+from tests.batch import result, run_together, shared_groups
 from tests.conftest import seeded_rng
 from tests.tolerances import assert_close
 
@@ -183,9 +184,8 @@ def _pad_problem(key, options, classes=5, pad=3, rows=6):
     return jnp.asarray(x), jnp.asarray(x_pad), jnp.asarray(labels), weight, weight_pad, opts
 
 
-@pytest.mark.parametrize("option_set", list(PAD_OPTIONS))
-@pytest.mark.parametrize("name", list(LOSSES))
-def test_padded_vocabulary_with_num_classes_equals_unpadded(name, option_set):
+def _pad_program(name, option_set):
+    """(program, args): value and gradients unpadded, then padded with ``num_classes``."""
     fn = LOSSES[name]
     x, x_pad, labels, w, w_pad, opts = _pad_problem((name, option_set), PAD_OPTIONS[option_set])
     args = (x, w) if w is not None else (x,)
@@ -195,10 +195,26 @@ def test_padded_vocabulary_with_num_classes_equals_unpadded(name, option_set):
     def f(x, w=None, **extra):
         return fn(x, labels, weight=w, **opts, **extra)
 
-    value, grads = jax.jit(jax.value_and_grad(f, argnums))(*args)
-    p_value, p_grads = jax.jit(jax.value_and_grad(lambda *a: f(*a, num_classes=5), argnums))(
-        *args_pad
-    )
+    unpadded = jax.value_and_grad(f, argnums)
+    padded = jax.value_and_grad(lambda *a: f(*a, num_classes=5), argnums)
+    return (lambda args, args_pad: (unpadded(*args), padded(*args_pad))), (args, args_pad)
+
+
+@pytest.fixture(scope="module")
+def pad_results(tmp_path_factory):
+    """Every padded-vocabulary case as one program (see tests/batch.py)."""
+
+    def compute(_):
+        cases = [(n, o) for n in LOSSES for o in PAD_OPTIONS]
+        return run_together({f"{n}-{o}": _pad_program(n, o) for n, o in cases})
+
+    return shared_groups(tmp_path_factory, "padding-num-classes", compute)
+
+
+@pytest.mark.parametrize("option_set", list(PAD_OPTIONS))
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_padded_vocabulary_with_num_classes_equals_unpadded(name, option_set, pad_results):
+    (value, grads), (p_value, p_grads) = result(pad_results(), f"{name}-{option_set}")
     assert_close(p_value, value, dtype="float32", quantity="loss", context=option_set)
     for got, want in zip(p_grads, grads, strict=True):
         assert_close(got[..., :5], want, dtype="float32", quantity="grad", context=option_set)
