@@ -212,9 +212,16 @@ LOGITS_SHAPE = {
 
 
 @functools.cache
-def _exported(name: str, dtype: str, platform: str) -> jax.export.Exported:
+def _jitted(name: str, dtype: str):
+    """A loss's function, jitted once: the exports for each platform share its trace."""
     f, arrays = LOSSES[name](jnp.dtype(dtype))
-    return jax.export.export(jax.jit(f), platforms=(platform,))(*arrays.values())
+    return jax.jit(f), arrays
+
+
+@functools.cache
+def _exported(name: str, dtype: str, platform: str) -> jax.export.Exported:
+    f, arrays = _jitted(name, dtype)
+    return jax.export.export(f, platforms=(platform,))(*arrays.values())
 
 
 def check_module(mlir: str, logits_shape=None) -> list[str]:
