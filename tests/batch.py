@@ -30,20 +30,26 @@ def run_together(cases: dict[str, tuple[Callable, tuple]]) -> dict[str, Any]:
 
     Results come back as numpy arrays (same pytree structure). If the program as a whole fails
     to trace, compile or run, each case runs alone: a case that fails alone gets a `CaseError`
-    naming what it raised as its result (`result` raises it), the others their results.
+    naming what it raised as its result (`result` raises it), the others their results. If
+    none fails alone, the cases cannot share a program: that raises (a mistake of the caller).
     """
     args = {key: a for key, (_, a) in cases.items()}
     try:
         return jax.device_get(
             jax.jit(lambda args: {key: fn(*args[key]) for key, (fn, _) in cases.items()})(args)
         )
-    except Exception:  # find the case(s) at fault; the others still run
+    except Exception as group_error:  # find the case(s) at fault; the others still run
         out = {}
         for key, (fn, a) in cases.items():
             try:
                 out[key] = jax.device_get(jax.jit(fn)(*a))
             except Exception as err:
                 out[key] = CaseError(f"{type(err).__name__}: {err}")
+        if not any(isinstance(v, CaseError) for v in out.values()):
+            raise RuntimeError(
+                "these cases fail as one program but each runs alone (cases that cannot share "
+                f"a program, e.g. on different meshes?): {sorted(cases)}"
+            ) from group_error
         return out
 
 

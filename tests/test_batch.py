@@ -29,6 +29,22 @@ def test_a_case_that_raises_fails_alone():
         result(got, "bad")
 
 
+def test_cases_that_cannot_share_a_program_raise():
+    """Every case runs alone but the program of all fails: the caller's mistake, not hidden
+    behind the slower case-by-case results (simulated: a case that fails its first trace)."""
+    traces = []
+
+    def fails_first(a):
+        traces.append(a)
+        if len(traces) == 1:
+            raise ValueError("planted")
+        return a * 2
+
+    cases = {"fine": (lambda a: a + 1, (jnp.ones(2),)), "first": (fails_first, (jnp.ones(2),))}
+    with pytest.raises(RuntimeError, match="fail as one program but each runs alone"):
+        run_together(cases)
+
+
 def test_a_group_is_computed_once_per_process(tmp_path_factory):
     calls = []
 

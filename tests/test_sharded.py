@@ -22,9 +22,10 @@ from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
 from jaxce import loss
+from tests.batch import CaseError, result, run_together, shared_groups
 from tests.conftest import seeded_rng, x64_scope
 from tests.tolerances import assert_close
-from tests.vjp import value_and_vjp
+from tests.vjp import vjp_program
 
 MARKER = "@@sharded-results@@ "
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,12 +141,18 @@ def _jax_arrays(inputs: dict) -> dict:
     return arrays
 
 
-def _value_and_grads(fn, arrays: dict, cotangent):
-    """Loss, d/d logits and d/d weight (None without weight) of ``fn(arrays)``."""
+def _grads_program(fn, arrays: dict, cotangent):
+    """(program, args): loss, d/d logits and d/d weight (None without weight) of
+    ``fn(arrays)``, for `tests.batch.run_together`."""
     diff = {k: v for k, v in arrays.items() if k in ("x", "w")}
     rest = {k: v for k, v in arrays.items() if k not in diff}
-    out, grads = value_and_vjp(fn, diff, rest, cotangent)
-    return out, grads["x"], grads.get("w")
+    program, args = vjp_program(fn, diff, rest, cotangent)
+
+    def split(*args):
+        out, grads = program(*args)
+        return out, grads["x"], grads.get("w")
+
+    return split, args
 
 
 def _sharded_fn(case_id: str, mesh):
@@ -184,19 +191,22 @@ def child_main() -> None:
         "tuple_axis": jax.make_mesh((2, 2), ("data", "model"), auto * 2),
     }
     results = {}
-    for case_id, (_, dtype, layout) in CASES.items():
-        inputs = case_inputs(case_id)
-        with x64_scope(dtype):
-            fn = _sharded_fn(case_id, meshes[layout])
-            arrays = _jax_arrays(inputs)
-            cotangent = inputs["cotangent"]
-            step = jax.jit(lambda a, fn=fn, ct=cotangent: _value_and_grads(fn, a, ct))
-            out = step(arrays)
-            results[case_id] = [
-                None if v is None else np.asarray(v, np.float64).tolist() for v in out
-            ]
-            if case_id == "weight":
-                hlo = step.lower(arrays).compile().as_text()
+    for dtype, layout in sorted({(dtype, layout) for _, dtype, layout in CASES.values()}):
+        with x64_scope(dtype):  # the cases of one dtype and mesh compile as one program
+            programs = {}
+            for case_id, (_, case_dtype, case_layout) in CASES.items():
+                if (case_dtype, case_layout) == (dtype, layout):
+                    inputs = case_inputs(case_id)
+                    fn = _sharded_fn(case_id, meshes[layout])
+                    programs[case_id] = _grads_program(fn, _jax_arrays(inputs), inputs["cotangent"])
+            for case_id, out in run_together(programs).items():
+                results[case_id] = (
+                    {"error": str(out)} if isinstance(out, CaseError) else
+                    [None if v is None else np.asarray(v, np.float64).tolist() for v in out]
+                )  # fmt: skip
+            if "weight" in programs:  # the collectives of one case's program, compiled alone
+                program, args = programs["weight"]
+                hlo = jax.jit(program).lower(*args).compile().as_text()
                 results["collectives"] = {
                     "all-gather": hlo.count(" all-gather("),
                     "all-reduce": hlo.count(" all-reduce("),
@@ -220,25 +230,45 @@ def sharded_results() -> dict:
     return json.loads(lines[-1][len(MARKER) :])
 
 
-@pytest.mark.parametrize("case_id", list(CASES))
-def test_sharded_matches_unsharded(case_id, sharded_results):
+def _unsharded(case_id: str) -> tuple:
+    """(program, args) of a case's reference, the unsharded loss (unpadded when the case passes
+    num_classes: the padding must get gradient 0)."""
     inputs = case_inputs(case_id)
-    dtype = inputs["dtype"]
     true = true_classes(case_id)
-    if true is not None:  # the reference is the unpadded loss; padding gets gradient 0
+    if true is not None:
         inputs["logits"] = inputs["logits"][..., :true]
         if inputs["weight"] is not None:
             inputs["weight"] = inputs["weight"][:true]
-    with x64_scope(dtype):
-        arrays = _jax_arrays(inputs)
 
-        def unsharded(a):
-            return loss.cross_entropy(
-                a["x"], a["y"], weight=a.get("w"), where=a.get("where"), **loss_options(case_id)
-            )
+    def unsharded(a):
+        return loss.cross_entropy(
+            a["x"], a["y"], weight=a.get("w"), where=a.get("where"), **loss_options(case_id)
+        )
 
-        expected = _value_and_grads(unsharded, arrays, inputs["cotangent"])
-    got_loss, got_dx, got_dw = sharded_results[case_id]
+    return _grads_program(unsharded, _jax_arrays(inputs), inputs["cotangent"])
+
+
+@pytest.fixture(scope="module")
+def unsharded_results(tmp_path_factory):
+    """dtype -> {case: the unsharded loss and gradients}, each dtype's cases as one program."""
+
+    def compute(dtype):
+        with x64_scope(dtype):
+            ids = [case_id for case_id, (_, d, _) in CASES.items() if d == dtype]
+            return run_together({case_id: _unsharded(case_id) for case_id in ids})
+
+    return shared_groups(tmp_path_factory, "sharded-references", compute)
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_sharded_matches_unsharded(case_id, sharded_results, unsharded_results):
+    dtype = CASES[case_id][1]
+    expected = result(unsharded_results(dtype), case_id)
+    got = sharded_results[case_id]
+    if isinstance(got, dict):
+        pytest.fail(f"the sharded case raised in the subprocess: {got['error']}")
+    got_loss, got_dx, got_dw = got
+    true = true_classes(case_id)
     if true is not None:
         assert np.all(np.asarray(got_dx)[..., true:] == 0), "padding gets no gradient"
         got_dx = np.asarray(got_dx)[..., :true]
