@@ -316,6 +316,8 @@ def test_commands_run_as_written(unit):
             for pattern in spec.output:
                 assert re.search(pattern, shown), f"{command}: no {pattern!r} in:\n{shown[-3000:]}"
             assert "Traceback" not in shown, f"{command}:\n{shown[-3000:]}"
+            warnings = re.findall(r"^.*\w+Warning: .*$", shown, re.M)
+            assert not warnings, f"{command} warns: {warnings}"
             for pattern in spec.once:
                 found = len(re.findall(pattern, shown))
                 assert found == 1, f"{command}: {pattern!r} {found} times in:\n{shown[-3000:]}"
@@ -363,6 +365,8 @@ def test_python_snippet_runs(block):
         check=False,
     )
     assert result.returncode == 0, f"README line {block.line}:\n{result.stderr[-3000:]}"
+    warnings = re.findall(r"^.*\w+Warning: .*$", result.stderr, re.M)
+    assert not warnings, f"README line {block.line} warns: {warnings}"
 
 
 def test_the_parsers_see_what_a_shell_sees():
