@@ -154,16 +154,49 @@ def test_single_class_has_zero_loss_and_gradient(smoothing):
     assert_close(grad, expected.grad_logits, dtype="float32", quantity="grad")
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("target", ["index", "probs"])
-def test_low_precision_matches_torch_on_the_same_rounded_inputs(dtype, reduction, target):
+def _low_precision_inputs(dtype, reduction, target):
+    """Logits and labels rounded to ``dtype`` (as float64 numpy), as both sides receive them."""
     rng = seeded_rng("lowp", dtype, reduction, target)
     logits = np.asarray(jnp.asarray(rng.normal(scale=2.0, size=(32, 7)), dtype), np.float64)
     if target == "index":
         labels = rng.integers(0, 7, size=32)
     else:
         labels = np.asarray(jnp.asarray(rng.dirichlet(np.ones(7), size=32), dtype), np.float64)
+    return logits, labels
+
+
+def _low_precision_program(dtype, reduction, target):
+    """(program, args): jaxce's loss and its VJP for a cotangent of ones, in ``dtype``."""
+    logits, labels = _low_precision_inputs(dtype, reduction, target)
+    jl = jnp.asarray(labels, dtype) if target == "probs" else jnp.asarray(labels)
+
+    def program(x, y):
+        out, vjp = jax.vjp(lambda x: loss.cross_entropy(x, y, reduction=reduction), x)
+        return out, vjp(jnp.ones_like(out))[0]
+
+    return program, (jnp.asarray(logits, dtype), jl)
+
+
+LOW_PRECISION = list(itertools.product(["float16", "bfloat16"], REDUCTIONS, ["index", "probs"]))
+
+
+@pytest.fixture(scope="module")
+def low_precision_results(tmp_path_factory):
+    """Every low-precision case as one program (see tests/batch.py)."""
+
+    def compute(_):
+        return run_together({repr(c): _low_precision_program(*c) for c in LOW_PRECISION})
+
+    return shared_groups(tmp_path_factory, "edges-low-precision", compute)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("target", ["index", "probs"])
+def test_low_precision_matches_torch_on_the_same_rounded_inputs(
+    dtype, reduction, target, low_precision_results
+):
+    logits, labels = _low_precision_inputs(dtype, reduction, target)
     expected = torch_cross_entropy(
         logits,
         labels,
@@ -171,8 +204,7 @@ def test_low_precision_matches_torch_on_the_same_rounded_inputs(dtype, reduction
         reduction=reduction,
         cotangent=np.ones(32) if reduction == "none" else None,
     )
-    jl = jnp.asarray(labels, dtype) if target == "probs" else jnp.asarray(labels)
-    out, grad = _value_and_grad(jnp.asarray(logits, dtype), jl, reduction=reduction)
+    out, grad = result(low_precision_results(), repr((dtype, reduction, target)))
     assert out.dtype == jnp.dtype(dtype) and grad.dtype == jnp.dtype(dtype)
     assert_close(out, expected.value, dtype=dtype, quantity="loss")
     assert_close(grad, expected.grad_logits, dtype=dtype, quantity="grad")

@@ -24,6 +24,8 @@ from jaxce._reductions import (
     textbook_row_stats,
 )
 from jaxce._xla_cpu import CPU_ROW_LIMIT, num_parts
+from tests.batch import result, run_together, shared_groups
+from tests.conftest import seeded_rng
 from tests.reference import reference_cross_entropy
 from tests.tolerances import assert_close
 
@@ -124,31 +126,43 @@ def test_target_sum_fast_path_and_guard(rng, case, batched):
     assert np.isfinite(np.asarray(got)[1, 0])
 
 
-@pytest.mark.parametrize(
-    "num_classes",
-    [
-        pytest.param(4096, id="C4096-one-part"),
-        pytest.param(70000, id="C70000-four-parts"),
-    ],
-)
-@pytest.mark.parametrize(
-    "options",
-    [
-        pytest.param({}, id="plain"),
-        pytest.param({"label_smoothing": 0.1, "z_loss": 1e-3}, id="smoothing-zloss"),
-        pytest.param({"softcap": 30.0, "reduction": "sum"}, id="softcap-sum"),
-    ],
-)
-def test_cross_entropy_on_split_rows(rng, num_classes, options):
-    """Loss and logits gradient with the CPU split (4 parts of 17500, or a reshape to 1 part)."""
+SPLIT_CLASSES = {"C4096-one-part": 4096, "C70000-four-parts": 70000}
+SPLIT_OPTIONS = {
+    "plain": {},
+    "smoothing-zloss": {"label_smoothing": 0.1, "z_loss": 1e-3},
+    "softcap-sum": {"softcap": 30.0, "reduction": "sum"},
+}
+
+
+def _split_rows_program(classes_id, options_id):
+    """(program, args): value and logits gradient of jaxce's loss and of the reference."""
+    num_classes, options = SPLIT_CLASSES[classes_id], SPLIT_OPTIONS[options_id]
+    rng = seeded_rng("split-rows", classes_id, options_id)
     part = num_classes // max(num_parts(num_classes), 2)  # a part, or half the row
     x = jnp.asarray(rng.normal(size=(6, num_classes)).astype(np.float32) * 5)
     x = x.at[1, :part].set(-jnp.inf)  # the first part of a row (its label lies beyond)
     labels = jnp.asarray([3, num_classes - 1, -100, part, num_classes // 2 + 1, 0])
-    got, grad = jax.jit(jax.value_and_grad(lambda x: loss.cross_entropy(x, labels, **options)))(x)
-    want, want_grad = jax.jit(
-        jax.value_and_grad(lambda x: reference_cross_entropy(x, labels, **options))
-    )(x)
+    got = jax.value_and_grad(lambda x: loss.cross_entropy(x, labels, **options))
+    want = jax.value_and_grad(lambda x: reference_cross_entropy(x, labels, **options))
+    return (lambda x: (got(x), want(x))), (x,)
+
+
+@pytest.fixture(scope="module")
+def split_rows_results(tmp_path_factory):
+    """Every split-rows case as one program (see tests/batch.py)."""
+
+    def compute(_):
+        cases = [(c, o) for c in SPLIT_CLASSES for o in SPLIT_OPTIONS]
+        return run_together({f"{c}-{o}": _split_rows_program(c, o) for c, o in cases})
+
+    return shared_groups(tmp_path_factory, "row-stats-split", compute)
+
+
+@pytest.mark.parametrize("classes_id", list(SPLIT_CLASSES))
+@pytest.mark.parametrize("options_id", list(SPLIT_OPTIONS))
+def test_cross_entropy_on_split_rows(classes_id, options_id, split_rows_results):
+    """Loss and logits gradient with the CPU split (4 parts of 17500, or a reshape to 1 part)."""
+    (got, grad), (want, want_grad) = result(split_rows_results(), f"{classes_id}-{options_id}")
     assert_close(got, want, dtype="float32", quantity="loss")
     assert_close(grad, want_grad, dtype="float32", quantity="grad")
 
