@@ -56,3 +56,17 @@ def test_a_group_is_computed_once_per_process(tmp_path_factory):
     assert get("a") == get("a") == {"n": "a"}
     assert get(None) == {"n": None}
     assert calls == ["a", None]
+
+
+def test_a_group_that_raised_is_not_computed_again(tmp_path_factory):
+    calls = []
+
+    def compute(group):
+        calls.append(group)
+        raise ValueError("planted")
+
+    get = shared_groups(tmp_path_factory, "test-batch-raises", compute)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="planted"):
+            get()
+    assert calls == [None]
