@@ -7,6 +7,7 @@ single ``error: ...`` line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import fnmatch
 import sys
@@ -168,18 +169,28 @@ def main(argv: list[str] | None = None) -> int:
     """Dispatches to loss parity or, with a leading ``train``, training parity."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        # The runners (torch, jax, matplotlib) are imported once the command line is checked:
+        # --help and a bad flag answer at once.
         if argv[:1] == ["train"]:
+            config = parse_train(argv[1:])
+            missing = [p for p in (config.out, *config.out.parents) if not p.exists()]
+            check_out_dir(config.out, kind="training-parity")
             from parity._train import load_setup, run_training_parity
 
-            config = parse_train(argv[1:])
-            check_out_dir(config.out, kind="training-parity")
-            return run_training_parity(config, load_setup(config))
+            try:
+                setup = load_setup(config)  # checks --data-dir and the data
+            except UsageError:
+                for created in missing:  # leave no empty --out behind (innermost first)
+                    with contextlib.suppress(OSError):
+                        created.rmdir()
+                raise
+            return run_training_parity(config, setup)
+        config = parse_loss(argv)
+        cases = select_cases(config)
+        impl_fn = load_impl(config.impl)  # imports the implementation's module (and jax)
+        check_out_dir(config.out, kind="loss-parity")  # creates --out: after every other check
         from parity._matrix import run_loss_parity
 
-        config = parse_loss(argv)
-        impl_fn = load_impl(config.impl)
-        cases = select_cases(config)
-        check_out_dir(config.out, kind="loss-parity")
         return run_loss_parity(config, impl_fn, cases)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)

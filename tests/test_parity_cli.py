@@ -176,6 +176,7 @@ def test_bad_input_is_one_error_line_before_any_work(
     for fragment in fragments:
         assert fragment.format(**paths) in lines[0], (fragment, lines[0])
     assert "Traceback" not in captured.err and not captured.out
+    assert not Path(paths["out"]).exists(), "a refused run leaves no --out directory behind"
 
 
 def test_corpus_size():
@@ -198,3 +199,27 @@ def test_progress_is_off_when_stderr_is_not_a_terminal(capsys):
     assert parse_loss([]).progress is False  # pytest captures stderr: not a terminal
     assert parse_loss(["--progress"]).progress is True
     assert parse_loss(["--no-progress"]).progress is False
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["--bogus"], ["--quick", "--only", "no-such/*"], ["train", "--steps", "0"]],
+    ids=["help", "unknown-flag", "only-matches-nothing", "train-bad-steps"],
+)
+def test_the_command_line_answers_before_importing_the_frameworks(argv):
+    """--help and a bad input answer at once: torch, jax and matplotlib are not imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom parity._cli import main\ntry:\n    status = main(sys.argv[1:])\n"
+        "except SystemExit as exit:\n    status = exit.code\n"
+        "heavy = [m for m in ('torch', 'jax', 'matplotlib') if m in sys.modules]\n"
+        "print('imported:', heavy, 'status:', status)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last == f"imported: [] status: {0 if argv == ['--help'] else 2}", proc.stderr[-2000:]
