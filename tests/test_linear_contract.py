@@ -20,7 +20,7 @@ from tests.batch import result, run_together, shared_groups
 from tests.conftest import seeded_rng, x64_scope
 from tests.reference import reference_cross_entropy
 from tests.tolerances import assert_close
-from tests.vjp import vjp_program
+from tests.vjp import vjp_programs
 
 ROWS, FEATURES, CLASSES = 9, 5, 7
 DIFF = ("hidden", "kernel", "bias", "weight", "labels", "sample_weight", "divisor")
@@ -116,9 +116,8 @@ def split(arrays):
 def reference_program(arrays, options, cotangent, **kw):
     """(program, args): the fused loss's value and gradients and the reference's, for
     `check_reference` (one case; `tests.batch.run_together` compiles many together)."""
-    fused_fn, args = vjp_program(lambda a: fused(a, options, **kw), *split(arrays), cotangent)
-    reference_fn, _ = vjp_program(lambda a: reference(a, options), *split(arrays), cotangent)
-    return (lambda *a: (fused_fn(*a), reference_fn(*a))), args
+    fns = (lambda a: fused(a, options, **kw), lambda a: reference(a, options))
+    return vjp_programs(fns, *split(arrays), cotangent)
 
 
 def check_reference(arrays, results, dtype="float64"):

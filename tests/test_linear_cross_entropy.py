@@ -12,7 +12,7 @@ from jaxce import loss
 from tests.batch import result, run_together, shared_groups
 from tests.conftest import seeded_rng, x64_scope
 from tests.tolerances import assert_close
-from tests.vjp import value_and_vjp, vjp_program
+from tests.vjp import value_and_vjp, vjp_programs
 
 ROWS, FEATURES, CLASSES = 10, 6, 23
 
@@ -101,11 +101,8 @@ def value_and_grads(fn, arrays, cotangent):
 def parity_program(arrays, options, cotangent, chunk_size=None):
     """(program, args): the fused loss's value and gradients and the unfused loss's, for
     `check_parity` (one case; `tests.batch.run_together` compiles many together)."""
-    fused_fn, args = vjp_program(
-        lambda a: fused(a, options, chunk_size), *_split(arrays), cotangent
-    )
-    unfused_fn, _ = vjp_program(lambda a: unfused(a, options), *_split(arrays), cotangent)
-    return (lambda *a: (fused_fn(*a), unfused_fn(*a))), args
+    fns = (lambda a: fused(a, options, chunk_size), lambda a: unfused(a, options))
+    return vjp_programs(fns, *_split(arrays), cotangent)
 
 
 def check_parity(arrays, results, *, dtype, context=""):
