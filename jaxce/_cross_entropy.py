@@ -25,6 +25,7 @@ from jaxce._reductions import (
     shifted_sum,
     softmax,
     target_sum,
+    target_value,
 )
 from jaxce._validation import Reduction
 
@@ -286,13 +287,19 @@ def _soft_target(opts, logits, labels, weight, ct):
     return tt, wb, (tt if wb is None else tt * wb)
 
 
+def _soft_sums(opts: rm.Options, logits, q, ct, shared=False):
+    """``sum_c q_c (lse0 - s_c)`` per row, and the row terms ``(m, lse0, sum_c q_c)``."""
+    _, m, lse0 = _capped_stats(opts, logits, ct, shared)
+    q_sum = jnp.sum(q, axis=opts.axis, keepdims=True)
+    # both terms >= 0 for q >= 0 (no cancellation)
+    value = lse0 * q_sum - target_sum(q, _capped_again(opts, logits, ct), m, opts.axis)
+    return value, (m, lse0, q_sum)
+
+
 def _soft_forward(opts: rm.Options, logits, labels, weight, keep, shared=False):
     ct = rm.compute_dtype(logits.dtype, labels.dtype)
-    _, m, lse0 = _capped_stats(opts, logits, ct, shared)
     _, _, q = _soft_target(opts, logits, labels, weight, ct)
-    q_sum = jnp.sum(q, axis=opts.axis, keepdims=True)
-    # sum_c q_c (lse0 - s_c), both terms >= 0 for q >= 0 (no cancellation)
-    loss = lse0 * q_sum - target_sum(q, _capped_again(opts, logits, ct), m, opts.axis)
+    loss, (m, lse0, q_sum) = _soft_sums(opts, logits, q, ct, shared)
     if opts.z_loss:
         loss = loss + opts.z_loss * jnp.square(lse0 + m)
     loss = jnp.where(jnp.expand_dims(keep, opts.axis), loss, 0)
@@ -302,7 +309,18 @@ def _soft_forward(opts: rm.Options, logits, labels, weight, keep, shared=False):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def soft_rows(opts: rm.Options, logits, labels, weight, keep):
     """Per-example loss for probability labels; ``keep`` (bool, batch shape) zeroes examples."""
-    return _soft_forward(opts, logits, labels, weight, keep)[0]
+    if opts.z_loss:  # z-loss reads the row terms: the form that keeps them
+        return _soft_forward(opts, logits, labels, weight, keep)[0]
+    ct = rm.compute_dtype(logits.dtype, labels.dtype)
+    _, _, q = _soft_target(opts, logits, labels, weight, ct)
+    loss = target_value(
+        q,
+        logits,
+        opts.axis,
+        cap=lambda logits: rm.softcap(opts, logits, ct),
+        default=lambda q, logits: _soft_sums(opts, logits, q, ct)[0],
+    )
+    return jnp.squeeze(jnp.where(jnp.expand_dims(keep, opts.axis), loss, 0), opts.axis)
 
 
 def _soft_rows_fwd(opts, logits, labels, weight, keep):

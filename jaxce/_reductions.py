@@ -1,10 +1,11 @@
 """The row reductions of the loss along the class axis, and the one switch to XLA:CPU's forms.
 
-``row_stats(xs, axis)`` returns ``m = max(xs)`` (0 for a row of only -inf) and
+``row_stats(xs, axis)`` returns ``m = max(xs)`` (``row_max``: finite for a row of only -inf) and
 ``lse0 = log(sum(exp(xs - m)))``, both with the class axis kept at size 1;
 ``softmax(s, lse0, axis)`` rebuilds ``exp(s - lse0)`` from them in the backward pass;
 ``shifted_sum`` (label smoothing) and ``target_sum`` (probability targets) are the other row
-sums of the forward pass. Here they are written in their textbook form.
+sums of the forward pass, ``target_value`` a probability-target loss value alone. Here they are
+written in their textbook form.
 
 On XLA:CPU the same quantities run several times faster in the forms of ``jaxce._xla_cpu``
 (rows split into parts; an exponential shared between forward and backward, which
@@ -58,13 +59,18 @@ def _by_backend(cpu_form, textbook_form, *args):
     return lax.platform_dependent(*args, cpu=cpu_form, default=textbook_form)
 
 
-def _finite(m: jax.Array) -> jax.Array:
-    """A row maximum with 0 for a row of only -inf (so that ``xs - m`` is -inf, not NaN)."""
-    return jnp.where(m == -jnp.inf, 0, m)
+def row_max(xs: jax.Array, axis: int) -> jax.Array:
+    """The maximum along ``axis`` (kept at size 1), at least the dtype's lowest finite value.
+
+    A row of only -inf gets that finite shift, so ``xs - m`` is -inf there, not NaN. It is
+    the reduction's initial value, not a select after it: XLA:CPU then fuses the maximum, the
+    sum of exp and what follows into one kernel (a select on the maximum splits them).
+    """
+    return jnp.max(xs, axis=axis, keepdims=True, initial=jnp.finfo(xs.dtype).min)
 
 
 def textbook_row_stats(xs: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-    m = _finite(jnp.max(xs, axis=axis, keepdims=True))
+    m = row_max(xs, axis)
     return m, jnp.log(jnp.sum(jnp.exp(xs - m), axis=axis, keepdims=True))
 
 
@@ -115,7 +121,7 @@ def capped_row_stats(logits: jax.Array, xs: jax.Array, cap, axis: int, *, shared
     """
 
     def textbook(logits, xs):
-        m = _finite(cap(lax.stop_gradient(jnp.max(logits, axis=axis, keepdims=True))))
+        m = cap(lax.stop_gradient(row_max(logits, axis)))
         return m, jnp.log(jnp.sum(jnp.exp(xs - m), axis=axis, keepdims=True))
 
     on_cpu = shared_row_stats if shared else row_stats
@@ -149,6 +155,18 @@ def shifted_sum(xs: jax.Array, m: jax.Array, axis: int) -> jax.Array:
         xs,
         m,
     )
+
+
+def target_value(q: jax.Array, logits: jax.Array, axis: int, *, cap, default) -> jax.Array:
+    """``sum_c q_c (lse0 - s_c)`` per row (kept at size 1) of the capped logits ``cap(logits)``
+    for targets ``q``, with 0 where ``q_c`` is 0 and the logit -inf: a loss value alone.
+
+    ``default(q, logits)`` computes it from the row statistics (off CPU, and on CPU where
+    XLA:CPU's one-pass form does not apply). Not for differentiation: the custom VJPs never
+    differentiate it, and plain autodiff runs ``default`` itself.
+    """
+    cpu = functools.partial(_xla_cpu.target_value, axis=axis, cap=cap, fallback=default)
+    return _by_backend(cpu, default, q, logits)
 
 
 def _guarded_shift(q: jax.Array, xs: jax.Array, m: jax.Array) -> jax.Array:

@@ -12,6 +12,7 @@ from jax.typing import ArrayLike
 from jaxce import _labels, _validation
 from jaxce import _online_lse as ol
 from jaxce import _row_math as rm
+from jaxce._reductions import row_max
 from jaxce._validation import Reduction
 
 
@@ -206,8 +207,7 @@ def _forward(static, logits, index, weight, keep):
     ct = rm.compute_dtype(logits.dtype)
     size = logits.shape[1]
     xs, w, offset, _ = _block(static, logits, weight, ct)
-    m = lax.pmax(jnp.max(xs, axis=1, keepdims=True), mesh_axis)
-    m = jnp.where(m == -jnp.inf, 0, m)  # a row of only -inf logits
+    m = lax.pmax(row_max(xs, 1), mesh_axis)  # finite for a row of only -inf logits
     sums = ol.block_sums(opts, xs - m, ol.onehot(index, offset, size), w)
     hit = (index >= offset) & (index < offset + size)  # the label is one of this block's
     w_y = rm.label_weight(w, index - offset, hit, ct)

@@ -21,6 +21,7 @@ from jaxce._reductions import (
     CPU_FORMS_VARIABLE,
     guarded_target_sum,
     row_stats,
+    target_sum,
     textbook_row_stats,
 )
 from jaxce._xla_cpu import CPU_ROW_LIMIT, num_parts
@@ -124,6 +125,63 @@ def test_target_sum_fast_path_and_guard(rng, case, batched):
     assert_close(got, want, dtype="float32", quantity="loss")
     assert np.isneginf(np.asarray(got)[2, 0]) == (case == "mass-on-inf")
     assert np.isfinite(np.asarray(got)[1, 0])
+
+
+def _target_value_reference(q, x):
+    """sum_c q_c (lse - x_c) per row in float64, 0 where q_c is 0 (NaN for a row of only -inf)."""
+    q, x = np.asarray(q, np.float64), np.asarray(x, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.max(x, axis=1, keepdims=True)
+        lse = m + np.log(np.sum(np.exp(x - m), axis=1, keepdims=True))
+        return np.sum(np.where(q == 0, 0, q * (lse - x)), axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["no-inf", "zero-target-on-inf", "mass-on-inf", "row-of-only-inf", "split-rows"],
+    ids=lambda c: c,
+)
+@pytest.mark.parametrize("batched", [False, True], ids=["jit", "vmap"])
+def test_target_value_one_pass_and_its_fallback(rng, case, batched):
+    """The one-pass CPU loss value of probability targets, its fallback (NaN rows, rows beyond
+    the row limit) and vmap (cond -> select), against float64."""
+    classes = CPU_ROW_LIMIT + 2 if case == "split-rows" else 3000
+    x = rng.normal(size=(4, classes)).astype(np.float32) * 4
+    q = rng.dirichlet(np.ones(classes), size=4).astype(np.float32)
+    if case != "no-inf":
+        x[1, :100] = -np.inf
+        q[1, :100] = 0.0
+    if case == "mass-on-inf":
+        q[2, 7], x[2, 7] = 0.25, -np.inf
+    if case == "row-of-only-inf":
+        x[3] = -np.inf
+    calls = []
+
+    def fallback(q, x):  # the loss's own: row statistics, then the target sum
+        calls.append(1)  # traced: the form is in the program
+        m, lse0 = row_stats(x, 1)
+        return lse0 * jnp.sum(q, 1, keepdims=True) - target_sum(q, x, m, 1)
+
+    fn = functools.partial(_xla_cpu.target_value, axis=1, cap=lambda x: x, fallback=fallback)
+    if batched:
+        got = jax.jit(jax.vmap(lambda q, x: fn(q[None], x[None])[0]))(q, x)
+    else:
+        got = jax.jit(fn)(q, x)
+    assert calls, "the fallback is part of the program"
+    assert_close(got, _target_value_reference(q, x), dtype="float32", quantity="loss")
+    got = np.asarray(got)[:, 0]
+    assert np.isposinf(got[2]) == (case == "mass-on-inf")
+    assert np.isfinite(got[1]) and np.isfinite(got[0])
+    assert np.isnan(got[3]) == (case == "row-of-only-inf")
+
+
+def test_row_max_of_a_row_of_only_neg_inf_is_finite():
+    """The row maximum's floor: xs - m stays -inf (not NaN) on a row of only -inf."""
+    x = jnp.asarray([[-np.inf, -np.inf], [-np.inf, 2.0]], jnp.float32)
+    m, lse0 = jax.jit(lambda x: textbook_row_stats(x, 1))(x)
+    assert np.asarray(m)[0, 0] == np.finfo(np.float32).min and np.asarray(m)[1, 0] == 2.0
+    assert np.isneginf(np.asarray(lse0)[0, 0]) and np.asarray(lse0)[1, 0] == 0.0
+    assert np.isneginf(np.asarray(x - m)[0]).all()
 
 
 SPLIT_CLASSES = {"C4096-one-part": 4096, "C70000-four-parts": 70000}
