@@ -20,9 +20,7 @@ import types
 import typing
 from typing import Any, NoReturn
 
-import jax
-
-from training import Config, ConfigError, LaunchError, TrainingError, train
+from training import Config, ConfigError, LaunchError, TrainingError
 
 PROG = "train.py"
 _FIELDS = {field.name: field for field in dataclasses.fields(Config)}
@@ -104,6 +102,8 @@ def _report(error: TrainingError) -> None:
 
 def _fail(error: TrainingError, status: int) -> NoReturn:
     _report(error)
+    import jax  # imported by then (the run had started); a usage error never gets here
+
     if jax.distributed.is_initialized():
         # Not jax.distributed's exit barrier, which waits minutes for processes that may be
         # waiting for this one; the coordination service tells them that it is gone.
@@ -114,6 +114,14 @@ def _fail(error: TrainingError, status: int) -> NoReturn:
 def _end_on_join_timeout(error: LaunchError) -> None:
     _report(error)
     os._exit(1)  # from the watchdog thread: the main thread is stuck in jax's C++ wait
+
+
+def train(config: Config, **kwargs: Any) -> None:
+    """`training.train`, imported once the flags are checked: jax, Flax, optax and Orbax load
+    only for a run, so ``--help`` and a usage error answer at once."""
+    from training import train as run
+
+    run(config, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:

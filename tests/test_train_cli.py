@@ -154,6 +154,27 @@ def test_bad_setting_is_a_usage_error(argv, message, capsys, monkeypatch):
     assert "Traceback" not in err and out == ""
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["--no-such-flag"], ["--epochs", "0"], ["--hidden", "0"]],
+    ids=["help", "unknown-flag", "bad-epochs", "bad-hidden"],
+)
+def test_the_command_line_answers_before_importing_the_frameworks(argv):
+    """--help and a bad flag answer at once: jax, Flax, optax, Orbax and matplotlib load only
+    for a run."""
+    code = (
+        "import sys\nfrom train import main\ntry:\n    status = main(sys.argv[1:])\n"
+        "except SystemExit as exit:\n    status = exit.code\n"
+        "heavy = [m for m in ('jax', 'flax', 'optax', 'orbax', 'matplotlib') if m in sys.modules]\n"
+        "print('imported:', heavy, 'status:', status)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last == f"imported: [] status: {0 if argv == ['--help'] else 2}", proc.stderr[-2000:]
+
+
 def test_bracketed_ipv6_coordinator_is_accepted():
     config = train.parse_args(
         ["--coordinator-address", "[::1]:1234", "--num-processes", "2", "--process-id", "1"]

@@ -19,11 +19,12 @@ from training._errors import (
     ConfigError,
     check_choice,
     check_fraction,
+    check_hidden,
     check_int,
     check_positive,
 )
-from training._loop import LOSSES
-from training._model import check_hidden
+
+LOSSES = ("jaxce", "optax")  # make_loss's names: jaxce's cross-entropy, or optax's
 
 SEED_LIMIT = 2**32
 _SEED_BITS = "jax keeps 32 bits of a seed unless x64 is on: 2**32 would repeat seed 0"

@@ -112,3 +112,14 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
             choices=", ".join(choices),
             got=value,
         )
+
+
+def check_hidden(hidden: tuple[int, ...]) -> None:
+    """Raises ConfigError unless ``hidden`` is a non-empty tuple of positive integer widths."""
+    if (
+        not isinstance(hidden, tuple)
+        or not hidden
+        or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden)
+    ):
+        got = " ".join(map(str, hidden)) if isinstance(hidden, tuple) else repr(hidden)
+        raise ConfigError("{@hidden} needs positive integer widths, got {got}", got=got or "none")

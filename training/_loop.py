@@ -34,11 +34,11 @@ from flax import nnx
 
 import jaxce.loss
 from training import _distributed
+from training._config import LOSSES
 from training._dataset import Dataset
 from training._errors import ConfigError, check_choice, check_fraction, check_positive
 from training._model import MLP, NUM_CLASSES, NUM_PIXELS
 
-LOSSES = ("jaxce", "optax")
 _DATA_STREAM = 1  # fold_in tag separating the data-order keys from the init keys
 
 

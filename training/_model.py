@@ -8,21 +8,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from training._errors import ConfigError
+from training._errors import check_hidden
 
 NUM_PIXELS = 28 * 28
 NUM_CLASSES = 10
-
-
-def check_hidden(hidden: tuple[int, ...]) -> None:
-    """Raises ConfigError unless ``hidden`` is a non-empty tuple of positive integer widths."""
-    if (
-        not isinstance(hidden, tuple)
-        or not hidden
-        or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden)
-    ):
-        got = " ".join(map(str, hidden)) if isinstance(hidden, tuple) else repr(hidden)
-        raise ConfigError("{@hidden} needs positive integer widths, got {got}", got=got or "none")
 
 
 class MLP(nnx.Module):
