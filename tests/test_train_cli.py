@@ -340,11 +340,17 @@ def test_settings_against_the_data(tiny, tmp_path, flags, message, capsys, monke
 def test_a_failed_start_leaves_no_new_directory_and_keeps_the_users(
     tiny, tmp_path, capsys, monkeypatch
 ):
-    """A run that fails before its first output removes the directory it made (the default
-    ``runs/<timestamp>`` or a new ``--out``), and leaves one that existed as it found it."""
+    """A run that fails before its first output removes the directories it made (the default
+    ``runs/<timestamp>`` and ``runs/`` itself, or a new ``--out`` and its new parents), and
+    leaves one that existed as it found it."""
     monkeypatch.chdir(tmp_path)
     assert run(["--data-dir", tiny, "--batch-size", "1000"], capsys)[0] == 2
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert not (tmp_path / "runs").exists()
+    assert run(["--data-dir", "missing", "--out", "new/deeper/run"], capsys)[0] == 1
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "runs" / "earlier").mkdir(parents=True)
+    assert run(["--data-dir", tiny, "--batch-size", "1000"], capsys)[0] == 2
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["earlier"]
     mine = tmp_path / "mine"
     mine.mkdir()
     assert run(["--data-dir", tiny, "--out", "mine", "--batch-size", "1000"], capsys)[0] == 2

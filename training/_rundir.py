@@ -48,10 +48,12 @@ class RunDir:
       path: the absolute directory.
     """
 
-    def __init__(self, path: Path, lock_fd: int | None = None, *, created: bool = False):
+    def __init__(self, path: Path, lock_fd: int | None = None, *, created: Path | None = None):
         self.path = path
         self._lock_fd = lock_fd
-        self._created = created  # this process made the directory
+        # The highest directory this process made for the run: ``path`` itself, one of its
+        # parents (``runs/`` on a first run, or a new ``--out``'s new parents), or None.
+        self._created = created
 
     @classmethod
     def open(
@@ -76,10 +78,12 @@ class RunDir:
             or it holds a run and neither ``resume`` nor ``overwrite`` is given.
         """
         if out is None:
-            path, created = default_out().resolve(), True
+            created = _missing_top(Path(DEFAULT_PARENT).resolve())
+            path = default_out().resolve()
+            created = created or path
         else:
             path = Path(out).expanduser().resolve()
-            created = not path.exists()
+            created = _missing_top(path)
         run_dir = cls(_make_dir(path), _lock(path), created=created)
         try:
             run_dir._guard(resume=resume, overwrite=overwrite, log=log)
@@ -126,18 +130,33 @@ class RunDir:
 
     def discard_if_unused(self) -> None:
         """Releases the lock and, if this process made the directory and nothing but the lock
-        was written into it (a run that failed before its first output), removes it."""
+        was written into it (a run that failed before its first output), removes it, and the
+        parents this process made for it while they are empty."""
         self.release()
-        if self._created and [p.name for p in self.path.iterdir()] == [LOCK_FILE]:
-            _delete(self.path / LOCK_FILE)
-            with contextlib.suppress(OSError):
-                self.path.rmdir()
+        if self._created is None or [p.name for p in self.path.iterdir()] != [LOCK_FILE]:
+            return
+        _delete(self.path / LOCK_FILE)
+        with contextlib.suppress(OSError):  # not empty (another run's, a user's file): kept
+            for directory in (self.path, *self.path.parents):
+                directory.rmdir()
+                if directory == self._created:
+                    break
 
     def __enter__(self) -> RunDir:
         return self
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _missing_top(path: Path) -> Path | None:
+    """The highest of ``path`` and its parents that does not exist (None if ``path`` does)."""
+    top = None
+    for directory in (path, *path.parents):
+        if directory.exists():
+            break
+        top = directory
+    return top
 
 
 def _make_dir(path: Path) -> Path:
