@@ -156,6 +156,45 @@ def test_four_devices_one_process():
     }
 
 
+_STEP_COLLECTIVES = textwrap.dedent(
+    """
+    import json, re
+    import jax, jax.numpy as jnp, numpy as np
+    from training import Dataset, Trainer, put_dataset
+    rng = np.random.default_rng(0)
+    def split(n):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        return images, rng.integers(0, 10, n, dtype=np.int32)
+    dataset = Dataset("mnist", "random", *split(200), *split(40))
+    counts = {}
+    for loss in ("jaxce", "optax"):
+        trainer = Trainer(hidden=(16,), learning_rate=1e-3, batch_size=64, num_train=200, loss=loss)
+        state = trainer.init_state(0)
+        data = put_dataset(dataset, trainer.mesh)
+        order = jax.ShapeDtypeStruct((trainer.steps_per_epoch * 64,), jnp.int32,
+                                     sharding=trainer._replicated)
+        text = trainer.run_steps.lower(state, data, order, 0, 0).compile().as_text()
+        counts[loss] = len(re.findall(r" all-reduce(?:-start)?\\(", text))
+    print(json.dumps(counts))
+    """
+)
+
+
+def test_a_train_step_all_reduces_once():
+    """The step's loss and gradients cross the devices in one all-reduce: the mean's divisor,
+    the step's real rows, follows from the step (a ragged last batch here: 200 = 3 x 64 + 8)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _STEP_COLLECTIVES],
+        cwd=ROOT,
+        env=_probe_env(4),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"jaxce": 1, "optax": 1}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
