@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 RESULT_MARKER = "@@benchmark-result@@ "
+TARGETS = ("index", "smoothed", "probs")  # the kinds of target (see benchmarks._jax_variants)
 _MIB = 1024 * 1024
 
 
@@ -34,7 +35,7 @@ class Spec:
     warmup: int
     threads: int
     seed: int = 0
-    targets: str = "index"  # "index", "smoothed" or "probs" (see benchmarks._jax_variants)
+    targets: str = "index"  # one of TARGETS
 
 
 def child_env(threads: int) -> dict[str, str]:

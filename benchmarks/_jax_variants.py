@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from benchmarks._harness import TARGETS
 from jaxce import loss as jaxce_loss
 
-TARGETS = ("index", "smoothed", "probs")
 SMOOTHING = 0.1
 
 

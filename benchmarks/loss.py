@@ -63,7 +63,7 @@ from tqdm import tqdm
 
 from benchmarks import _harness as h
 from benchmarks import _machine, _report
-from benchmarks._jax_variants import TARGETS
+from benchmarks._harness import TARGETS
 
 SHAPES = ((65536, 10), (8192, 1000), (4096, 32768), (1024, 131072))
 QUICK_SHAPES = ((8192, 1000), (512, 32768))

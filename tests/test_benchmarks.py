@@ -301,3 +301,23 @@ def test_profile_reductions_table():
     table = _profile.reductions(total=1 << 17, repeats=1)
     assert [row[0] for row in table] == [1024, 8192, 32768, 65536, 131072]
     assert all(len(row) == 4 and min(row[1:]) > 0 for row in table)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--shapes", "8x"]], ids=["help", "bad-shape"])
+def test_the_command_line_answers_before_importing_the_frameworks(argv):
+    """--help and a bad flag answer at once: jax, optax and torch load in the children only."""
+    import subprocess
+    from pathlib import Path
+
+    code = (
+        "import sys\nfrom benchmarks.loss import main\ntry:\n    status = main(sys.argv[1:])\n"
+        "except SystemExit as exit:\n    status = exit.code\n"
+        "heavy = [m for m in ('jax', 'optax', 'torch', 'matplotlib') if m in sys.modules]\n"
+        "print('imported:', heavy, 'status:', status)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last == f"imported: [] status: {0 if argv == ['--help'] else 2}", proc.stderr[-2000:]
