@@ -303,14 +303,24 @@ def test_profile_reductions_table():
     assert all(len(row) == 4 and min(row[1:]) > 0 for row in table)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["--shapes", "8x"]], ids=["help", "bad-shape"])
-def test_the_command_line_answers_before_importing_the_frameworks(argv):
-    """--help and a bad flag answer at once: jax, optax and torch load in the children only."""
+@pytest.mark.parametrize(
+    ("module", "argv"),
+    [
+        ("loss", ["--help"]),
+        ("loss", ["--shapes", "8x"]),
+        ("train_epoch", ["--help"]),
+        ("train_epoch", ["--batch-size", "x"]),
+    ],
+    ids=["loss-help", "loss-bad-shape", "train_epoch-help", "train_epoch-bad-batch-size"],
+)
+def test_the_command_line_answers_before_importing_the_frameworks(module, argv):
+    """--help and a bad flag answer at once: jax, optax and torch load only to measure."""
     import subprocess
     from pathlib import Path
 
     code = (
-        "import sys\nfrom benchmarks.loss import main\ntry:\n    status = main(sys.argv[1:])\n"
+        f"import sys\nfrom benchmarks.{module} import main\n"
+        "try:\n    status = main(sys.argv[1:])\n"
         "except SystemExit as exit:\n    status = exit.code\n"
         "heavy = [m for m in ('jax', 'optax', 'torch', 'matplotlib') if m in sys.modules]\n"
         "print('imported:', heavy, 'status:', status)\n"
