@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -58,6 +61,31 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if cache := getattr(config, "jaxce_xla_cache", None):
         shutil.rmtree(cache, ignore_errors=True)
+
+
+def main_in_fresh_process(module: str, argv: list[str], watched: tuple[str, ...]):
+    """Runs ``module.main(argv)`` in a new interpreter from the repository root.
+
+    Returns ``(imported, status, stderr)``: which of the ``watched`` modules it had imported
+    when it returned or exited, its exit status (``main``'s return value if it returned), and
+    the end of its stderr; ``imported`` and ``status`` are None if it printed nothing.
+    """
+    code = (
+        f"import json, sys\nfrom {module} import main\n"
+        "try:\n    status = main(sys.argv[1:])\n"
+        "except SystemExit as exit:\n    status = exit.code\n"
+        f"print(json.dumps([[m for m in {watched!r} if m in sys.modules], status]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = proc.stdout.strip().splitlines()
+    imported, status = json.loads(lines[-1]) if lines else (None, None)
+    return imported, status, proc.stderr[-2000:]
 
 
 def x64_scope(dtype):

@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import _harness, _jax_variants, _report, _torch_variants
 from benchmarks import loss as bench
+from tests.conftest import main_in_fresh_process
 from tests.tolerances import assert_close
 
 TINY_VARIANTS = ("jaxce", "torch_eager", "bound_copy", "bound_read")
@@ -315,19 +316,7 @@ def test_profile_reductions_table():
 )
 def test_the_command_line_answers_before_importing_the_frameworks(module, argv):
     """--help and a bad flag answer at once: jax, optax and torch load only to measure."""
-    import subprocess
-    from pathlib import Path
-
-    code = (
-        f"import sys\nfrom benchmarks.{module} import main\n"
-        "try:\n    status = main(sys.argv[1:])\n"
-        "except SystemExit as exit:\n    status = exit.code\n"
-        "heavy = [m for m in ('jax', 'optax', 'torch', 'matplotlib') if m in sys.modules]\n"
-        "print('imported:', heavy, 'status:', status)\n"
+    imported, status, stderr = main_in_fresh_process(
+        f"benchmarks.{module}", argv, ("jax", "optax", "torch", "matplotlib")
     )
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *argv], cwd=root, capture_output=True, text=True, timeout=60
-    )
-    last = proc.stdout.strip().splitlines()[-1]
-    assert last == f"imported: [] status: {0 if argv == ['--help'] else 2}", proc.stderr[-2000:]
+    assert (imported, status) == ([], 0 if argv == ["--help"] else 2), stderr

@@ -20,6 +20,7 @@ import parity._matrix
 import parity._train
 from parity._cli import main, parse_loss
 from parity._usage import UsageError, check_out_dir
+from tests.conftest import main_in_fresh_process
 
 
 def _idx(path: Path, magic: int, array: np.ndarray) -> None:
@@ -208,18 +209,7 @@ def test_progress_is_off_when_stderr_is_not_a_terminal(capsys):
 )
 def test_the_command_line_answers_before_importing_the_frameworks(argv):
     """--help and a bad input answer at once: torch, jax and matplotlib are not imported."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys\nfrom parity._cli import main\ntry:\n    status = main(sys.argv[1:])\n"
-        "except SystemExit as exit:\n    status = exit.code\n"
-        "heavy = [m for m in ('torch', 'jax', 'matplotlib') if m in sys.modules]\n"
-        "print('imported:', heavy, 'status:', status)\n"
+    imported, status, stderr = main_in_fresh_process(
+        "parity._cli", argv, ("torch", "jax", "matplotlib")
     )
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *argv], cwd=root, capture_output=True, text=True, timeout=60
-    )
-    last = proc.stdout.strip().splitlines()[-1]
-    assert last == f"imported: [] status: {0 if argv == ['--help'] else 2}", proc.stderr[-2000:]
+    assert (imported, status) == ([], 0 if argv == ["--help"] else 2), stderr

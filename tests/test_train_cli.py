@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import pytest
 
 import train
+from tests.conftest import main_in_fresh_process
 from tests.test_data_idx import STEMS, idx_bytes, make_arrays, refuse_to_read, write_dir
 from tests.test_resume import cpu_env
 from training import RunDirError, _rundir
@@ -162,17 +163,9 @@ def test_bad_setting_is_a_usage_error(argv, message, capsys, monkeypatch):
 def test_the_command_line_answers_before_importing_the_frameworks(argv):
     """--help and a bad flag answer at once: jax, Flax, optax, Orbax and matplotlib load only
     for a run."""
-    code = (
-        "import sys\nfrom train import main\ntry:\n    status = main(sys.argv[1:])\n"
-        "except SystemExit as exit:\n    status = exit.code\n"
-        "heavy = [m for m in ('jax', 'flax', 'optax', 'orbax', 'matplotlib') if m in sys.modules]\n"
-        "print('imported:', heavy, 'status:', status)\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    last = proc.stdout.strip().splitlines()[-1]
-    assert last == f"imported: [] status: {0 if argv == ['--help'] else 2}", proc.stderr[-2000:]
+    heavy = ("jax", "flax", "optax", "orbax", "matplotlib")
+    imported, status, stderr = main_in_fresh_process("train", argv, heavy)
+    assert (imported, status) == ([], 0 if argv == ["--help"] else 2), stderr
 
 
 def test_bracketed_ipv6_coordinator_is_accepted():
