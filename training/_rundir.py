@@ -78,9 +78,9 @@ class RunDir:
             or it holds a run and neither ``resume`` nor ``overwrite`` is given.
         """
         if out is None:
-            created = _missing_top(Path(DEFAULT_PARENT).resolve())
+            parent = _missing_top(Path(DEFAULT_PARENT).resolve())  # default_out makes it
             path = default_out().resolve()
-            created = created or path
+            created = parent or path
         else:
             path = Path(out).expanduser().resolve()
             created = _missing_top(path)
