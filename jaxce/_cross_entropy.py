@@ -1,9 +1,8 @@
-"""cross_entropy: torch.nn.functional.cross_entropy's contract, with its lean custom VJPs.
+"""cross_entropy: torch.nn.functional.cross_entropy's contract, in JAX.
 
-The kernels return one loss per example (the class axis reduced away) in the compute dtype.
-They save O(rows) residuals, the row maximum and the shifted log-sum-exp, and rebuild the
-softmax in the backward pass, so the gradient is ``coef * softmax - target`` without a saved
-[rows, classes] copy. The per-row math is ``jaxce._row_math``'s.
+The public function checks its arguments once; ``_cross_entropy`` (compiled) slices a padded
+class axis, turns labels and masks into per-example row weights, runs the per-example kernels
+of ``jaxce._dense_vjp`` and reduces their losses (``jaxce._row_math.reduce_rows``).
 """
 
 from __future__ import annotations
@@ -17,16 +16,7 @@ from jax.typing import ArrayLike
 
 from jaxce import _labels, _validation
 from jaxce import _row_math as rm
-from jaxce._reductions import (
-    capped_row_stats,
-    fresh,
-    row_stats,
-    shared_row_stats,
-    shifted_sum,
-    softmax,
-    target_sum,
-    target_value,
-)
+from jaxce._dense_vjp import index_forward, index_rows, soft_forward, soft_rows
 from jaxce._validation import Reduction
 
 
@@ -180,7 +170,7 @@ def _cross_entropy(
     keep = jnp.ones(batch_shape, bool) if where is None else where
     ct = rm.compute_dtype(logits.dtype)
     if soft:
-        rows_fn = soft_rows if use_custom_vjp else lambda *a: _soft_forward(*a)[0]
+        rows_fn = soft_rows if use_custom_vjp else lambda *a: soft_forward(*a)[0]
         row_weight = keep.astype(ct)
         if num_classes == 0:  # as torch: per-example losses 0, the mean NaN
             rows, row_weight = jnp.zeros(batch_shape, ct), jnp.zeros(batch_shape, ct)
@@ -190,168 +180,9 @@ def _cross_entropy(
         index, ignored = _labels.normalize(labels, num_classes, ignore_index)
         keep = keep & ~ignored
         row_weight = jnp.where(keep, rm.label_weight(weight, index, index >= 0, ct), 0)
-        rows_fn = index_rows if use_custom_vjp else lambda *a: _index_forward(*a)[0]
+        rows_fn = index_rows if use_custom_vjp else lambda *a: index_forward(*a)[0]
         if num_classes == 0:  # every kept label is out of range
             rows = jnp.where(keep, jnp.nan, 0).astype(ct)
         else:
             rows = rows_fn(opts, logits, index, weight, keep)
     return rm.reduce_rows(rows, row_weight, reduction, logits.dtype)
-
-
-def _index_terms(opts, logits, m, lse0, index, weight, ct) -> rm.RowTerms:
-    y = jnp.expand_dims(index, opts.axis)
-    in_range = y >= 0
-    y = jnp.where(in_range, y, 0)
-    onehot = lax.broadcasted_iota(jnp.int32, logits.shape, opts.axis) == y
-    s_y = rm.softcap(opts, jnp.take_along_axis(logits, y, axis=opts.axis), ct) - m
-    w_y = rm.label_weight(weight, y, in_range, ct)
-    return rm.RowTerms(in_range, onehot, w_y, lse0 - s_y)
-
-
-def _capped_stats(opts: rm.Options, logits, ct, shared=False):
-    """(xs, m, lse0): the soft-capped logits, their row maximum and shifted log-sum-exp
-    (``shared``: in a custom VJP's forward pass, whose backward reuses them)."""
-    xs = rm.softcap(opts, logits, ct)
-    if opts.softcap is None:
-        return xs, *(shared_row_stats if shared else row_stats)(xs, opts.axis)
-    cap = lambda v: rm.softcap(opts, v, ct)
-    return xs, *capped_row_stats(logits, xs, cap, opts.axis, shared=shared)
-
-
-def _capped_again(opts: rm.Options, logits, ct, *tag):
-    """The soft-capped logits for one more kernel: recomputed (``fresh``) when capped."""
-    if opts.softcap is None:
-        return rm.softcap(opts, logits, ct)
-    return rm.softcap(opts, fresh(logits, *tag), ct)
-
-
-def _index_forward(opts: rm.Options, logits, index, weight, keep, shared=False):
-    ct = rm.compute_dtype(logits.dtype)
-    eps, num_classes = opts.label_smoothing, logits.shape[opts.axis]
-    xs, m, lse0 = _capped_stats(opts, logits, ct, shared)
-    t = _index_terms(opts, logits, m, lse0, index, weight, ct)
-    smooth = None
-    if eps:
-        xs = _capped_again(opts, logits, ct)
-        if weight is None:  # sum_c (lse0 - s_c), summed without an (N, C) temporary on CPU
-            smooth = num_classes * lse0 - shifted_sum(xs, m, opts.axis)
-        else:  # W lse0 - sum_c w_c s_c (0 where w_c = 0): a sum independent of lse0
-            wb = rm.class_vector(weight.astype(ct), opts.axis, xs.ndim)
-            ws = jnp.where(wb == 0, 0, wb * (xs - m))
-            smooth = jnp.sum(wb) * lse0 - jnp.sum(ws, axis=opts.axis, keepdims=True)
-    keep = jnp.expand_dims(keep, opts.axis)
-    loss = rm.row_loss(opts, num_classes, t, m, lse0, smooth, keep, weighted=weight is not None)
-    return jnp.squeeze(loss, opts.axis), (m, lse0)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def index_rows(opts: rm.Options, logits, index, weight, keep):
-    """Per-example loss for int32 class indices (-1: out of range); ``keep`` zeroes examples."""
-    return _index_forward(opts, logits, index, weight, keep)[0]
-
-
-def _index_rows_fwd(opts, logits, index, weight, keep):
-    loss, (m, lse0) = _index_forward(opts, logits, index, weight, keep, shared=True)
-    return loss, (logits, index, weight, keep, m, lse0)
-
-
-def _index_rows_bwd(opts, res, g):
-    logits, index, weight, keep, m, lse0 = res
-    ct = rm.compute_dtype(logits.dtype)
-    s = _capped_again(opts, logits, ct, lse0) - m
-    s_dw = None
-    if weight is not None and opts.label_smoothing and opts.softcap is not None:
-        s_dw = _capped_again(opts, logits, ct, m) - m
-    t = _index_terms(opts, logits, m, lse0, index, weight, ct)
-    num_classes = logits.shape[opts.axis]
-    w_sum = num_classes if weight is None else jnp.sum(weight.astype(ct))
-    keep = jnp.expand_dims(keep, opts.axis)
-    g = jnp.expand_dims(g, opts.axis).astype(ct)
-    dx, dw = rm.row_grad(opts, num_classes, w_sum, s, m, lse0, t, weight, g, keep, s_dw)
-    dw = None if dw is None else dw.astype(weight.dtype)
-    return dx.astype(logits.dtype), None, dw, None
-
-
-index_rows.defvjp(_index_rows_fwd, _index_rows_bwd)
-
-
-def _soft_target(opts, logits, labels, weight, ct):
-    """The weighted, smoothed target q = weight * (labels * (1 - eps) + eps / C)."""
-    eps, num_classes = opts.label_smoothing, logits.shape[opts.axis]
-    tt = labels.astype(ct)
-    if eps == 1:  # uniform, independent of the labels (so no 0 * inf in their gradient)
-        tt = jnp.full(labels.shape, 1 / num_classes, ct)
-    elif eps:
-        tt = tt * (1 - eps) + eps / num_classes
-    wb = None if weight is None else rm.class_vector(weight.astype(ct), opts.axis, logits.ndim)
-    return tt, wb, (tt if wb is None else tt * wb)
-
-
-def _soft_sums(opts: rm.Options, logits, q, ct, shared=False):
-    """``sum_c q_c (lse0 - s_c)`` per row, and the row terms ``(m, lse0, sum_c q_c)``."""
-    _, m, lse0 = _capped_stats(opts, logits, ct, shared)
-    q_sum = jnp.sum(q, axis=opts.axis, keepdims=True)
-    # both terms >= 0 for q >= 0 (no cancellation)
-    value = lse0 * q_sum - target_sum(q, _capped_again(opts, logits, ct), m, opts.axis)
-    return value, (m, lse0, q_sum)
-
-
-def _soft_forward(opts: rm.Options, logits, labels, weight, keep, shared=False):
-    ct = rm.compute_dtype(logits.dtype, labels.dtype)
-    _, _, q = _soft_target(opts, logits, labels, weight, ct)
-    loss, (m, lse0, q_sum) = _soft_sums(opts, logits, q, ct, shared)
-    if opts.z_loss:
-        loss = loss + opts.z_loss * jnp.square(lse0 + m)
-    loss = jnp.where(jnp.expand_dims(keep, opts.axis), loss, 0)
-    return jnp.squeeze(loss, opts.axis), (m, lse0, q_sum)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def soft_rows(opts: rm.Options, logits, labels, weight, keep):
-    """Per-example loss for probability labels; ``keep`` (bool, batch shape) zeroes examples."""
-    if opts.z_loss:  # z-loss reads the row terms: the form that keeps them
-        return _soft_forward(opts, logits, labels, weight, keep)[0]
-    ct = rm.compute_dtype(logits.dtype, labels.dtype)
-    _, _, q = _soft_target(opts, logits, labels, weight, ct)
-    loss = target_value(
-        q,
-        logits,
-        opts.axis,
-        cap=lambda logits: rm.softcap(opts, logits, ct),
-        default=lambda q, logits: _soft_sums(opts, logits, q, ct)[0],
-    )
-    return jnp.squeeze(jnp.where(jnp.expand_dims(keep, opts.axis), loss, 0), opts.axis)
-
-
-def _soft_rows_fwd(opts, logits, labels, weight, keep):
-    loss, (m, lse0, q_sum) = _soft_forward(opts, logits, labels, weight, keep, shared=True)
-    return loss, (logits, labels, weight, keep, m, lse0, q_sum)
-
-
-def _soft_rows_bwd(opts, res, g):
-    logits, labels, weight, keep, m, lse0, q_sum = res
-    ct = rm.compute_dtype(logits.dtype, labels.dtype)
-    axis = opts.axis
-    s = _capped_again(opts, logits, ct, lse0) - m
-    tt, wb, q = _soft_target(opts, logits, labels, weight, ct)
-    p = softmax(s, lse0, axis)
-    coef = q_sum
-    if opts.z_loss:
-        coef = coef + 2 * opts.z_loss * (lse0 + m)
-    keep = jnp.expand_dims(keep, axis)
-    g = jnp.where(keep, jnp.expand_dims(g, axis).astype(ct), 0)
-    dx = jnp.where(keep, g * (coef * p - q) * rm.softcap_slope(opts, s + m), 0)
-    d = rm.neg_log_p(lse0, s, q)
-    if opts.label_smoothing == 1:  # the loss does not depend on the labels
-        d_labels = jnp.zeros(labels.shape, labels.dtype)
-    else:
-        d_labels = (1 - opts.label_smoothing) * (d if wb is None else jnp.where(wb == 0, 0, wb * d))
-        d_labels = jnp.where(keep, g * d_labels, 0).astype(labels.dtype)
-    dw = None
-    if weight is not None:
-        others = tuple(i for i in range(s.ndim) if i != axis)
-        dw = jnp.sum(jnp.where(keep, g * tt * d, 0), axis=others).astype(weight.dtype)
-    return dx.astype(logits.dtype), d_labels, dw, None
-
-
-soft_rows.defvjp(_soft_rows_fwd, _soft_rows_bwd)

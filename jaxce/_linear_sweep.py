@@ -5,7 +5,7 @@ class at once, so its log-sum-exp is exact and its gradient is known immediately
 
 1. its logits ``x = h @ kernel + bias``, (rows, C) in the compute dtype, are formed
    ``class_chunk`` kernel columns per matmul (the matmuls' operand copies stay small);
-2. the dense loss's own custom VJP (``jaxce._cross_entropy.index_rows`` or ``soft_rows``: the
+2. the dense loss's own custom VJP (``jaxce._dense_vjp.index_rows`` or ``soft_rows``: the
    per-row math written once) gives the chunk's per-example losses and, given the examples'
    cotangent ``g``, the logits' gradient ``dx`` and the class-weight and target gradients;
 3. ``dx`` is contracted at once, again ``class_chunk`` columns at a time: its rows of
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxce import _row_math as rm
-from jaxce._cross_entropy import index_rows, soft_rows
+from jaxce._dense_vjp import index_rows, soft_rows
 
 CLASS_AXIS = 1  # of a chunk's logits (rows, C[, P]), the probabilities and a (D, C[, P]) kernel
 _ALIGN = 128  # default class chunks are multiples of this
