@@ -419,10 +419,12 @@ def test_bad_data_is_named(tiny, tmp_path, damage, message, capsys):
     data = tmp_path / "data"
     shutil.copytree(tiny, data)
     damage(data)
-    status, _, err = run(["--data-dir", data, "--out", tmp_path / "run", *TINY], capsys)
+    status, stdout, err = run(["--data-dir", data, "--out", tmp_path / "run", *TINY], capsys)
     assert status == 1
     assert message.format(d=data) in error_line(err)
     assert "Traceback" not in err
+    # the run directory it made is removed, so it is never announced
+    assert not (tmp_path / "run").exists() and "run directory" not in stdout + err
 
 
 def test_unreadable_data_file_is_named(tiny, tmp_path, capsys, monkeypatch):

@@ -72,8 +72,10 @@ def train(
     join(launch, timeout_s=config.coordinator_timeout, log=log, on_timeout=on_join_timeout)
     log = log if is_primary() else _quiet
     with open_run_dir(config, log=log) as out:
-        log(f"run directory {out}; {describe_backend()}")
         dataset = load_data(config, log=log, name=name)
+        # Named once the data has loaded: a run refused for its data removes the directory it
+        # made, so it is never announced.
+        log(f"run directory {out}; {describe_backend()}")
         trainer = make_trainer(config, dataset)
         data = put_dataset(dataset, trainer.mesh)
         checkpointing = RunCheckpointing(
