@@ -87,8 +87,8 @@ def linear_cross_entropy(
         kernel, bias and weight gradients are 0. Default: all C columns are classes.
       chunk_size: kernel columns per matmul, an int >= 1 (default 2048): the matmuls' operand
         copies are (D, chunk_size).
-      row_chunk_size: rows per chunk, an int >= 1. The default keeps a chunk's logits near 2M
-        (8 MiB in float32) with at least 64 rows: memory O(row_chunk_size * C) besides the
+      row_chunk_size: rows per chunk, an int >= 1. The default keeps a chunk's logits near 4M
+        (16 MiB in float32) with at least 64 rows: memory O(row_chunk_size * C) besides the
         inputs and the gradients; fewer, larger chunks read the kernel fewer times.
         Chunks of either kind all have the same size (one compiled body): where the size does
         not divide the count, the last chunk overlaps the one before it, whose rows or columns
