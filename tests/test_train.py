@@ -104,6 +104,30 @@ def test_last_partial_batch_is_the_mean_over_its_real_examples(trainer, data, sy
     assert trainer.epoch_train_loss(after) == pytest.approx(weighted, rel=1e-12)
 
 
+def test_last_partial_batch_updates_with_the_mean_gradient_of_its_real_examples(
+    trainer, data, synthetic
+):
+    """The last step's Adam update uses the gradient of the mean loss over its 12 real rows."""
+    before_last = run(trainer, data, [(0, 9)])
+    after = run(trainer, data, [(0, 10)])
+    rows = np.asarray(trainer.epoch_order(0, 0))[9 * BATCH : NUM_TRAIN]
+    images = jnp.asarray(synthetic.train_images[rows], jnp.float32) / 255.0
+    labels = jnp.asarray(synthetic.train_labels[rows])
+
+    def mean_loss(params):
+        logits = nnx.merge(trainer.graphdef, params)(images)
+        return jaxce.loss.cross_entropy(logits, labels)
+
+    grads = jax.grad(mean_loss)(before_last.params)
+    updates, _ = trainer.tx.update(grads, before_last.opt_state, before_last.params)
+    expected = jax.tree.map(lambda p, u: p + u, before_last.params, updates)
+    jax.tree.map(
+        lambda got, want: assert_close(got, want, dtype="float32", quantity="grad"),
+        after.params,
+        expected,
+    )
+
+
 def test_evaluate_matches_the_model(trainer, data, synthetic):
     state = trainer.init_state(0)
     loss, accuracy = trainer.evaluate(state.params, data)
