@@ -33,12 +33,13 @@ from jaxce._dense_vjp import index_rows, soft_rows
 CLASS_AXIS = 1  # of a chunk's logits (rows, C[, P]), the probabilities and a (D, C[, P]) kernel
 _ALIGN = 128  # default class chunks are multiples of this
 _CLASS_CHUNK = 2048  # default kernel columns per matmul
-# Default row chunk: about 4M logits (16 MiB in float32) ... Each chunk streams the whole
-# kernel and its float32 gradient accumulator once, whatever its rows: at N=4096, D=512,
-# C=32768 on a 2-core CPU, 128-row chunks took 1.39-1.79 s and 140-240 MiB (float32,
-# bfloat16), 64-row chunks 1.85-2.08 s and 107-213 MiB (python -m benchmarks.linear).
+# The default row chunk holds about 4M logits (16 MiB in float32), but at least 64 rows. Each
+# chunk streams the whole kernel and its float32 gradient accumulator once, whatever its rows,
+# so fewer chunks are faster: at N=4096, D=512, C=32768 on a 2-core AMD EPYC (family 26),
+# 128-row chunks took 1.39-1.79 s and 140-240 MiB (float32, bfloat16), 64-row chunks
+# 1.85-2.08 s and 107-213 MiB (python -m benchmarks.linear).
 _ROW_CHUNK_LOGITS = 1 << 22
-_MIN_ROW_CHUNK = 64  # ... but at least this many rows (each chunk reads the whole kernel)
+_MIN_ROW_CHUNK = 64
 
 
 class Static(NamedTuple):
