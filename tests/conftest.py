@@ -47,10 +47,19 @@ CACHE_VARIABLES = (
 )
 
 
+# Where the README's commands write (tests/test_readme.py removes what each one made): the run
+# leaves these folders only if they were there before it.
+OUTPUT_FOLDERS = ("runs", "reports")
+
+
 def pytest_configure(config):
     """A fresh cache directory for this run, unless the user set one (then theirs is used)."""
-    if hasattr(config, "workerinput") or os.environ.get(CACHE_VARIABLES[0]):
+    if hasattr(config, "workerinput"):
         return  # an xdist worker inherits the controller's variables
+    root = Path(__file__).resolve().parents[1]
+    config.jaxce_new_folders = [root / d for d in OUTPUT_FOLDERS if not (root / d).exists()]
+    if os.environ.get(CACHE_VARIABLES[0]):
+        return
     config.jaxce_xla_cache = tempfile.mkdtemp(prefix="jaxce-tests-xla-cache-")
     os.environ.update(dict(zip(CACHE_VARIABLES, (config.jaxce_xla_cache, "0", "0"), strict=True)))
     jax.config.update("jax_compilation_cache_dir", config.jaxce_xla_cache)
@@ -61,6 +70,9 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if cache := getattr(config, "jaxce_xla_cache", None):
         shutil.rmtree(cache, ignore_errors=True)
+    for folder in getattr(config, "jaxce_new_folders", ()):
+        with contextlib.suppress(OSError):  # absent, or holding something: left as it is
+            folder.rmdir()
 
 
 def main_in_fresh_process(module: str, argv: list[str], watched: tuple[str, ...]):
