@@ -29,7 +29,8 @@ def _compilers_installed() -> bool:
     return _installed("jax_plugins.xla_cuda12") and _installed("libtpu")
 
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]  # the repository root
+SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # tests/test_compiled.py compiles for GPU and TPU with their compilers (the CUDA plugin, libtpu),
 # which only `make accel-check` installs (into .venv-accel): without both it is not collected.
@@ -56,8 +57,7 @@ def pytest_configure(config):
     """A fresh cache directory for this run, unless the user set one (then theirs is used)."""
     if hasattr(config, "workerinput"):
         return  # an xdist worker inherits the controller's variables
-    root = Path(__file__).resolve().parents[1]
-    config.jaxce_new_folders = [root / d for d in OUTPUT_FOLDERS if not (root / d).exists()]
+    config.jaxce_new_folders = [ROOT / d for d in OUTPUT_FOLDERS if not (ROOT / d).exists()]
     if os.environ.get(CACHE_VARIABLES[0]):
         return
     config.jaxce_xla_cache = tempfile.mkdtemp(prefix="jaxce-tests-xla-cache-")
@@ -90,7 +90,7 @@ def main_in_fresh_process(module: str, argv: list[str], watched: tuple[str, ...]
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, *argv],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,

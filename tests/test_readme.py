@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import OUTPUT_FOLDERS, SHARED_DATA
 from tests.tolerances import assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,7 +258,7 @@ def _env() -> dict[str, str]:
 
 
 def _outputs() -> set[Path]:
-    return {p for d in ("runs", "reports") for p in (ROOT / d).glob("*")}
+    return {p for d in OUTPUT_FOLDERS for p in (ROOT / d).glob("*")}
 
 
 def run_as_written(command: str, *, timeout: float) -> subprocess.CompletedProcess:

@@ -90,29 +90,31 @@ def test_same_seed_same_run_other_seed_other_run(trainer, data):
     assert not np.array_equal(order[0], order[1])
 
 
-def test_last_partial_batch_is_the_mean_over_its_real_examples(trainer, data, synthetic):
+@pytest.fixture(scope="module")
+def last_step(trainer, data, synthetic):
+    """The epoch's states before and after its last, partial step, and that step's 12 real
+    examples (images in [0, 1], labels)."""
     assert trainer.steps_per_epoch == 10
     before_last = run(trainer, data, [(0, 9)])
     after = run(trainer, data, [(0, 10)])
-    rows = np.asarray(trainer.epoch_order(0, 0))[9 * BATCH : NUM_TRAIN]  # the 12 real rows
+    rows = np.asarray(trainer.epoch_order(0, 0))[9 * BATCH : NUM_TRAIN]
     images = jnp.asarray(synthetic.train_images[rows], jnp.float32) / 255.0
+    return before_last, after, images, jnp.asarray(synthetic.train_labels[rows])
+
+
+def test_last_partial_batch_is_the_mean_over_its_real_examples(trainer, last_step):
+    before_last, after, images, labels = last_step
     logits = nnx.merge(trainer.graphdef, before_last.params)(images)
-    expected = jaxce.loss.cross_entropy(logits, synthetic.train_labels[rows])
+    expected = jaxce.loss.cross_entropy(logits, labels)
     assert_close(after.step_losses[9], expected, dtype="float32", quantity="loss")
     sizes = np.array([BATCH] * 9 + [NUM_TRAIN - 9 * BATCH])
     weighted = float(np.asarray(after.step_losses, np.float64) @ sizes / NUM_TRAIN)
     assert trainer.epoch_train_loss(after) == pytest.approx(weighted, rel=1e-12)
 
 
-def test_last_partial_batch_updates_with_the_mean_gradient_of_its_real_examples(
-    trainer, data, synthetic
-):
+def test_last_partial_batch_updates_with_the_mean_gradient_of_its_real_examples(trainer, last_step):
     """The last step's Adam update uses the gradient of the mean loss over its 12 real rows."""
-    before_last = run(trainer, data, [(0, 9)])
-    after = run(trainer, data, [(0, 10)])
-    rows = np.asarray(trainer.epoch_order(0, 0))[9 * BATCH : NUM_TRAIN]
-    images = jnp.asarray(synthetic.train_images[rows], jnp.float32) / 255.0
-    labels = jnp.asarray(synthetic.train_labels[rows])
+    before_last, after, images, labels = last_step
 
     def mean_loss(params):
         logits = nnx.merge(trainer.graphdef, params)(images)
