@@ -1,8 +1,8 @@
 """Online log-sum-exp over a class axis split into blocks: what one block of classes adds.
 
-A vocabulary chunk (``linear_cross_entropy``) or a device's shard (``sharded_cross_entropy``)
-sees only some classes. Shifted by a per-row reference ``m`` (the row maximum, or the maximum
-over the classes seen so far), each block contributes three row sums that add up over blocks:
+A device's shard of the vocabulary (``sharded_cross_entropy``) sees only some classes.
+Shifted by the global row maximum ``m`` (one ``pmax``), each block contributes three row sums
+that add up over blocks (one ``psum``):
 
 - ``se = sum_c exp(s_c)``, so the shifted log-sum-exp is ``lse0 = log(sum of se)``;
 - ``s_y``, the shifted target logit (0 in blocks without the label), so ``nll = lse0 - s_y``;
@@ -49,20 +49,6 @@ def block_sums(opts: Options, s, hot, weight) -> BlockSums:
         ws = s if weight is None else jnp.where(weight == 0, 0, weight.astype(s.dtype) * s)
         neg_s_w = -jnp.sum(ws, axis=1, keepdims=True)
     return BlockSums(se, s_y, neg_s_w)
-
-
-def add(a: BlockSums, b: BlockSums) -> BlockSums:
-    return jax.tree.map(jnp.add, a, b)
-
-
-def rebase(sums: BlockSums, delta, seen, w_seen) -> BlockSums:
-    """The sums after the reference ``m`` grows by ``delta`` (rows, 1) >= 0.
-
-    ``seen`` (rows, 1) is 1 where the label was among the summed classes; ``w_seen`` is the
-    summed weight (or count) of the summed classes.
-    """
-    neg_s_w = None if sums.neg_s_w is None else sums.neg_s_w + delta * w_seen
-    return BlockSums(sums.se * jnp.exp(-delta), sums.s_y - delta * seen, neg_s_w)
 
 
 def row_terms(sums: BlockSums, w_sum, in_range, w_y) -> tuple[jax.Array, jax.Array, RowTerms]:
