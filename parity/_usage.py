@@ -18,7 +18,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-REPORT_FILES = ("report.json", "report.md", "report.html")
 # How the implementation under test is called (parity._jax_side.Runner).
 CALL = "f(logits, labels, *, axis, weight, ignore_index, reduction, label_smoothing)"
 
