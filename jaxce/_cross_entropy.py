@@ -12,9 +12,10 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
-from jaxce import _labels, _validation
+from jaxce import _explicit, _labels, _validation
 from jaxce import _row_math as rm
 from jaxce._dense_vjp import index_forward, index_rows, soft_forward, soft_rows
 from jaxce._validation import Reduction
@@ -136,7 +137,8 @@ def cross_entropy(
         weight, "weight", spec.num_classes, "Pass one weight per class."
     )
     ignore_index = _validation.check_ignore_index(ignore_index, labels)
-    opts = rm.Options(spec.axis, *_validation.check_options(label_smoothing, z_loss, softcap))
+    ct = rm.compute_dtype(logits.dtype)
+    opts = rm.Options(spec.axis, *_validation.check_options(label_smoothing, z_loss, softcap, ct))
     reduction = _validation.check_reduction(reduction)
     where = _validation.check_where(where, spec.batch_shape)
     check_labels = _validation.check_flag(check_labels, "check_labels")
@@ -148,11 +150,13 @@ def cross_entropy(
             labels, count, ignore_index, check_traced=check_labels
         )
     fix = "Pass custom_vjp=False to differentiate the same math with plain autodiff, any mode."
+    core = functools.partial(
+        _cross_entropy, opts=opts, reduction=reduction, ignore_index=ignore_index,
+        num_classes=count, use_custom_vjp=custom_vjp,
+    )  # fmt: skip
+    out = lambda: P() if reduction != "none" else _explicit.examples_spec(logits, [spec.axis])
     with _validation.reverse_mode_only("cross_entropy", fix):
-        return _cross_entropy(
-            logits, labels, weight, where, opts=opts, reduction=reduction,
-            ignore_index=ignore_index, num_classes=count, use_custom_vjp=custom_vjp,
-        )  # fmt: skip
+        return _explicit.call(core, (logits, labels, weight, where), out)
 
 
 @functools.partial(

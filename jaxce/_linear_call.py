@@ -15,8 +15,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
-from jaxce import _labels, _validation, _weighting
+from jaxce import _explicit, _labels, _validation, _weighting
 from jaxce import _linear_sweep as ls
 from jaxce import _row_math as rm
 from jaxce._linear_vjp import per_example, reduced
@@ -104,7 +105,9 @@ def linear_loss(hidden, kernel, labels, *, torch_layout: bool, names=("hidden", 
         weight, "weight", shapes.columns, "Pass one weight per class."
     )
     ignore_index = _validation.check_ignore_index(ignore_index, labels, names[2])
-    smoothing, z, cap = _validation.check_options(label_smoothing, z_loss, softcap)
+    operands = [a.dtype for a in (hidden, kernel, bias) if a is not None]
+    ct = rm.compute_dtype(*operands, *([labels.dtype] if shapes.soft else []))
+    smoothing, z, cap = _validation.check_options(label_smoothing, z_loss, softcap, ct)
     reduction = _validation.check_reduction(reduction)
     where = _validation.check_where(where, shapes.examples)
     sample_weight = _weighting.check_sample_weight(sample_weight, shapes.examples)
@@ -126,11 +129,15 @@ def linear_loss(hidden, kernel, labels, *, torch_layout: bool, names=("hidden", 
         labels, ignore_index = _labels.prepare(labels, count, ignore_index, check_traced=False)
     name = "torch_linear_cross_entropy" if torch_layout else "linear_cross_entropy"
     fix = "For forward mode use cross_entropy(logits, ..., custom_vjp=False) on the logits."
+    core = functools.partial(
+        _run, static=static, shapes=shapes, reduction=reduction, ignore_index=ignore_index
+    )
+    args = (hidden, kernel, bias, labels, weight, where, sample_weight, divisor)
+    # per-example losses: sharded as hidden's batch axes, the out_features positions whole
+    rows = lambda: _explicit.examples_spec(hidden, [hidden.ndim - 1])
+    out = lambda: P() if reduction != "none" else P(*rows(), *[None] * len(shapes.out_features))
     with _validation.reverse_mode_only(name, fix):
-        return _run(
-            hidden, kernel, bias, labels, weight, where, sample_weight, divisor, static=static,
-            shapes=shapes, reduction=reduction, ignore_index=ignore_index,
-        )  # fmt: skip
+        return _explicit.call(core, args, out)
 
 
 @functools.partial(jax.jit, static_argnames=("static", "shapes", "reduction", "ignore_index"))

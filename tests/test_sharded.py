@@ -212,7 +212,60 @@ def child_main() -> None:
                     "all-reduce": hlo.count(" all-reduce("),
                     "all-to-all": hlo.count(" all-to-all("),
                 }
+    results["explicit"] = explicit_mesh_results()
     print(MARKER + json.dumps(results), flush=True)
+
+
+# The other losses on inputs whose rows are sharded over jax.make_mesh's default axis type
+# (Explicit): they must give the unsharded numbers, gradients sharded as their inputs.
+EXPLICIT_ROWS, EXPLICIT_FEATURES = 8, 6
+
+
+def explicit_mesh_inputs() -> tuple[np.ndarray, ...]:
+    rng = seeded_rng("sharded", "explicit")
+    h = rng.normal(size=(EXPLICIT_ROWS, EXPLICIT_FEATURES)).astype(np.float32)
+    k = rng.normal(size=(EXPLICIT_FEATURES, NUM_CLASSES)).astype(np.float32)
+    y = rng.integers(0, NUM_CLASSES, size=EXPLICIT_ROWS).astype(np.int32)
+    w = rng.uniform(0.2, 2.0, size=NUM_CLASSES).astype(np.float32)
+    return h, k, y, w
+
+
+def explicit_mesh_losses(h, k, y, w) -> dict:
+    """name -> (value, gradient w.r.t. h or None): each loss once."""
+    eps = dict(label_smoothing=0.1)
+    graded = {
+        "cross_entropy": lambda x: loss.cross_entropy(x @ k, y, weight=w, **eps),
+        "CrossEntropyLoss": lambda x: loss.CrossEntropyLoss(weight=w, **eps)(x @ k, y),
+        "linear_cross_entropy": lambda x: loss.linear_cross_entropy(x, k, y, weight=w, **eps),
+        "torch_linear_cross_entropy": lambda x: loss.torch_linear_cross_entropy(x, k.T, y),
+    }
+    out = {name: jax.jit(jax.value_and_grad(f))(h) for name, f in graded.items()}
+    out["cross_entropy_none"] = (loss.cross_entropy(h @ k, y, weight=w, reduction="none"), None)
+    out["linear_none"] = (loss.linear_cross_entropy(h, k, y, reduction="none"), None)
+    out["mean_divisor"] = (loss.mean_divisor(y, weight=w), None)
+    return out
+
+
+def explicit_mesh_results() -> dict:
+    mesh = jax.make_mesh((4,), ("data",))  # the default axis type: Explicit
+    assert mesh.axis_types == (AxisType.Explicit,)
+    rows = jax.sharding.NamedSharding(mesh, P("data"))
+    h, k, y, w = explicit_mesh_inputs()
+    h, y = jax.device_put(h, rows), jax.device_put(y, rows)
+    try:
+        with jax.sharding.set_mesh(mesh):
+            out = explicit_mesh_losses(h, k, y, w)
+    except Exception as err:  # reported to the test, which names it
+        return {"error": f"{type(err).__name__}: {err}"[:2000]}
+    return {
+        name: {
+            "value": np.asarray(value, np.float64).tolist(),
+            "value_type": str(jax.typeof(value)),
+            "grad": None if grad is None else np.asarray(grad, np.float64).tolist(),
+            "grad_type": None if grad is None else str(jax.typeof(grad)),
+        }
+        for name, (value, grad) in out.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +333,21 @@ def test_sharded_matches_unsharded(case_id, sharded_results, unsharded_results):
     assert (got_dw is None) == (expected[2] is None)
     if got_dw is not None:
         assert_close(got_dw, expected[2], dtype=dtype, quantity="grad", context=f"{case_id} dw")
+
+
+def test_explicit_mesh_inputs_match_unsharded(sharded_results):
+    """Rows sharded over an Explicit mesh axis: unsharded numbers, each output sharded right."""
+    got = sharded_results["explicit"]
+    assert "error" not in got, got.get("error")
+    expected = explicit_mesh_losses(*map(jnp.asarray, explicit_mesh_inputs()))
+    assert set(got) == set(expected)
+    for name, (value, grad) in expected.items():
+        assert_close(got[name]["value"], value, dtype="float32", quantity="loss", context=name)
+        rows = name.endswith("_none")  # per-example losses stay sharded as the rows
+        assert got[name]["value_type"] == ("float32[8@data]" if rows else "float32[]"), name
+        if grad is not None:
+            assert_close(got[name]["grad"], grad, dtype="float32", quantity="grad", context=name)
+            assert got[name]["grad_type"] == "float32[8@data,6]", name
 
 
 def test_only_two_collectives_and_no_gather(sharded_results):
@@ -354,6 +422,19 @@ def test_logits_must_vary_over_the_mesh_axis(logits_spec, check_vma):
     )  # fmt: skip
     with pytest.raises(ValueError, match="check_vma=True"):
         fn(jnp.zeros((3, 4)), jnp.array([0, 1, 2]))
+
+
+@pytest.mark.parametrize("name", ["labels", "where"])
+def test_labels_and_mask_must_be_the_same_over_the_mesh_axis(name):
+    """Labels split like the classes would pair each device's classes with other rows."""
+    fn = jax.shard_map(
+        lambda x, y, m: loss.sharded_cross_entropy(x, y, mesh_axis="model", where=m),
+        mesh=_one_device_mesh(), out_specs=P(),
+        in_specs=(P(None, "model"), P("model") if name == "labels" else P(),
+                  P("model") if name == "where" else P()),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=f"{name} must be the same on every device"):
+        fn(jnp.zeros((3, 4)), jnp.array([0, 1, 2]), jnp.ones(3, bool))
 
 
 def test_probability_labels_raise():
