@@ -26,9 +26,18 @@ def _holds(dtype, value: int) -> bool:
     return int(info.min) <= value <= int(info.max)
 
 
-def normalize(labels: jax.Array, num_classes: int, ignore_index: int):
-    """(index, ignored): int32 class indices (-1: not in [0, num_classes)), bool mask."""
+# Without a class count (``mean_divisor`` without ``weight``) a label is a class index if int32,
+# the kernels' index dtype, holds it.
+_NO_COUNT = int(np.iinfo(np.int32).max) + 1
+
+
+def normalize(labels: jax.Array, num_classes: int | None, ignore_index: int):
+    """(index, ignored): int32 class indices (-1: not in [0, num_classes)), bool mask.
+
+    ``num_classes=None``: the class count is not known, and any label int32 holds is a class.
+    """
     dtype = labels.dtype
+    num_classes = _NO_COUNT if num_classes is None else num_classes
     if _holds(dtype, ignore_index):
         ignored = labels == jnp.asarray(ignore_index, dtype)
     else:
@@ -41,9 +50,12 @@ def normalize(labels: jax.Array, num_classes: int, ignore_index: int):
     return index, ignored
 
 
-def _message(num_classes: int, ignore_index: int, dtype) -> tuple[str, str]:
+def _message(num_classes: int | None, ignore_index: int, dtype) -> tuple[str, str]:
     """The message's rule and its notes (0 classes, an ignore_index the dtype cannot hold)."""
-    text = f"labels must be class indices in [0, {num_classes}) or ignore_index={ignore_index}"
+    classes = "int32 class indices (>= 0)" if num_classes is None else (
+        f"class indices in [0, {num_classes})"
+    )  # fmt: skip
+    text = f"labels must be {classes} or ignore_index={ignore_index}"
     notes = []
     if num_classes == 0:
         notes.append("the logits have 0 classes, so every label must be ignore_index")
@@ -52,13 +64,14 @@ def _message(num_classes: int, ignore_index: int, dtype) -> tuple[str, str]:
     return text, "" if not notes else f" ({'; '.join(notes)})"
 
 
-def prepare(labels, num_classes: int, ignore_index: int, *, check_traced: bool):
+def prepare(labels, num_classes: int | None, ignore_index: int, *, check_traced: bool):
     """Checks and converts class-index labels; returns ``(jax labels, ignore_index)``.
 
     ``labels`` is a JAX array or an unconverted numpy array of an integer dtype. Concrete
     values outside [0, num_classes) that are not ``ignore_index`` raise ``ValueError`` naming
-    the first one and its position. The returned ``ignore_index`` differs from the given one
-    only when 64-bit labels had to be narrowed (x64 off): then -1 marks the ignored labels.
+    the first one and its position (``num_classes=None``: outside int32's non-negative range).
+    The returned ``ignore_index`` differs from the given one only when 64-bit labels had to be
+    narrowed (x64 off): then -1 marks the ignored labels.
     """
     dtype = np.dtype(labels.dtype)
     if isinstance(labels, jax.core.Tracer):
@@ -68,7 +81,8 @@ def prepare(labels, num_classes: int, ignore_index: int, *, check_traced: bool):
     wide = np.uint64 if jnp.issubdtype(dtype, jnp.unsignedinteger) else np.int64
     values = np.asarray(labels).astype(wide)  # lossless, also for int4 / int2
     ignored = values == ignore_index  # numpy compares Python ints exactly
-    bad = ~ignored & ((values < 0) | (values >= num_classes))
+    limit = _NO_COUNT if num_classes is None else num_classes
+    bad = ~ignored & ((values < 0) | (values >= limit))
     if bad.any():
         where = tuple(int(i[0]) for i in np.nonzero(bad))
         text, notes = _message(num_classes, ignore_index, dtype)

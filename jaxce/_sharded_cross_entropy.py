@@ -63,7 +63,10 @@ def sharded_cross_entropy(
       logits_shard: floating (..., C_l), this device's classes of the logits.
       labels: integer (...) GLOBAL class indices in [0, C), the same on every device of
         ``mesh_axis``; each device finds its own classes from ``lax.axis_index(mesh_axis)``.
-      mesh_axis: the mesh axis name (or tuple of names) the classes are split over.
+      mesh_axis: the mesh axis name (or tuple of names) the classes are split over. A tuple
+        lists the axes in the order of the logits' ``in_specs`` entry (``P(None, ("a", "b"))``
+        goes with ``mesh_axis=("a", "b")``): that order says which device holds which classes,
+        and JAX does not record it in the shard's type, so it cannot be checked.
       weight: optional floating (C_l,) class weights of THIS device's classes, i.e. the global
         (k * C_l,) weights sharded like the logits (``in_specs=P(mesh_axis)``).
       ignore_index: class index whose rows are skipped; one the labels' dtype cannot hold
@@ -139,16 +142,20 @@ def sharded_cross_entropy(
     )
     weight = _validation.check_class_vector(weight, "weight", spec.num_classes, hint)
     ignore_index = _validation.check_ignore_index(ignore_index)
-    opts = rm.Options(ol.BLOCK_AXIS, *_validation.check_options(label_smoothing, z_loss, softcap))
+    ct = rm.compute_dtype(logits.dtype)
+    opts = rm.Options(
+        ol.BLOCK_AXIS, *_validation.check_options(label_smoothing, z_loss, softcap, ct)
+    )
     reduction = _validation.check_reduction(reduction)
     where = _validation.check_where(where, spec.batch_shape)
+    _check_replicated(labels, "labels", mesh_axis)
+    _check_replicated(where, "where", mesh_axis)
     labels, ignore_index = _labels.prepare(labels, count, ignore_index, check_traced=False)
     index, ignored = _labels.normalize(labels.reshape(-1), count, ignore_index)
     keep = ~ignored if where is None else ~ignored & where.reshape(-1)
     flat = logits.reshape(labels.size, spec.num_classes)
     fix = "For forward mode, gather the logits and use cross_entropy(..., custom_vjp=False)."
     if count == 0:  # no class at all: every kept label is out of range
-        ct = rm.compute_dtype(logits.dtype)
         rows, w_y = jnp.where(keep, jnp.nan, 0).astype(ct), jnp.zeros(keep.shape, ct)
     else:
         with _validation.reverse_mode_only("sharded_cross_entropy", fix):
@@ -183,6 +190,19 @@ def _check_mesh_axis(mesh_axis, logits) -> int:
             f"the gradient would come out {size} times too small."
         )
     return size
+
+
+def _check_replicated(array, name: str, mesh_axis) -> None:
+    """A ValueError if ``array`` varies over ``mesh_axis`` (JAX tracks it with check_vma)."""
+    names = mesh_axis if isinstance(mesh_axis, tuple) else (mesh_axis,)
+    varying = set(names) & _varying_axes(array) if isinstance(array, jax.Array) else set()
+    if varying:
+        raise ValueError(
+            f"{name} must be the same on every device of mesh_axis={mesh_axis!r} (each device "
+            f"holds some classes of the same examples); got a value of type "
+            f"{jax.typeof(array)}, varying over {sorted(varying)}. Leave {sorted(varying)} out "
+            f"of {name}'s in_specs entry (e.g. P() or P('data'))."
+        )
 
 
 def _block(static, logits, weight, ct):

@@ -9,6 +9,7 @@ names the argument, the value it got and the fix. Label values are checked in
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 from typing import Literal, NamedTuple
 
@@ -61,8 +62,11 @@ def as_array(value, name: str) -> jax.Array:
     array = as_unconverted(value, name)
     try:
         return jnp.asarray(array)
-    except TypeError as err:
-        raise TypeError(f"{name} has a dtype JAX does not support: {err}") from None
+    except TypeError:
+        raise TypeError(
+            f"{name} has dtype {array.dtype}, which JAX does not support. Cast it first, e.g. "
+            f"{name}.astype(np.float32) or .astype(np.int32)."
+        ) from None
 
 
 def _interval(low: float, high: float | None, low_open: bool) -> str:
@@ -84,7 +88,10 @@ def real_option(value, name: str, *, low: float, high=None, low_open=False, mean
             f"{type(value).__name__}. It is a static hyperparameter: pass a number{meaning}, "
             f"e.g. float(x), not an array or a bool."
         )
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf if value > 0 else -math.inf
     inside = (number > low if low_open else number >= low) and (high is None or number <= high)
     if not (np.isfinite(number) and inside):
         raise ValueError(
@@ -94,8 +101,15 @@ def real_option(value, name: str, *, low: float, high=None, low_open=False, mean
     return number
 
 
-def check_options(label_smoothing, z_loss, softcap) -> tuple[float, float, float | None]:
-    """The real options every loss shares, checked in this order; the first bad one raises."""
+def check_options(
+    label_smoothing, z_loss, softcap, dtype=None
+) -> tuple[float, float, float | None]:
+    """The real options every loss shares, checked in this order; the first bad one raises.
+
+    Given ``dtype``, the loss's compute dtype, ``z_loss`` and ``softcap`` must also fit it: a
+    value it rounds to inf (or a cap it rounds below its normal range) would turn every loss
+    or gradient into NaN.
+    """
     eps = real_option(
         label_smoothing, "label_smoothing", low=0.0, high=1.0,
         meaning="0 for no smoothing, 1 for the uniform target",
@@ -106,6 +120,17 @@ def check_options(label_smoothing, z_loss, softcap) -> tuple[float, float, float
             softcap, "softcap", low=0.0, low_open=True,
             meaning="the cap c in c * tanh(x / c); None turns the cap off",
         )  # fmt: skip
+    if dtype is not None:
+        info = jnp.finfo(dtype)
+        high, tiny = float(info.max), float(info.tiny)
+        fits = [("z_loss", z, 0.0)] + ([] if softcap is None else [("softcap", softcap, tiny)])
+        for name, value, low in fits:
+            if not low <= value <= high:
+                raise ValueError(
+                    f"{name}={value} does not fit {info.dtype}, the dtype the loss computes in "
+                    f"(float32 unless an input is float64); pass a value in [{low:.3g}, "
+                    f"{high:.3g}]."
+                )
     return eps, z, softcap
 
 
@@ -167,6 +192,7 @@ def check_logits_labels(logits: jax.Array, labels, axis) -> Spec:
             f"logits must have a floating dtype; got {logits.dtype}. "
             f"Cast them, e.g. logits.astype(jnp.float32)."
         )
+    check_float_width(logits, "logits")
     if logits.ndim == 0:
         raise ValueError(
             "logits must have at least one dimension (the class axis); got a scalar. "
@@ -204,6 +230,7 @@ def label_kind(labels, name: str, *, indices, probs, indices_as: str, probs_as: 
             )
         return False
     if jnp.issubdtype(labels.dtype, jnp.floating):
+        check_float_width(labels, name)
         if labels.shape != probs:
             raise ValueError(
                 f"{name} of floating dtype are class probabilities and must have {probs_as}; got "
@@ -217,11 +244,21 @@ def label_kind(labels, name: str, *, indices, probs, indices_as: str, probs_as: 
 
 
 def check_floating(array, name: str) -> None:
-    """Raises TypeError unless ``array`` (named ``name``) has a floating dtype."""
+    """Raises TypeError unless ``array`` (named ``name``) has a floating dtype of 16+ bits."""
     if not jnp.issubdtype(array.dtype, jnp.floating):
         raise TypeError(
             f"{name} must have a floating dtype; got {array.dtype}. "
             f"Cast it, e.g. {name}.astype(jnp.float32)."
+        )
+    check_float_width(array, name)
+
+
+def check_float_width(array, name: str) -> None:
+    """Raises TypeError for the 8- and 4-bit floats (float8_*, float4_*), which no loss takes."""
+    if jnp.dtype(array.dtype).itemsize < 2:
+        raise TypeError(
+            f"{name} has dtype {array.dtype}; 8-bit and 4-bit floats are not supported. Cast "
+            f"it to bfloat16, float16 or float32 first, e.g. {name}.astype(jnp.bfloat16)."
         )
 
 

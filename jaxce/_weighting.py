@@ -11,12 +11,15 @@ batch's.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
-from jaxce import _labels, _validation
+from jaxce import _explicit, _labels, _validation
 from jaxce import _row_math as rm
 
 
@@ -50,13 +53,15 @@ def check_divisor(value, reduction: str) -> jax.Array | None:
             f"divisor replaces the divisor of reduction='mean' and applies to it only; got "
             f"reduction={reduction!r}. Use reduction='mean' with divisor=, or drop divisor."
         )
-    divisor = _validation.as_array(value, "divisor")
+    divisor = _validation.as_unconverted(value, "divisor")  # an int is checked as given
     real = jnp.issubdtype(divisor.dtype, jnp.floating) or jnp.issubdtype(divisor.dtype, jnp.integer)
     if divisor.dtype == jnp.bool_ or not real:
         raise TypeError(
             f"divisor must be a real number (a float or an int, or a scalar array of one); "
             f"got dtype {divisor.dtype}."
         )
+    if jnp.issubdtype(divisor.dtype, jnp.floating):
+        _validation.check_float_width(divisor, "divisor")
     if divisor.shape != ():
         raise ValueError(
             f"divisor must be a scalar; got shape {divisor.shape}. Pass the summed weight of "
@@ -68,7 +73,10 @@ def check_divisor(value, reduction: str) -> jax.Array | None:
             f"divisor must be finite and > 0; got {float(values)}. Pass the summed weight of "
             f"the examples the mean is over (mean_divisor of each part, summed)."
         )
-    return divisor
+    if jnp.issubdtype(divisor.dtype, jnp.integer):  # a count: as the widest float JAX uses
+        wide = jax.dtypes.canonicalize_dtype(jnp.float64)
+        return jnp.asarray(values.astype(wide)) if values is not None else divisor.astype(wide)
+    return _validation.as_array(divisor, "divisor")
 
 
 def mean_divisor(
@@ -104,8 +112,10 @@ def mean_divisor(
       A float32 scalar (float64 if a weight is float64).
 
     Raises:
-      TypeError, ValueError: as the losses do for these arguments; class indices outside
-      [0, C) that are not ``ignore_index`` when ``weight`` gives C.
+      TypeError, ValueError: as the losses do for these arguments; concrete class indices
+      outside [0, C) (C from ``weight``; without it, negative ones or ones beyond int32) that
+      are not ``ignore_index``. Under ``jit`` such a label makes the divisor NaN, as it makes
+      its example's loss NaN: never a silently smaller divisor.
 
     Example:
       >>> import jax.numpy as jnp
@@ -114,40 +124,54 @@ def mean_divisor(
       3.0
     """
     labels = _validation.as_unconverted(labels, "labels")
-    dtypes = [a.dtype for a in (weight, sample_weight) if isinstance(a, (jax.Array, np.ndarray))]
-    ct = rm.compute_dtype(*dtypes) if dtypes else jnp.dtype(jnp.float32)
-    if jnp.issubdtype(labels.dtype, jnp.floating):
-        axis = _validation.check_int(axis, "axis", "Pass the index of the class axis.")
+    axis = _validation.check_int(axis, "axis", "Pass the index of the class axis.")
+    soft = _validation.label_kind(
+        labels, "labels", indices=labels.shape, probs=labels.shape,
+        indices_as="one label per example", probs_as="the classes along axis",
+    )  # fmt: skip
+    ignore_index = _validation.check_ignore_index(ignore_index, labels)
+    if soft:
         if labels.ndim == 0 or not -labels.ndim <= axis < labels.ndim:
             raise ValueError(
-                f"axis={axis} is out of range for probability labels of shape {labels.shape}."
+                f"axis={axis} is out of range for probability labels of shape {labels.shape}; "
+                f"use an axis in [{-labels.ndim}, {labels.ndim})."
             )
-        examples = labels.shape[: axis % labels.ndim] + labels.shape[axis % labels.ndim + 1 :]
-        share = jnp.ones(examples, ct)
-    elif jnp.issubdtype(labels.dtype, jnp.integer):
-        examples = labels.shape
-        ignore_index = _validation.check_ignore_index(ignore_index)
-        if weight is None:  # every example not ignored counts 1
-            _, ignored = _labels.normalize(jnp.asarray(labels), 1, ignore_index)
-            share = jnp.where(ignored, 0, 1).astype(ct)
-        else:
-            weight = _validation.as_array(weight, "weight")
-            if weight.ndim != 1:
-                raise ValueError(
-                    f"weight must be a (C,) vector of class weights; got shape {weight.shape}."
-                )
-            size = weight.shape[0]
-            weight = _validation.check_class_vector(weight, "weight", size, "")
-            labels, ignore_index = _labels.prepare(labels, size, ignore_index, check_traced=False)
-            index, ignored = _labels.normalize(labels, size, ignore_index)
-            share = jnp.where(ignored, 0, rm.label_weight(weight, index, index >= 0, ct))
+        axis %= labels.ndim
+        examples, size = labels.shape[:axis] + labels.shape[axis + 1 :], labels.shape[axis]
     else:
-        raise TypeError(
-            f"labels must be integer class indices or floating probabilities; got dtype "
-            f"{labels.dtype}."
-        )
+        examples = labels.shape
+        size = None if weight is None else _class_count(weight)
+    weight = _validation.check_class_vector(weight, "weight", size, "Pass one weight per class.")
     where = _validation.check_where(where, examples)
     sample_weight = check_sample_weight(sample_weight, examples)
+    dtypes = [a.dtype for a in (weight, sample_weight) if a is not None]
+    ct = rm.compute_dtype(*dtypes) if dtypes else jnp.dtype(jnp.float32)
+    if soft:  # every example counts 1 (torch's divisor for probabilities: the rows)
+        labels, weight = jnp.ones(examples, ct), None
+    else:
+        labels, ignore_index = _labels.prepare(labels, size, ignore_index, check_traced=False)
+    core = functools.partial(_shares, soft=soft, size=size, ignore_index=ignore_index, ct=ct)
+    return _explicit.call(core, (labels, weight, where, sample_weight), P())
+
+
+def _class_count(weight) -> int:
+    weight = _validation.as_array(weight, "weight")
+    if weight.ndim != 1:
+        raise ValueError(
+            f"weight must be a (C,) vector of class weights; got shape {weight.shape}."
+        )
+    return weight.shape[0]
+
+
+def _shares(labels, weight, where, sample_weight, *, soft, size, ignore_index, ct):
+    """The summed shares of the examples; ``labels`` are the examples' ones if ``soft``."""
+    if soft:
+        share = labels
+    else:
+        index, ignored = _labels.normalize(labels, size, ignore_index)
+        share = rm.label_weight(weight, index, index >= 0, ct)
+        # a label out of range under jit: NaN, as that example's loss (never silently dropped)
+        share = jnp.where(ignored, 0, jnp.where(index < 0, jnp.nan, share))
     if sample_weight is not None:
         share = share * sample_weight.astype(ct)
     if where is not None:

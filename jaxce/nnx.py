@@ -17,7 +17,7 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from jaxce import _validation
-from jaxce._linear_cross_entropy import linear_cross_entropy
+from jaxce._linear_call import check_chunk, linear_loss
 from jaxce._linear_torch import resolve_ignore_index
 from jaxce._validation import Reduction
 
@@ -45,17 +45,58 @@ def _positive_int(value, name: str, *, allow_zero=False) -> int:
     return number
 
 
+def _float_dtype(value, name: str, *, optional: bool = False):
+    """A floating dtype of 16+ bits (None allowed when ``optional``), as a numpy dtype."""
+    if value is None and optional:
+        return None
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating) or dtype.itemsize < 2:
+        allowed = "None or " if optional else ""
+        raise TypeError(
+            f"{name} must be {allowed}a floating dtype of 16 or more bits (bfloat16, float16, "
+            f"float32, float64); got {value!r}."
+        )
+    return dtype
+
+
 def _host(value, name: str) -> np.ndarray:
-    """A torch tensor or any array as numpy (torch's bfloat16 through float32, exactly)."""
+    """A state dict entry as a floating numpy array (torch's bfloat16 through float32, exactly)."""
     if hasattr(value, "detach"):  # a torch.Tensor, without importing torch
-        value = value.detach().cpu()
+        value = value.detach()
+        why = (
+            "it is on the meta device and holds no data"
+            if getattr(value, "is_meta", False)
+            else "it is sparse: pass value.to_dense()"
+            if str(getattr(value, "layout", "torch.strided")) != "torch.strided"
+            else "it is quantized: pass value.dequantize()"
+            if getattr(value, "is_quantized", False)
+            else None
+        )
+        if why:
+            raise ValueError(f"state dict entry {name!r} cannot be loaded: {why}.")
+        value = value.cpu()
         if str(value.dtype) == "torch.bfloat16":
             value = value.float()
-        value = value.numpy()
+        try:
+            value = value.numpy()
+        except TypeError:  # dtypes numpy lacks (float8, ...)
+            raise TypeError(
+                f"state dict entry {name!r} has dtype {value.dtype}, which cannot be loaded; "
+                f"cast it first, e.g. value.float()."
+            ) from None
     try:
-        return np.asarray(value)
+        array = np.asarray(value)
     except (TypeError, ValueError) as err:
         raise TypeError(f"state dict entry {name!r} is not an array: {err}") from None
+    if not jnp.issubdtype(array.dtype, jnp.floating) or array.dtype.itemsize < 2:
+        raise TypeError(
+            f"state dict entry {name!r} must be a floating array; got {type(value).__name__} "
+            f"of dtype {array.dtype}. Pass the module's own state_dict() entries."
+        )
+    return array
 
 
 class LinearCrossEntropyLoss(nnx.Module):
@@ -126,7 +167,17 @@ class LinearCrossEntropyLoss(nnx.Module):
         self.label_smoothing, self.z_loss, self.softcap = _validation.check_options(
             label_smoothing, z_loss, softcap
         )
-        self.chunk_size, self.row_chunk_size, self.dtype = chunk_size, row_chunk_size, dtype
+        # checked now; each call fits them to its own sizes
+        check_chunk(chunk_size, "chunk_size", 1, "classes per matmul")
+        check_chunk(row_chunk_size, "row_chunk_size", 1, "rows per chunk")
+        self.chunk_size, self.row_chunk_size = chunk_size, row_chunk_size
+        self.dtype = _float_dtype(dtype, "dtype", optional=True)
+        param_dtype = _float_dtype(param_dtype, "param_dtype")
+        if not isinstance(rngs, nnx.Rngs):
+            raise TypeError(
+                f"rngs must be an nnx.Rngs (it draws the initial parameters); got "
+                f"{type(rngs).__name__}. Pass e.g. rngs=nnx.Rngs(0)."
+            )
         if weight is not None:
             vector = _validation.check_class_vector(
                 weight, "weight", self.num_classes, "Pass one weight per class."
@@ -166,11 +217,17 @@ class LinearCrossEntropyLoss(nnx.Module):
         kernel, bias = self._kernel_and_bias()
         target = _validation.as_unconverted(target, "target")
         input = _validation.as_array(input, "input")
+        _validation.check_floating(input, "input")
+        if input.ndim == 0 or input.shape[-1] != self.in_features:
+            raise ValueError(
+                f"input must have shape (..., in_features) = (..., {self.in_features}); got "
+                f"{input.shape}."
+            )
         if self.dtype is not None:
             input = input.astype(self.dtype)
-        return linear_cross_entropy(
-            input, kernel, target, bias=bias,
-            weight=None if self.weight is None else self.weight[...],
+        return linear_loss(
+            input, kernel, target, torch_layout=False, names=("input", "kernel", "target"),
+            bias=bias, weight=None if self.weight is None else self.weight[...],
             ignore_index=resolve_ignore_index(self.ignore_index, target),
             reduction=self.reduction, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
             softcap=self.softcap, where=where, sample_weight=sample_weight, divisor=divisor,
@@ -194,6 +251,11 @@ class LinearCrossEntropyLoss(nnx.Module):
         the state it replaces. Raises KeyError naming missing or unexpected keys, ValueError
         naming a key whose shape differs.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"state_dict must be a mapping of names to tensors, as torch's "
+                f"module.state_dict() returns; got {type(state_dict).__name__}."
+            )
         shapes = self._torch_shapes()
         missing, unexpected = set(shapes) - set(state_dict), set(state_dict) - set(shapes)
         if missing or unexpected:
@@ -210,6 +272,10 @@ class LinearCrossEntropyLoss(nnx.Module):
                     f"state dict entry {key!r} has shape {values[key].shape}; this module "
                     f"needs {shape}."
                 )
+        if self.weight is not None:  # the constructor's rule for class weights
+            _validation.check_class_vector(
+                values["weight"], "state dict entry 'weight'", self.num_classes, ""
+            )
         kernel = self.linear.kernel
         kernel[...] = jnp.asarray(values["linear.weight"].T, kernel[...].dtype)
         if self.linear.bias is not None:

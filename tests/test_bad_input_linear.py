@@ -114,8 +114,41 @@ ERRORS = {
     "nnx-weight-shape": (lambda: head(weight=jnp.ones(4)), ValueError, ["weight", "(5,)", "(4,)"]),
     "nnx-bias-str": (lambda: head(bias="yes"), TypeError, ["bias", "'yes'"]),
     "nnx-probs-with-ignore-index": (lambda: head(ignore_index=0)(H(), PR()), ValueError, ["ignore_index=0", "probabilities"]),
-    "nnx-input-features": (lambda: head()(jnp.ones((4, 2)), Y()), ValueError, ["kernel", "(2, num_classes, ...)", "(3, 5)"]),
+    "nnx-input-features": (lambda: head()(jnp.ones((4, 2)), Y()), ValueError, ["input", "in_features", "(..., 3)", "(4, 2)"]),
+    "nnx-input-int": (lambda: head()(jnp.ones((4, 3), jnp.int32), Y()), TypeError, ["input", "int32"]),
+    "nnx-chunk-zero": (lambda: head(chunk_size=0), ValueError, ["chunk_size", "got 0"]),
+    "nnx-row-chunk-str": (lambda: head(row_chunk_size="8"), TypeError, ["row_chunk_size", "'8'"]),
+    "nnx-dtype-int": (lambda: head(dtype=jnp.int32), TypeError, ["dtype", "floating", "int32"]),
+    "nnx-dtype-unknown": (lambda: head(dtype="foo"), TypeError, ["dtype", "'foo'"]),
+    "nnx-param-dtype-float8": (lambda: head(param_dtype=jnp.float8_e4m3fn), TypeError, ["param_dtype", "16 or more bits"]),
+    "nnx-rngs-none": (lambda: LinearCrossEntropyLoss(3, 5, rngs=None), TypeError, ["rngs", "NoneType", "nnx.Rngs(0)"]),
+    "nnx-load-not-a-mapping": (lambda: head().load_torch_state_dict([("linear.weight", 1)]), TypeError, ["state_dict", "list", "state_dict()"]),
+    "nnx-load-weight-nan": (lambda: head(weight=jnp.ones(5)).load_torch_state_dict({"linear.weight": np.zeros((5, 3), np.float32), "weight": np.full(5, NAN, np.float32)}), ValueError, ["'weight'", "finite", "nan"]),
+    "nnx-load-complex": (lambda: head().load_torch_state_dict({"linear.weight": np.zeros((5, 3), np.complex64)}), TypeError, ["'linear.weight'", "floating", "complex64"]),
+    "nnx-load-str": (lambda: head().load_torch_state_dict({"linear.weight": "abc"}), TypeError, ["'linear.weight'", "floating", "str"]),
+    "nnx-load-torch-meta": (lambda: head().load_torch_state_dict({"linear.weight": _torch().empty(5, 3, device="meta")}), ValueError, ["'linear.weight'", "meta device"]),
+    "nnx-load-torch-sparse": (lambda: head().load_torch_state_dict({"linear.weight": _torch().zeros(5, 3).to_sparse()}), ValueError, ["'linear.weight'", "sparse", "to_dense()"]),
+    "nnx-load-torch-float8": (lambda: head().load_torch_state_dict({"linear.weight": _torch().zeros(5, 3).to(_torch().float8_e4m3fn)}), TypeError, ["'linear.weight'", "float8_e4m3fn", "value.float()"]),
+    # --- float options and dtypes the computation cannot hold
+    "lce-kernel-float8": (lambda: lce(kernel=K().astype(jnp.float8_e4m3fn)), TypeError, ["kernel", "float8_e4m3fn", "bfloat16"]),
+    "lce-probs-float8": (lambda: lce(labels=PR().astype(jnp.float8_e5m2)), TypeError, ["labels", "float8_e5m2"]),
+    "lce-softcap-beyond-float32": (lambda: lce(softcap=1e39), ValueError, ["softcap=1e+39", "float32", "3.4e+38"]),
+    "lce-softcap-below-float32-normal": (lambda: lce(softcap=1e-40), ValueError, ["softcap=1e-40", "1.18e-38"]),
+    "lce-divisor-float8": (lambda: lce(divisor=jnp.float8_e4m3fn(2)), TypeError, ["divisor", "float8_e4m3fn"]),
+    # --- mean_divisor: the losses' rules
+    "md-probs-ignore-index": (lambda: loss.mean_divisor(PR(), ignore_index=1), ValueError, ["ignore_index=1", "probabilities", "where="]),
+    "md-probs-weight-shape": (lambda: loss.mean_divisor(PR(), weight=jnp.array([NAN])), ValueError, ["weight", "(5,)", "(1,)"]),
+    "md-axis-float": (lambda: loss.mean_divisor(Y(), axis=1.5), TypeError, ["axis", "1.5"]),
+    "md-int64-label-beyond-int32": (lambda: loss.mean_divisor(np.array([0, 2**32 - 100])), ValueError, ["labels", "int32", "4294967196"]),
+    "md-negative-label": (lambda: loss.mean_divisor(jnp.array([0, -7])), ValueError, ["labels", "got -7"]),
+    "md-weight-float8": (lambda: loss.mean_divisor(Y(), weight=jnp.ones(5, jnp.float8_e5m2)), TypeError, ["weight", "float8_e5m2"]),
 }  # fmt: skip
+
+
+def _torch():
+    import torch  # only these rows need it
+
+    return torch
 
 
 @pytest.mark.parametrize("case", list(ERRORS), ids=list(ERRORS))
@@ -141,6 +174,11 @@ DOCUMENTED = {
     "lce-empty-batch-sum-zero": (lambda: (lce(hidden=jnp.zeros((0, 3)), labels=jnp.zeros(0, jnp.int32), reduction="sum"), jnp.float32(0)), "equal"),
     "md-probabilities-count": (lambda: (loss.mean_divisor(PR(), where=jnp.array([True, True, False, True])), jnp.float32(3)), "equal"),
     "md-ignore-2**40-matches-nothing": (lambda: (loss.mean_divisor(Y(), ignore_index=2**40), jnp.float32(4)), "equal"),
+    "md-int64-ignore-2**40-exact": (lambda: (loss.mean_divisor(np.array([0, 2**40]), ignore_index=2**40), jnp.float32(1)), "equal"),
+    "md-jit-label-out-of-range-nan": (lambda: jax.jit(lambda y: loss.mean_divisor(y, weight=jnp.ones(5)))(jnp.array([0, 7])), "nan"),
+    "md-jit-negative-label-nan": (lambda: jax.jit(loss.mean_divisor)(jnp.array([0, -7])), "nan"),
+    "lce-divisor-int-beyond-int32": (lambda: (lce(divisor=2**32 + 2), _sum() / float(2**32 + 2)), "equal"),
+    "lce-divisor-numpy-int64": (lambda: (lce(divisor=np.int64(2**40)), _sum() / float(2**40)), "equal"),
     "tlce-ignore-none-is-minus-100": (lambda: (tlce(target=jnp.array([0, -100, 2, 4])), lce(labels=jnp.array([0, -100, 2, 4]))), "equal"),
     "tlce-unbatched-probs": (lambda: (tlce(input=H()[0], target=PR()[0]), tlce(input=H()[:1], target=PR()[:1])), "equal"),
     "nnx-ignore-none-indices": (lambda: (head()(H(), jnp.array([0, -100, 2, 4])), head()(H(), jnp.array([0, 2, 4]).take(jnp.array([0, 0, 1, 2])), where=jnp.array([True, False, True, True]))), "equal"),

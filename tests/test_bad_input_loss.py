@@ -156,6 +156,15 @@ ERRORS = {
     "ce-softcap-nan": (lambda: ce(softcap=NAN), ValueError, ["softcap", "got nan"]),
     "ce-softcap-bool": (lambda: ce(softcap=True), TypeError, ["softcap", "True"]),
     "ce-softcap-str": (lambda: ce(softcap="30"), TypeError, ["softcap", "'30'"]),
+    "ce-softcap-beyond-float32": (lambda: ce(softcap=1e39), ValueError, ["softcap=1e+39", "does not fit float32", "3.4e+38"]),
+    "ce-softcap-below-float32-normal": (lambda: ce(softcap=1e-40), ValueError, ["softcap=1e-40", "float32", "1.18e-38"]),
+    "ce-z-loss-beyond-float32": (lambda: ce(z_loss=1e39), ValueError, ["z_loss=1e+39", "float32"]),
+    "ce-smoothing-int-beyond-float": (lambda: ce(label_smoothing=10**400), ValueError, ["label_smoothing must be in [0.0, 1.0]", "got inf"]),
+    "sce-softcap-beyond-float32": (lambda: sce(softcap=1e39), ValueError, ["softcap=1e+39", "float32"]),
+    "ce-logits-float8": (lambda: ce(logits=L().astype(jnp.float8_e4m3fn)), TypeError, ["logits", "float8_e4m3fn", "8-bit and 4-bit", "astype(jnp.bfloat16)"]),
+    "ce-logits-float4": (lambda: ce(logits=L().astype(jnp.float4_e2m1fn)), TypeError, ["logits", "float4_e2m1fn"]),
+    "ce-probs-float8": (lambda: ce(labels=PR().astype(jnp.float8_e5m2)), TypeError, ["labels", "float8_e5m2"]),
+    "ce-weight-float8": (lambda: ce(weight=jnp.ones(3, jnp.float8_e4m3fn)), TypeError, ["weight", "float8_e4m3fn"]),
     # --- cross_entropy: where, num_classes, flags
     "ce-where-float": (lambda: ce(where=jnp.ones(4)), TypeError, ["where", "float32", "astype(bool)"]),
     "ce-where-int": (lambda: ce(where=np.ones(4, np.int64)), TypeError, ["where", "int"]),
@@ -318,3 +327,10 @@ DOCUMENTED = {
 @pytest.mark.parametrize("case", list(DOCUMENTED), ids=list(DOCUMENTED))
 def test_documented_behaviour(case):
     assert_documented(*DOCUMENTED[case], context=case)
+
+
+@pytest.mark.skipif(np.dtype(np.longdouble).itemsize <= 8, reason="long double is float64 here")
+def test_long_double_logits_are_refused_naming_the_dtype():
+    logits = np.zeros((4, 3), np.longdouble)
+    words = ["logits", str(logits.dtype), "JAX does not support", "astype(np.float32)"]
+    assert_raises_with_words(lambda: ce(logits=logits), TypeError, words)
