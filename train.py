@@ -20,7 +20,7 @@ import types
 import typing
 from typing import Any, NoReturn
 
-from training import Config, ConfigError, LaunchError, TrainingError
+from training import Config, ConfigError, Interrupted, LaunchError, TrainingError
 
 PROG = "train.py"
 _FIELDS = {field.name: field for field in dataclasses.fields(Config)}
@@ -89,10 +89,26 @@ def parse_args(argv: list[str] | None = None) -> Config:
     values = {
         k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()
     }
+    _check_environment(parser)
     try:
         return Config(**values)
     except ConfigError as err:
         parser.error(err.render(flag))
+
+
+def _check_environment(parser: argparse.ArgumentParser) -> None:
+    """The environment settings of JAX the README names, checked before JAX reads them."""
+    devices = os.environ.get("JAX_NUM_CPU_DEVICES")
+    if devices is not None and devices.strip() not in ("", "-1"):
+        try:
+            ok = int(devices) >= 1
+        except ValueError:
+            ok = False
+        if not ok:
+            parser.error(
+                f"JAX_NUM_CPU_DEVICES must be a positive integer (the number of CPU devices), "
+                f"got {devices!r}"
+            )
 
 
 def _report(error: TrainingError) -> None:
@@ -130,10 +146,15 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     try:
         train(config, name=flag, on_join_timeout=_end_on_join_timeout)
+    except Interrupted as err:
+        _fail(err, 130)
     except ConfigError as err:
         _fail(err, 2)
     except TrainingError as err:
         _fail(err, 1)
+    except KeyboardInterrupt:  # before the run directory was opened (joining the processes)
+        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

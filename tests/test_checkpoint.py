@@ -115,6 +115,20 @@ _BAD_COMMITS = [
 ]
 
 
+def _commit_listing_nothing(out: Path):
+    # A hand-edited commit record whose file list is empty: nothing on disk is vouched for.
+    (out / "checkpoints/step_00000020.commit.json").write_text(
+        '{"format": 1, "step": 20, "files": {}}'
+    )
+    return "lists no file"
+
+
+def _unlisted_file(out: Path):
+    # A file the commit record does not list: written after the commit, or planted.
+    (out / "checkpoints/step_00000020/state/extra").write_bytes(b"x")
+    return "file state/extra is not in its commit file"
+
+
 def _killed_in_orbax_write(out: Path):
     # What Orbax leaves when the write dies before its rename: only a temporary directory.
     ckpt = out / "checkpoints"
@@ -131,6 +145,8 @@ def _killed_in_orbax_write(out: Path):
         _flip_byte,
         _drop_commit,
         *_BAD_COMMITS,
+        _commit_listing_nothing,
+        _unlisted_file,
         _killed_in_orbax_write,
     ],
     ids=lambda f: f.__name__.strip("_"),

@@ -108,6 +108,8 @@ USAGE = [
     (["--lr", "inf"], "--lr must be a positive, finite number, got inf"),
     (["--lr", "0"], "--lr must be a positive, finite number, got 0.0"),
     (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+    (["--lr", "1e308"], "--lr must fit float32, the parameters' dtype (from 1.18e-38 to 3.4e+38)"),
+    (["--lr", "1e-300"], "--lr must fit float32"),
     (["--hidden", "-5"], "--hidden needs positive integer widths, got -5"),
     (["--hidden", "0"], "--hidden needs positive integer widths, got 0"),
     (["--hidden", "128", "0"], "--hidden needs positive integer widths, got 128 0"),
@@ -347,7 +349,7 @@ def test_a_failed_start_leaves_no_new_directory_and_keeps_the_users(
     mine = tmp_path / "mine"
     mine.mkdir()
     assert run(["--data-dir", tiny, "--out", "mine", "--batch-size", "1000"], capsys)[0] == 2
-    assert sorted(p.name for p in mine.iterdir()) == [".lock"]  # nothing that refuses a rerun
+    assert sorted(p.name for p in mine.iterdir()) == []  # as it was: not even the lock file
 
 
 def test_a_failed_start_leaves_an_out_the_next_run_accepts(tiny, tmp_path, capsys):
@@ -529,13 +531,23 @@ def test_out_in_use_by_another_process_then_free_when_it_dies(tiny, tmp_path, ca
     assert json.loads((out / ".lock").read_text())["pid"] == os.getpid()
 
 
-def test_out_holding_other_files_is_not_used(tmp_path, capsys, no_data_loading):
+@pytest.mark.parametrize("resume", [[], ["--resume"]], ids=["new-run", "resume"])
+def test_out_holding_other_files_is_not_used(tmp_path, capsys, no_data_loading, resume):
     (tmp_path / "notes.txt").write_text("keep me")
-    status, _, err = run(["--out", tmp_path], capsys)
+    status, _, err = run(["--out", tmp_path, *resume], capsys)
     assert status == 1
-    assert error_line(err).startswith(
-        f"--out {tmp_path} already holds other files (notes.txt). Pass --resume"
-    )
+    if resume:
+        assert error_line(err).startswith(
+            f"--out {tmp_path} holds no run to resume, but other files (notes.txt); choose "
+            "another --out"
+        )
+    else:
+        assert error_line(err).startswith(
+            f"--out {tmp_path} already holds other files (notes.txt) and no run. Choose "
+            "another --out (a new or empty directory), or pass --overwrite"
+        )
+    # refused: the directory is as it was, without the lock file this run made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_leftovers_of_a_run_killed_in_its_first_checkpoint_are_cleared(tiny, tmp_path, capsys):
@@ -566,7 +578,10 @@ def test_refuses_to_clobber_without_flag(tmp_path):
     assert "Pass --resume" in error.value.render(train.flag)
     RunDir.open(tmp_path, resume=True, overwrite=False).release()
     assert latest_good(tmp_path)[0] == 1
-    RunDir.open(tmp_path, resume=False, overwrite=True, log=lambda message: None).release()
+    run_dir = RunDir.open(tmp_path, resume=False, overwrite=True, log=lambda message: None)
+    assert latest_good(tmp_path)[0] == 1  # kept until the new run is sure to start
+    run_dir.clear_earlier_run(log=lambda message: None)
+    run_dir.release()
     assert latest_good(tmp_path) is None
 
 

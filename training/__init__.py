@@ -3,7 +3,8 @@
 Public names (everything else is private to the package):
 
 - settings and errors: `Config`, `TrainingError` and its kinds (`ConfigError`, `DataError`,
-  `RunDirError`, `ResumeError`, `NonFiniteLossError`, `LaunchError`)
+  `RunDirError`, `ResumeError`, `NonFiniteLossError`, `LaunchError`, `WriteError`,
+  `Interrupted`)
 - data: `Dataset`, `ChecksumWarning`, `load_idx_dir`, `load_tfds`
 - model: `MLP`
 - loop: `Trainer`, `TrainState`, `DeviceData`, `put_dataset`, `make_loss`
@@ -17,11 +18,13 @@ from training._dataset import DATASETS, Dataset
 from training._errors import (
     ConfigError,
     DataError,
+    Interrupted,
     LaunchError,
     NonFiniteLossError,
     ResumeError,
     RunDirError,
     TrainingError,
+    WriteError,
 )
 from training._idx import ChecksumWarning, load_idx_dir
 from training._tfds import load_tfds
@@ -60,6 +63,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "DeviceData",
+    "Interrupted",
     "LaunchError",
     "NonFiniteLossError",
     "ResumeError",
@@ -67,6 +71,7 @@ __all__ = [
     "TrainState",
     "Trainer",
     "TrainingError",
+    "WriteError",
     "load_idx_dir",
     "load_tfds",
     "make_loss",

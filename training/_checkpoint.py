@@ -94,6 +94,12 @@ def verify(directory: str | os.PathLike) -> str | None:
         return f"commit file {commit.name} is unreadable or not a commit record ({err!r})"
     if not directory.is_dir():
         return "its directory is missing"
+    if not expected:
+        return f"commit file {commit.name} lists no file"
+    on_disk = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
+    unlisted = sorted(on_disk - set(expected))
+    if unlisted:
+        return f"file {unlisted[0]} is not in its commit file ({len(unlisted)} such file(s))"
     for name, (size, digest) in expected.items():
         path = directory / name
         if not path.is_file():

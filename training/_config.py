@@ -118,7 +118,7 @@ class Config:
         if self.chunks is not None:
             check_int("chunks", self.chunks, low=1)
         check_int("seed", self.seed, low=0, high=SEED_LIMIT - 1, why=_SEED_BITS)
-        check_positive("learning_rate", self.learning_rate)
+        check_positive("learning_rate", self.learning_rate, float32=True)
         check_positive("coordinator_timeout", self.coordinator_timeout)
         check_hidden(self.hidden)
         check_dataset_name(self.dataset)

@@ -79,15 +79,15 @@ def check_batch_size(
     if batch_size < 1 or batch_size % num_devices:
         lower = max(num_devices, batch_size // num_devices * num_devices)
         upper = (batch_size // num_devices + 1) * num_devices
+        sizes = sorted({lower, upper})  # one size when the batch is below the device count
         raise BatchSizeError(
             "{@batch_size} {got} does not split evenly over {devices} devices{hosts}: the global "
             "batch is divided equally between devices. Use a multiple of {devices}, e.g. "
-            "{@batch_size} {lower} or {@batch_size} {upper}.",
+            + " or ".join("{@batch_size} " + str(size) for size in sizes)
+            + ".",
             got=batch_size,
             devices=num_devices,
             hosts=f" on {num_processes} processes" if num_processes > 1 else "",
-            lower=lower,
-            upper=upper,
         )
     largest = None if num_train is None else -(-num_train // num_devices) * num_devices
     if largest is not None and batch_size > largest:

@@ -68,6 +68,34 @@ class LaunchError(TrainingError, RuntimeError):
     """This process cannot join the other processes of the run."""
 
 
+class WriteError(TrainingError, OSError):
+    """A checkpoint or report could not be written (a full disk, a failing filesystem)."""
+
+
+class Interrupted(TrainingError):
+    """The run was interrupted (Ctrl-C, SIGINT); its last committed checkpoint is kept."""
+
+
+_OS_WORDS = (
+    "No space left on device",
+    "Disk quota exceeded",
+    "Read-only file system",
+    "Permission denied",
+    "Input/output error",
+)
+
+
+def write_failure(err: BaseException) -> str:
+    """One line saying why a write failed: the OS's words where the error carries them (Orbax
+    wraps them in long messages of its own), else the error's first line."""
+    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    for words in _OS_WORDS:
+        if words in text:
+            return words
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:200]
+
+
 def check_int(name: str, value: Any, *, low: int, high: int | None = None, why: str = "") -> None:
     """Raises ConfigError unless setting ``name`` is an integer in ``[low, high]``; ``why``
     (the reason for the bounds) is added to the message."""
@@ -93,9 +121,22 @@ def _check_number(name: str, value: Any, accept, what: str) -> None:
         raise ConfigError("{@" + name + "} must be " + what + ", got {got!r}", got=value)
 
 
-def check_positive(name: str, value: Any) -> None:
-    """Raises ConfigError unless setting ``name`` is a positive, finite number."""
+_FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32
+
+
+def check_positive(name: str, value: Any, *, float32: bool = False) -> None:
+    """Raises ConfigError unless setting ``name`` is a positive, finite number (with
+    ``float32``, one float32 holds as a positive normal number: a learning rate)."""
     _check_number(name, value, lambda v: v > 0, "a positive, finite number")
+    if float32 and not _FLOAT32_TINY <= value <= _FLOAT32_MAX:
+        raise ConfigError(
+            "{@" + name + "} must fit float32, the parameters' dtype (from {low:.3g} to "
+            "{high:.3g}), got {got!r}",
+            low=_FLOAT32_TINY,
+            high=_FLOAT32_MAX,
+            got=value,
+        )
 
 
 def check_fraction(name: str, value: Any) -> None:

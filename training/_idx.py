@@ -113,9 +113,11 @@ def load_idx_dir(
         Debian's repacked Fashion-MNIST or the mnist-mini subset), naming both checksums.
     """
     check_dataset_name(dataset)
-    root = Path(data_dir)
+    root = Path(data_dir).expanduser()
     if not root.is_dir():
         problem = "it is a file" if root.exists() else "it does not exist"
+        if root.is_symlink() and not root.exists():
+            problem = "a symbolic link to nothing, or a loop of them"
         raise DataError(
             "{@data_dir} {root} is not a directory ({problem})", root=root, problem=problem
         )
@@ -162,8 +164,17 @@ def _find(root: Path, dataset: str, stem: str) -> Path:
     folders = [root, root / "raw", root / _TORCHVISION_FOLDER[dataset] / "raw"]
     for folder in folders:
         for name in (f"{stem}.gz", stem):
-            if (folder / name).is_file():
-                return folder / name
+            try:
+                if (folder / name).is_file():
+                    return folder / name
+            except OSError as err:  # a folder that cannot be searched (permissions, a loop)
+                raise DataError(
+                    "{@data_dir}: {folder} cannot be searched for {stem}[.gz] ({reason}); check "
+                    "that the directory is readable",
+                    folder=folder,
+                    stem=stem,
+                    reason=err.strerror or err,
+                ) from None
     raise DataError(
         "{stem}[.gz] not found in {folders}. {@data_dir} must hold the four {name} IDX files "
         "({wanted}), gzipped or not.",

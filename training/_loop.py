@@ -240,7 +240,7 @@ class Trainer:
             num_processes=jax.process_count(),
             num_train=num_train,
         )
-        check_positive("learning_rate", learning_rate)
+        check_positive("learning_rate", learning_rate, float32=True)
         self.hidden = tuple(hidden)
         self.batch_size = batch_size
         self.num_train = num_train

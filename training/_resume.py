@@ -25,7 +25,7 @@ import numpy as np
 
 from training import _checkpoint, _distributed
 from training._checkpoint import RunCheckpoints
-from training._errors import NonFiniteLossError, ResumeError
+from training._errors import NonFiniteLossError, ResumeError, WriteError, write_failure
 from training._rundir import RUN_FILES
 
 # Settings a resumed run must share with the checkpoint; the others (epochs, chunks, paths,
@@ -226,7 +226,22 @@ class RunCheckpointing:
             "config": self.config.as_dict(),
             "history": self.history,
         }
-        self.last_saved = str(self.store.save(step, state, meta))
+        try:
+            self.last_saved = str(self.store.save(step, state, meta))
+        except Exception as err:  # a full disk, a failing filesystem: Orbax's errors vary
+            kept = (
+                f"the last good checkpoint is {self.last_saved}"
+                if self.last_saved
+                else "no checkpoint was written before it"
+            )
+            raise WriteError(
+                "writing the checkpoint of global step {step} to {root} failed ({reason}); "
+                "{kept}. Free space or fix the filesystem, then rerun with {@resume}.",
+                step=step,
+                root=self.store.root,
+                reason=write_failure(err),
+                kept=kept,
+            ) from None
 
     def _stop(self, losses: np.ndarray, epoch: int) -> None:
         bad = int(np.argmin(np.isfinite(losses)))

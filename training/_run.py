@@ -21,10 +21,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from training._checkpoint import has_committed
 from training._config import Config
 from training._dataset import DATASETS, Dataset
 from training._distributed import barrier, is_primary, on_primary
-from training._errors import LaunchError
+from training._errors import Interrupted, LaunchError, WriteError, write_failure
 from training._idx import ChecksumWarning, load_idx_dir
 from training._launch import join, resolve_launch
 from training._loop import DeviceData, Trainer, TrainState, put_dataset
@@ -71,36 +72,47 @@ def train(
     launch = resolve_launch(config.coordinator_address, config.num_processes, config.process_id)
     join(launch, timeout_s=config.coordinator_timeout, log=log, on_timeout=on_join_timeout)
     log = log if is_primary() else _quiet
-    with open_run_dir(config, log=log) as out:
-        dataset = load_data(config, log=log, name=name)
-        # Named once the data has loaded: a run refused for its data removes the directory it
-        # made, so it is never announced.
-        log(f"run directory {out}; {describe_backend()}")
-        trainer = make_trainer(config, dataset)
-        data = put_dataset(dataset, trainer.mesh)
-        checkpointing = RunCheckpointing(
-            config,
-            out=out,
-            steps_per_epoch=trainer.steps_per_epoch,
-            data=data_record(dataset),
-            log=log,
+    with open_run_dir(config, log=log) as (out, start):
+        try:
+            return _steps(config, out, start, log=log, name=name)
+        except KeyboardInterrupt:
+            if has_committed(out):
+                kept = "its committed checkpoints are kept: rerun with {@resume} to continue"
+            else:
+                kept = "no checkpoint was committed: rerun the command to start again"
+            raise Interrupted("interrupted; run directory {out}: " + kept, out=out) from None
+
+
+def _steps(config: Config, out: Path, start: Callable[[], None], *, log: Log, name) -> dict:
+    """The steps of a run in its opened directory ``out`` (see `train`)."""
+    dataset = load_data(config, log=log, name=name)
+    # Named once the data has loaded: a run refused for its data removes the directory it
+    # made, so it is never announced.
+    log(f"run directory {out}; {describe_backend()}")
+    trainer = make_trainer(config, dataset)
+    start()  # the run will start: only now does --overwrite delete the earlier one
+    data = put_dataset(dataset, trainer.mesh)
+    checkpointing = RunCheckpointing(
+        config,
+        out=out,
+        steps_per_epoch=trainer.steps_per_epoch,
+        data=data_record(dataset),
+        log=log,
+    )
+    state, first_epoch, first_step, done = checkpointing.restore(trainer.init_state(config.seed))
+    compile_seconds = trainer.compile(state, data)
+    barrier("compiled")  # processes start stepping together, however long each compiled
+    log(
+        f"{trainer.steps_per_epoch} steps of {config.batch_size} per epoch; compiled in "
+        f"{compile_seconds:.2f} s"
+    )
+    history = History(**done) if done else History()
+    for epoch in range(first_epoch, config.epochs):
+        state = train_and_evaluate(
+            trainer, state, data, config, checkpointing, history, epoch, first_step, log
         )
-        state, first_epoch, first_step, done = checkpointing.restore(
-            trainer.init_state(config.seed)
-        )
-        compile_seconds = trainer.compile(state, data)
-        barrier("compiled")  # processes start stepping together, however long each compiled
-        log(
-            f"{trainer.steps_per_epoch} steps of {config.batch_size} per epoch; compiled in "
-            f"{compile_seconds:.2f} s"
-        )
-        history = History(**done) if done else History()
-        for epoch in range(first_epoch, config.epochs):
-            state = train_and_evaluate(
-                trainer, state, data, config, checkpointing, history, epoch, first_step, log
-            )
-            first_step = 0
-        return write_report(out, config, dataset, trainer, history, compile_seconds, log=log)
+        first_step = 0
+    return write_report(out, config, dataset, trainer, history, compile_seconds, log=log)
 
 
 def _quiet(message: str) -> None:
@@ -108,11 +120,12 @@ def _quiet(message: str) -> None:
 
 
 @contextlib.contextmanager
-def open_run_dir(config: Config, *, log: Log) -> Iterator[Path]:
+def open_run_dir(config: Config, *, log: Log) -> Iterator[tuple[Path, Callable[[], None]]]:
     """The run directory, opened and locked by process 0 (`RunDir.open`) for the block.
 
     Every process gets process 0's absolute path (the default name holds a timestamp), or its
-    error.
+    error, and ``start``: called once the run is sure to start, it deletes the earlier run
+    ``--overwrite`` replaces (process 0) and waits for every process.
     """
     opened: list[RunDir] = []
 
@@ -123,8 +136,14 @@ def open_run_dir(config: Config, *, log: Log) -> Iterator[Path]:
         return str(opened[0].path)
 
     path = Path(on_primary(on_process_0))
+
+    def start() -> None:
+        for run_dir in opened:
+            run_dir.clear_earlier_run(log)
+        barrier("run directory ready")
+
     try:
-        yield path
+        yield path, start
     except BaseException:
         for run_dir in opened:  # a run that failed before writing anything leaves no trace
             run_dir.discard_if_unused()
@@ -339,9 +358,20 @@ def write_report(
         "versions": versions(),
     }
     if is_primary():
-        write_metrics(out / "metrics.json", metrics)
         title = f"{DATASETS[config.dataset]} MLP {config.hidden}"
-        plot_curves(out / "curves.png", history, title=title)
+        for name, write in (
+            ("metrics.json", lambda path: write_metrics(path, metrics)),
+            ("curves.png", lambda path: plot_curves(path, history, title=title)),
+        ):
+            try:
+                write(out / name)
+            except OSError as err:
+                raise WriteError(
+                    "writing {path} failed ({reason}); the run's checkpoints are complete: "
+                    "free space or fix the filesystem, then rerun with {@resume} to write it.",
+                    path=out / name,
+                    reason=write_failure(err),
+                ) from None
         log(
             f"final test accuracy {100 * history.test_accuracy[-1]:.2f}%; wrote "
             f"{out / 'metrics.json'} and {out / 'curves.png'}"

@@ -48,12 +48,21 @@ class RunDir:
       path: the absolute directory.
     """
 
-    def __init__(self, path: Path, lock_fd: int | None = None, *, created: Path | None = None):
+    def __init__(
+        self,
+        path: Path,
+        lock_fd: int | None = None,
+        *,
+        created: Path | None = None,
+        own_lock_file: bool = False,
+    ):
         self.path = path
         self._lock_fd = lock_fd
         # The highest directory this process made for the run: ``path`` itself, one of its
         # parents (``runs/`` on a first run, or a new ``--out``'s new parents), or None.
         self._created = created
+        self._own_lock_file = own_lock_file  # the lock file is this process's: no run had one
+        self._earlier: list[str] = []  # an earlier run's entries --overwrite is to delete
 
     @classmethod
     def open(
@@ -78,30 +87,48 @@ class RunDir:
             or it holds a run and neither ``resume`` nor ``overwrite`` is given.
         """
         if out is None:
-            parent = _missing_top(Path(DEFAULT_PARENT).resolve())  # default_out makes it
+            parent = _missing_top(_resolve(DEFAULT_PARENT))  # default_out makes it
             path = default_out().resolve()
             created = parent or path
         else:
-            path = Path(out).expanduser().resolve()
+            path = _resolve(out)
             created = _missing_top(path)
-        run_dir = cls(_make_dir(path), _lock(path), created=created)
+        _make_dir(path)
+        own_lock_file = not (path / LOCK_FILE).exists()
+        run_dir = cls(path, _lock(path), created=created, own_lock_file=own_lock_file)
         try:
             run_dir._guard(resume=resume, overwrite=overwrite, log=log)
         except BaseException:
-            run_dir.release()
+            run_dir.discard_if_unused()
             raise
         return run_dir
+
+    def clear_earlier_run(self, log: Callable[[str], None]) -> None:
+        """Deletes the earlier run ``overwrite`` found: called once the new run is sure to start
+        (its data loaded, its settings checked), so a refused run never costs the earlier one."""
+        for name in self._earlier:
+            _delete(self.path / name)
+        if self._earlier:
+            log(
+                f"deleted the earlier run in {self.path} ({', '.join(self._earlier)}) to start over"
+            )
+        self._earlier = []
 
     def _guard(self, *, resume: bool, overwrite: bool, log: Callable[[str], None]) -> None:
         entries = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
         committed = has_committed(self.path)
         if overwrite:
-            removed = [n for n in entries if n in (CHECKPOINT_DIR, *RUN_FILES)]
-            for name in removed:
-                _delete(self.path / name)
-            if removed:
-                log(f"deleted the earlier run in {self.path} ({', '.join(removed)}) to start over")
+            self._earlier = [n for n in entries if n in (CHECKPOINT_DIR, *RUN_FILES)]
             return
+        run = committed or bool(set(entries) & set(RUN_FILES))
+        others = [n for n in entries if n not in (CHECKPOINT_DIR, *RUN_FILES)]
+        if resume and not run and others:
+            raise RunDirError(
+                "{@out} {path} holds no run to resume, but other files ({entries}); choose "
+                "another {@out} (a new or empty directory) for a new run.",
+                path=self.path,
+                entries=", ".join(others),
+            )
         if resume or not entries:
             return
         if entries == [CHECKPOINT_DIR] and not committed:
@@ -112,13 +139,19 @@ class RunDir:
                 "writes of an interrupted run"
             )
             return
-        kind = "a run" if committed or set(entries) & set(RUN_FILES) else "other files"
+        if not run:
+            raise RunDirError(
+                "{@out} {path} already holds other files ({entries}) and no run. Choose "
+                "another {@out} (a new or empty directory), or pass {@overwrite} to write this "
+                "run beside them.",
+                path=self.path,
+                entries=", ".join(entries),
+            )
         raise RunDirError(
-            "{@out} {path} already holds {kind} ({entries}). Pass {@resume} to continue it "
+            "{@out} {path} already holds a run ({entries}). Pass {@resume} to continue it "
             "from its latest good checkpoint, {@overwrite} to delete its checkpoints and "
             "metrics and start over, or choose another {@out}.",
             path=self.path,
-            kind=kind,
             entries=", ".join(entries),
         )
 
@@ -131,9 +164,15 @@ class RunDir:
     def discard_if_unused(self) -> None:
         """Releases the lock and, if this process made the directory and nothing but the lock
         was written into it (a run that failed before its first output), removes it, and the
-        parents this process made for it while they are empty."""
+        parents this process made for it while they are empty. In a directory that existed,
+        a lock file this process made is removed (the directory is left as it was)."""
         self.release()
-        if self._created is None or [p.name for p in self.path.iterdir()] != [LOCK_FILE]:
+        if self._created is None:
+            if self._own_lock_file:
+                with contextlib.suppress(OSError):
+                    (self.path / LOCK_FILE).unlink()
+            return
+        if [p.name for p in self.path.iterdir()] != [LOCK_FILE]:
             return
         _delete(self.path / LOCK_FILE)
         with contextlib.suppress(OSError):  # not empty (another run's, a user's file): kept
@@ -147,6 +186,18 @@ class RunDir:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _resolve(out: str | os.PathLike) -> Path:
+    """``out`` as an absolute path, ``~`` expanded, symbolic links followed."""
+    try:
+        return Path(out).expanduser().resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop (RuntimeError before Python 3.13)
+        raise RunDirError(
+            "{@out} {path} cannot be resolved ({reason}); choose another {@out}",
+            path=out,
+            reason=getattr(err, "strerror", None) or err,
+        ) from None
 
 
 def _missing_top(path: Path) -> Path | None:
@@ -189,7 +240,16 @@ def _make_dir(path: Path) -> Path:
 def _lock(path: Path) -> int | None:
     """Takes ``path/.lock`` for this process, or raises naming the run that holds it."""
     lock = path / LOCK_FILE
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise RunDirError(
+            "{@out} {path}: its lock file {lock} cannot be opened ({reason}); remove it or "
+            "choose another {@out}",
+            path=path,
+            lock=lock,
+            reason=err.strerror or err,
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

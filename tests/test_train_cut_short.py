@@ -1,0 +1,195 @@
+"""train.py when a run is cut short: a refused --overwrite, Ctrl-C, a full disk, a bad --out.
+
+Each case runs ``train.main`` in this process, as tests/test_train_cli.py does (its helpers and
+fixtures), and checks the exit status, the one ``train.py: error:`` line and what the run
+directory holds afterwards. A fault is injected by replacing one function of the run with one
+that raises what the fault raises: ``KeyboardInterrupt`` (Ctrl-C), ``OSError`` ENOSPC, or the
+error Orbax wraps around it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import train as train_py
+import training._run
+from tests import test_train_cli as cli
+from tests.test_train_cli import RESUME, TINY, _snapshot, error_line, run
+from training import _idx
+from training._checkpoint import RunCheckpoints
+
+# test_train_cli's fixtures: the tiny dataset, a finished run, no launcher, no data loading
+tiny, finished, no_launcher, no_data_loading = (
+    cli.tiny,
+    cli.finished,
+    cli.no_launcher,
+    cli.no_data_loading,
+)
+
+ORBAX_FULL_DISK = (
+    'RESOURCE_EXHAUSTED: Error writing "opt_state.0.count/0" in OCDBT database at local file '
+    '"/x/checkpoints/step_00000008.orbax-checkpoint-tmp/state/": [OS error 28: No space left on '
+    "device]"
+)
+
+
+# -- --overwrite deletes the earlier run only once the new one is sure to start ---------------
+
+
+@pytest.mark.parametrize(
+    "flags, status",
+    [
+        (["--data-dir", "/nonexistent/jaxce-data", *TINY], 1),
+        (["--batch-size", "100000", "--epochs", "1"], 2),  # refused once the data has loaded
+    ],
+    ids=["missing-data", "batch-larger-than-the-data"],
+)
+def test_a_refused_overwrite_keeps_the_earlier_run(finished, tiny, tmp_path, capsys, flags, status):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    before = _snapshot(out)
+    flags = flags if "--data-dir" in flags else ["--data-dir", tiny, *flags]
+    code, stdout, err = run(["--out", out, "--overwrite", *flags], capsys)
+    assert code == status, err
+    assert "deleted the earlier run" not in stdout + err and "Traceback" not in err
+    assert _snapshot(out) == before
+
+
+# -- Ctrl-C: one line, and --resume continues ------------------------------------------------
+
+
+def _interrupt_at_epoch(monkeypatch, epoch: int) -> None:
+    real = training._run.train_and_evaluate
+
+    def interrupted(trainer, state, data, config, checkpointing, history, at, *rest):
+        if at == epoch:
+            raise KeyboardInterrupt
+        return real(trainer, state, data, config, checkpointing, history, at, *rest)
+
+    monkeypatch.setattr(training._run, "train_and_evaluate", interrupted)
+
+
+def test_ctrl_c_after_a_checkpoint_says_resume_and_resume_finishes(
+    tiny, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _interrupt_at_epoch(patch, 1)
+        status, _, err = run(["--data-dir", tiny, "--out", out, *RESUME], capsys)
+    assert status == 130 and "Traceback" not in err
+    assert error_line(err) == (
+        f"interrupted; run directory {out}: its committed checkpoints are kept: rerun with "
+        "--resume to continue"
+    )
+    status, stdout, err = run(["--data-dir", tiny, "--out", out, "--resume", *RESUME], capsys)
+    assert status == 0, err
+    assert "resuming from" in stdout
+    assert len(json.loads((out / "metrics.json").read_text())["test_accuracy"]) == 2
+
+
+def test_ctrl_c_before_any_checkpoint_says_start_again(tiny, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    _interrupt_at_epoch(monkeypatch, 0)
+    status, _, err = run(["--data-dir", tiny, "--out", out, *TINY], capsys)
+    assert status == 130 and "Traceback" not in err
+    assert error_line(err) == (
+        f"interrupted; run directory {out}: no checkpoint was committed: rerun the command to "
+        "start again"
+    )
+
+
+# -- a full disk: one line naming what failed and what is kept --------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ValueError(ORBAX_FULL_DISK), OSError(errno.ENOSPC, "No space left on device")],
+    ids=["orbax", "os"],
+)
+def test_a_full_disk_at_a_checkpoint_is_one_line(tiny, tmp_path, capsys, monkeypatch, error):
+    def full(self, step, state, meta):
+        raise error
+
+    monkeypatch.setattr(RunCheckpoints, "save", full)
+    out = tmp_path / "run"
+    status, _, err = run(["--data-dir", tiny, "--out", out, *TINY], capsys)
+    assert status == 1 and "Traceback" not in err
+    assert error_line(err) == (
+        f"writing the checkpoint of global step 8 to {out / 'checkpoints'} failed (No space "
+        "left on device); no checkpoint was written before it. Free space or fix the "
+        "filesystem, then rerun with --resume."
+    )
+
+
+def test_a_full_disk_at_the_report_is_one_line_and_resume_writes_it(
+    tiny, tmp_path, capsys, monkeypatch
+):
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(training._run, "plot_curves", full)
+        status, _, err = run(["--data-dir", tiny, "--out", out, *TINY], capsys)
+    assert status == 1 and "Traceback" not in err
+    assert error_line(err) == (
+        f"writing {out / 'curves.png'} failed (No space left on device); the run's checkpoints "
+        "are complete: free space or fix the filesystem, then rerun with --resume to write it."
+    )
+    status, _, err = run(["--data-dir", tiny, "--out", out, "--resume", *TINY], capsys)
+    assert status == 0, err
+    assert (out / "curves.png").is_file()
+
+
+# -- --out and --data-dir that cannot be used -------------------------------------------------
+
+
+def test_out_in_a_symlink_loop(tmp_path, capsys, no_data_loading):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    status, _, err = run(["--out", tmp_path / "a"], capsys)
+    assert status == 1 and "Traceback" not in err
+    assert error_line(err).startswith(f"--out {tmp_path / 'a'} cannot be resolved (")
+
+
+def test_out_whose_lock_file_is_a_directory(tmp_path, capsys, no_data_loading):
+    (tmp_path / ".lock").mkdir()
+    status, _, err = run(["--out", tmp_path], capsys)
+    assert status == 1 and "Traceback" not in err
+    assert error_line(err).startswith(
+        f"--out {tmp_path}: its lock file {tmp_path / '.lock'} cannot be opened (Is a directory)"
+    )
+
+
+def test_data_dir_that_cannot_be_searched(tiny, tmp_path, capsys, monkeypatch):
+    real = Path.is_file
+
+    def is_file(path):
+        if path.parent == tiny:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(_idx.Path, "is_file", is_file)
+    status, _, err = run(["--data-dir", tiny, "--out", tmp_path / "run", *TINY], capsys)
+    assert status == 1 and "Traceback" not in err
+    assert error_line(err) == (
+        f"--data-dir: {tiny} cannot be searched for train-images-idx3-ubyte[.gz] (Permission "
+        "denied); check that the directory is readable"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2"])
+def test_a_bad_jax_num_cpu_devices_is_a_usage_error(value, capsys, monkeypatch):
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", value)
+    monkeypatch.setattr(train_py, "train", lambda *a, **k: pytest.fail("the run started"))
+    status, _, err = run([], capsys)
+    assert status == 2
+    assert error_line(err) == (
+        f"JAX_NUM_CPU_DEVICES must be a positive integer (the number of CPU devices), got {value!r}"
+    )
