@@ -76,6 +76,17 @@ def rss_mib() -> float | None:
     return None if kib is None else kib / 1024
 
 
+def available_mib() -> float | None:
+    """Memory the machine can give a new process now (``MemAvailable``), in MiB (None where
+    /proc is unavailable)."""
+    try:
+        with open("/proc/meminfo") as f:
+            kib = [int(line.split()[1]) for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        return None
+    return kib[0] / 1024 if kib else None
+
+
 def peak_mib() -> float | None:
     """Peak resident set size (VmHWM) since start or the last ``reset_peak``, in MiB."""
     kib = _status_kib().get("VmHWM")

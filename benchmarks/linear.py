@@ -34,9 +34,9 @@ from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
+from benchmarks import _cli, _machine
 from benchmarks import _harness as h
 from benchmarks import _linear_variants as lv
-from benchmarks import _machine
 
 DTYPES = ("float32", "bfloat16")
 MIB = 2**20
@@ -74,13 +74,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if quick:
         base = Config(rows=1024, classes=(32768,), dtypes=("float32",), repeats=2, warmup=0)
     chosen = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items() if v is not None}
-    for name in ("rows", "features", "repeats", "threads", "chunk_size", "row_chunk_size"):
-        if chosen.get(name, 1) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {chosen[name]}")
-    if chosen.get("warmup", 0) < 0:
-        p.error(f"--warmup must be >= 0, got {chosen['warmup']}")
-    if any(c < 1 for c in chosen.get("classes", ())):
-        p.error(f"--classes must all be >= 1, got {list(chosen['classes'])}")
+    _cli.check_counts(p, chosen, rows=1, features=1, classes=1, repeats=1, threads=1,
+                      chunk_size=1, row_chunk_size=1, warmup=0)  # fmt: skip
+    _cli.check_output_file(p, chosen.get("json_path"))
     return Config(**{**asdict(base), **chosen})
 
 

@@ -49,22 +49,29 @@ bandwidth bound. "jaxce / bound" divides by ``bound_copy`` in the first two sett
 Targets checked (``benchmarks._report.check_targets``), in every cell: jaxce at least 2x faster
 than torch eager, and no slower than optax or ``jnp_autodiff`` (a difference within the larger
 of the two IQRs counts as a tie); in a step at C >= 1000, within 2.5x ``bound_copy``.
+
+Exit status: 0 when every measurement ran, whether the targets were met or not; 1 when any
+failed (an error, out of memory or a timeout in its process): each failure is printed as one
+line with its reason after the tables, and the JSON is written all the same; 2 for a bad flag,
+refused before anything runs (a shape whose logits alone exceed the memory available too).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
+from benchmarks import _cli, _machine, _report
 from benchmarks import _harness as h
-from benchmarks import _machine, _report
 from benchmarks._harness import TARGETS
 
+EPILOG = __doc__.rstrip().split("\n\n")[-1]  # the exit statuses, for --help
 SHAPES = ((65536, 10), (8192, 1000), (4096, 32768), (1024, 131072))
 QUICK_SHAPES = ((8192, 1000), (512, 32768))
 SETTINGS = ("outside", "in_step", "forward")
@@ -119,25 +126,45 @@ class Config:
     json_path: str | None = None
 
 
-def _shape(text: str) -> tuple[int, int]:
-    try:
-        n, c = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"shape {text!r} is not NxC, e.g. 4096x32768") from None
-    return n, c
+def _shapes(p: argparse.ArgumentParser, texts: list[str]) -> tuple[tuple[int, int], ...]:
+    """``--shapes``' NxC texts as (N, C) pairs; a malformed, zero or negative one, or one whose
+    logits alone exceed the memory available, is a usage error."""
+    available, shapes = h.available_mib(), []
+    for text in texts:
+        try:
+            n, c = (int(part) for part in text.lower().split("x"))
+        except ValueError:
+            n = c = 0
+        if n < 1 or c < 1:
+            p.error(f"--shapes must be NxC with N >= 1 and C >= 1, e.g. 4096x32768, got {text}")
+        need = n * c * 4 / 2**20
+        if available is not None and need > available:
+            p.error(
+                f"--shapes must fit in memory, got {text} (its float32 logits alone take "
+                f"{need / 1024:.1f} GiB, {available / 1024:.1f} GiB available): lower N or C"
+            )
+        shapes.append((n, c))
+    return tuple(shapes)
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
+    argv = sys.argv[1:] if argv is None else argv
     doc = __doc__.split("\n")[0]
-    p = argparse.ArgumentParser(prog="python -m benchmarks.loss", description=doc)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.loss", description=doc, epilog=EPILOG)
     p.add_argument("--quick", action="store_true", help="2 small shapes, 6 variants, <1 minute")
     p.add_argument("--json", dest="json_path", metavar="FILE", help="write everything here")
-    p.add_argument("--shapes", type=_shape, nargs="+", metavar="NxC")
+    p.add_argument("--shapes", nargs="+", metavar="NxC")
     p.add_argument("--settings", nargs="+", choices=SETTINGS)
     p.add_argument("--variants", nargs="+", choices=VARIANTS, help="for every kind of target")
     p.add_argument("--targets", nargs="+", choices=TARGETS, help="default: all three")
     for name in ("repeats", "warmup", "rounds", "threads"):
         p.add_argument(f"--{name}", type=int, metavar="INT")
+    after_shapes = False  # argparse takes "--shapes -5x10" for a missing value and an option
+    for text in argv:
+        if text.startswith("--"):
+            after_shapes = text == "--shapes"
+        elif after_shapes and re.fullmatch(r"-\d+x-?\d+", text, re.IGNORECASE):
+            p.error(f"--shapes must be NxC with N >= 1 and C >= 1, e.g. 4096x32768, got {text}")
     args = vars(p.parse_args(argv))
     quick = args.pop("quick")
     base = Config()
@@ -146,8 +173,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     chosen = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items() if v is not None}
     if "variants" in chosen:
         chosen["target_variants"] = chosen["variants"]
-    if chosen.get("threads", 1) < 1:
-        p.error(f"--threads must be >= 1, got {chosen['threads']}")
+    _cli.check_counts(p, chosen, repeats=1, rounds=1, threads=1, warmup=0)
+    _cli.check_output_file(p, chosen.get("json_path"))
+    if "shapes" in chosen:
+        chosen["shapes"] = _shapes(p, chosen["shapes"])
     return Config(**{**asdict(base), **chosen})
 
 
@@ -219,6 +248,22 @@ def print_report(out: dict, machine: dict, variants: tuple[str, ...]) -> None:
             f"{status} {t['targets']:>8} {t['shape']:>12} "
             f"{t['setting']:>8} {t['target']}: {value} (limit {t['threshold']:.2f})"
         )
+    for line in failures(out):
+        print(line)
+
+
+def failures(out: dict) -> list[str]:
+    """One line per (targets, shape, setting, variant) that failed in any round: its reason
+    (the last round's, first line, cut to 300 characters)."""
+    lines = []
+    for r in out["results"]:
+        failed = [raw for raw in r["raw"] if not raw.get("ok")]
+        if failed:
+            rounds = f" ({len(failed)} of {len(r['raw'])} rounds)" if len(r["raw"]) > 1 else ""
+            reason = str(failed[-1].get("error", "no result")).strip().split("\n")[0][:300]
+            cell = f"{r['targets']} {r['shape']} {r['setting']} {r['variant']}"
+            lines.append(f"FAILED {cell}{rounds}: {reason}")
+    return lines
 
 
 def _jax_backend() -> str:
@@ -246,6 +291,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     print_report(out, machine, shown)
     h.write_json(cfg.json_path, doc)
+    failed = failures(out)
+    if failed:
+        print(
+            f"python -m benchmarks.loss: error: {len(failed)} of {len(out['results'])} "
+            "measurements failed (reasons above)",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 ``python -m benchmarks.train_epoch [--data-dir DIR] [--dataset NAME] [--repeats N] [--json FILE]``
 
+A bad flag is a usage error (exit status 2) before any work; data that cannot be used ends the
+run with one ``error:`` line (exit status 1), as in train.py, whose loader sums up checksum
+mismatches (Debian's repacked Fashion-MNIST) in one ``warning:`` line.
+
 All variants run in this one process on the same data (default: full Fashion-MNIST from Debian's
 ``dataset-fashion-mnist``, 60000 training images), batch 64, the 784-128-10 ReLU MLP, Adam(1e-3),
 float32. Each variant runs one warm-up epoch (JAX: after compiling ahead of time, compile time
@@ -39,21 +43,30 @@ import argparse
 import dataclasses
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from benchmarks._cli import check_counts, check_output_file, flag
 from benchmarks._harness import write_json
-from training import Dataset, load_idx_dir  # jax loads in the functions that run (not --help)
+from training import Config as TrainingConfig
+from training import ConfigError, Dataset, TrainingError  # jax loads in run(), not for --help
 
+PROG = "python -m benchmarks.train_epoch"
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+EPILOG = (
+    "Exit status: 0 after a run; 2 for a bad flag (refused before any work) or a setting that "
+    "does not fit the data or the devices; 1 when the data cannot be used (one error: line)."
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     data_dir: str = FASHION_DIR
     dataset: str = "fashion_mnist"
+    strict_checksums: bool = False
     repeats: int = 10
     torch_repeats: int = 3
     torch_threads: tuple[int, ...] = tuple(sorted({1, os.cpu_count() or 1}))
@@ -180,8 +193,12 @@ def floor_epoch(dataset: Dataset, config: Config):
 def run(config: Config) -> dict:
     """Runs every variant and returns the report (also printed, and written to ``--json``)."""
     from training._report import describe_devices, versions
+    from training._run import load_data
 
-    dataset = load_idx_dir(config.data_dir, dataset=config.dataset)
+    settings = TrainingConfig(
+        data_dir=config.data_dir, dataset=config.dataset, strict_checksums=config.strict_checksums
+    )  # train.py's loader: checksum mismatches summed up in one warning: line
+    dataset = load_data(settings, log=lambda line: print(line, file=sys.stderr), name=flag)
     compile_seconds = {}
     jax_one, compile_seconds["jax_epoch"] = jax_epoch(dataset, config, chunks=1)
     jax_chunked, _ = jax_epoch(dataset, config, chunks=10)
@@ -237,9 +254,14 @@ def _print(report: dict) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=EPILOG)
     parser.add_argument("--data-dir", default=Config.data_dir)
     parser.add_argument("--dataset", default=Config.dataset, choices=["mnist", "fashion_mnist"])
+    parser.add_argument(
+        "--strict-checksums",
+        action="store_true",
+        help="refuse data files whose SHA-256 is not tensorflow-datasets' (default: a warning)",
+    )
     parser.add_argument("--repeats", type=int, default=Config.repeats, help="timed JAX epochs")
     parser.add_argument(
         "--torch-repeats", type=int, default=Config.torch_repeats, help="timed torch epochs"
@@ -256,12 +278,21 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--json", default=None, help="also write the report to this file")
     args = vars(parser.parse_args(argv))
     args["torch_threads"] = tuple(args["torch_threads"])
+    check_counts(parser, args, repeats=1, torch_repeats=1, torch_threads=1, batch_size=1)
+    check_output_file(parser, args["json"])
     return Config(**args)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parses the flags and runs; a setting that does not fit the data or the devices exits 2,
+    data that cannot be used exits 1, each with one ``error:`` line saying why."""
     config = parse_args(argv)
-    report = run(config)
+    try:
+        report = run(config)
+    except TrainingError as err:
+        sys.stdout.flush()
+        print(f"{PROG}: error: {err.render(flag)}", file=sys.stderr, flush=True)
+        raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
     _print(report)
     write_json(config.json, report)
 

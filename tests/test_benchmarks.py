@@ -193,8 +193,9 @@ def test_slower_than_a_peer_within_the_iqr_is_a_tie():
 
 
 def test_bad_shape_is_rejected():
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit:
         bench.parse_args(["--shapes", "64by16"])
+    assert exit.value.code == 2
 
 
 def test_quick_config_is_small():
@@ -309,10 +310,25 @@ def test_profile_reductions_table():
     [
         ("loss", ["--help"]),
         ("loss", ["--shapes", "8x"]),
+        ("loss", ["--shapes", "-5x10"]),
+        ("loss", ["--repeats", "0"]),
+        ("loss", ["--json", "no-such-dir/loss.json"]),
         ("train_epoch", ["--help"]),
         ("train_epoch", ["--batch-size", "x"]),
+        ("train_epoch", ["--repeats", "0"]),
+        ("train_epoch", ["--json", "benchmarks"]),
     ],
-    ids=["loss-help", "loss-bad-shape", "train_epoch-help", "train_epoch-bad-batch-size"],
+    ids=[
+        "loss-help",
+        "loss-bad-shape",
+        "loss-negative-shape",
+        "loss-no-repeats",
+        "loss-json-in-missing-dir",
+        "train_epoch-help",
+        "train_epoch-bad-batch-size",
+        "train_epoch-no-repeats",
+        "train_epoch-json-is-a-dir",
+    ],
 )
 def test_the_command_line_answers_before_importing_the_frameworks(module, argv):
     """--help and a bad flag answer at once: jax, optax and torch load only to measure."""
@@ -320,3 +336,5 @@ def test_the_command_line_answers_before_importing_the_frameworks(module, argv):
         f"benchmarks.{module}", argv, ("jax", "optax", "torch", "matplotlib")
     )
     assert (imported, status) == ([], 0 if argv == ["--help"] else 2), stderr
+    if status == 2:
+        assert f"python -m benchmarks.{module}: error: " in stderr, stderr

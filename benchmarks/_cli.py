@@ -1,0 +1,56 @@
+"""The flag checks the benchmarks' command lines share.
+
+Each bad value is a usage error (``parser.error``: exit status 2, one ``prog: error:`` line
+naming the flag, the value got and what it must be), raised before any measurement, so a run
+never fails at its end for want of, say, a directory to write its JSON to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+
+def flag(name: str) -> str:
+    """The flag of a config field: ``row_chunk_size`` -> ``--row-chunk-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def check_counts(p: argparse.ArgumentParser, values: dict, **at_least: int) -> None:
+    """Refuses each ``values[name]`` below ``at_least[name]``: one integer, or each of a tuple
+    or list (a flag that takes several). A value that is None or absent was not given."""
+    for name, low in at_least.items():
+        value = values.get(name)
+        if value is None:
+            continue
+        several = isinstance(value, (tuple, list))
+        if any(v < low for v in (value if several else (value,))):
+            got = " ".join(map(str, value)) if several else value
+            p.error(f"{flag(name)} must {'all ' if several else ''}be >= {low}, got {got}")
+
+
+def check_output_file(p: argparse.ArgumentParser, path: str | None, name: str = "json") -> None:
+    """Refuses an output path the run could not write at its end: a directory, or a file in
+    a directory that does not exist or is not writable (``_harness.write_json`` writes a
+    temporary file beside it, then renames it). None: no output asked for."""
+    if path is None:
+        return
+    parent = os.path.dirname(path) or "."
+    problem = None
+    if not path:
+        problem = "an empty path"
+    elif os.path.isdir(path):
+        problem = "a directory"
+    elif not os.path.isdir(parent):
+        what = "is not a directory" if os.path.exists(parent) else "does not exist; create it"
+        problem = f"{parent} {what}"
+    else:
+        try:  # as the write will: a new file beside it (access() misleads root, read-only mounts)
+            with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-check-"):
+                pass
+        except OSError as err:
+            problem = f"cannot create a file in {parent}: {err.strerror or err}"
+    if problem:
+        got = path or "''"
+        p.error(f"{flag(name)} must be a file in a writable directory, got {got} ({problem})")

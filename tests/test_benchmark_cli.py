@@ -1,0 +1,195 @@
+"""The benchmarks' command lines: bad flags refused up front, failures reported, never a traceback.
+
+Everything here runs in this process on parse_args or main, with the measurements stubbed out
+where a test is about the reporting around them (tests/test_benchmarks.py checks, in fresh
+processes, that the refusals come before jax is imported).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+import warnings
+
+import pytest
+
+from benchmarks import linear, loss, train_epoch
+from tests.conftest import SHARED_DATA
+from training import ChecksumWarning
+
+MNIST_MINI = SHARED_DATA / "mnist-mini"
+needs_data = pytest.mark.skipif(not MNIST_MINI.is_dir(), reason="needs ../shared/data/mnist-mini")
+MODULES = {"loss": loss, "linear": linear, "train_epoch": train_epoch}
+
+
+def usage_error(capsys, module: str, argv: list[str]) -> str:
+    """The one error line of ``module``'s parse_args on ``argv`` (which must exit 2)."""
+    with pytest.raises(SystemExit) as exit:
+        MODULES[module].parse_args(argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"python -m benchmarks.{module}: error: "), err
+    return line.split(": error: ", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "message"),
+    [
+        ("loss", ["--repeats", "0"], "--repeats must be >= 1, got 0"),
+        ("loss", ["--repeats", "-1"], "--repeats must be >= 1, got -1"),
+        ("loss", ["--rounds", "0"], "--rounds must be >= 1, got 0"),
+        ("loss", ["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+        ("loss", ["--threads", "0"], "--threads must be >= 1, got 0"),
+        ("linear", ["--rows", "0"], "--rows must be >= 1, got 0"),
+        ("linear", ["--classes", "512", "0"], "--classes must all be >= 1, got 512 0"),
+        ("linear", ["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+        ("train_epoch", ["--repeats", "0"], "--repeats must be >= 1, got 0"),
+        ("train_epoch", ["--torch-repeats", "0"], "--torch-repeats must be >= 1, got 0"),
+        ("train_epoch", ["--torch-threads", "1", "0"], "--torch-threads must all be >= 1, got 1 0"),
+        ("train_epoch", ["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    ],
+)
+def test_a_count_below_its_least_is_a_usage_error(capsys, module, argv, message):
+    assert usage_error(capsys, module, argv) == message
+
+
+@pytest.mark.parametrize("text", ["0x10", "10x0", "-5x10", "8x-5", "64by16", "8x", "8x10x2"])
+def test_a_shape_must_be_positive_n_by_c(capsys, text):
+    message = usage_error(capsys, "loss", ["--shapes", "8x10", text, "--repeats", "1"])
+    assert message == f"--shapes must be NxC with N >= 1 and C >= 1, e.g. 4096x32768, got {text}"
+
+
+def test_a_shape_whose_logits_exceed_the_memory_available_is_refused(capsys, monkeypatch):
+    monkeypatch.setattr(loss.h, "available_mib", lambda: 1024.0)
+    message = usage_error(capsys, "loss", ["--shapes", "8x10", "1024x1048576"])
+    assert message == (
+        "--shapes must fit in memory, got 1024x1048576 (its float32 logits alone take 4.0 GiB, "
+        "1.0 GiB available): lower N or C"
+    )
+    assert loss.parse_args(["--shapes", "1024x65536"]).shapes == ((1024, 65536),)  # 0.25 GiB
+    monkeypatch.setattr(loss.h, "available_mib", lambda: None)  # no /proc: nothing to check
+    assert loss.parse_args(["--shapes", "1024x1048576"]).shapes == ((1024, 1048576),)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_json_must_be_a_writable_file_path(capsys, tmp_path, module):
+    missing = tmp_path / "missing" / "out.json"
+    message = usage_error(capsys, module, ["--json", str(missing)])
+    assert message == (
+        f"--json must be a file in a writable directory, got {missing} "
+        f"({missing.parent} does not exist; create it)"
+    )
+    message = usage_error(capsys, module, ["--json", str(tmp_path)])
+    assert message.endswith(f"got {tmp_path} (a directory)")
+    message = usage_error(capsys, module, ["--json", ""])
+    assert message.endswith("got '' (an empty path)")
+    config = MODULES[module].parse_args(["--json", str(tmp_path / "out.json")])
+    assert str(tmp_path / "out.json") in dataclasses.asdict(config).values()
+    assert not list(tmp_path.iterdir()), "the check left no file behind"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc takes no files, even from root")
+def test_json_in_a_directory_that_takes_no_files_is_refused(capsys):
+    message = usage_error(capsys, "loss", ["--json", "/proc/out.json"])
+    assert message.startswith("--json must be a file in a writable directory, got /proc/out.json")
+    assert "cannot create a file in /proc" in message
+
+
+@pytest.mark.parametrize("module", ["loss", "train_epoch"])
+def test_help_names_the_exit_statuses(capsys, module):
+    with pytest.raises(SystemExit) as exit:
+        MODULES[module].parse_args(["--help"])
+    assert exit.value.code == 0
+    assert "Exit status: 0" in capsys.readouterr().out
+
+
+def test_a_failed_measurement_prints_its_reason_and_exits_1(capsys, tmp_path, monkeypatch):
+    error = "ZeroDivisionError at _child.py:55: division by zero"
+    monkeypatch.setattr(loss.h, "run_child", lambda spec, timeout_s: {"ok": False, "error": error})
+    path = tmp_path / "loss.json"
+    argv = ["--shapes", "8x10", "--variants", "jaxce", "--targets", "index"]
+    with pytest.raises(SystemExit) as exit:
+        loss.main([*argv, "--settings", "forward", "--rounds", "1", "--json", str(path)])
+    assert exit.value.code == 1
+    out, err = capsys.readouterr()
+    assert f"FAILED index 8x10 forward jaxce: {error}" in out.splitlines()
+    assert err.strip().splitlines()[-1] == (
+        "python -m benchmarks.loss: error: 1 of 1 measurements failed (reasons above)"
+    )
+    doc = json.loads(path.read_text())  # written all the same
+    assert doc["complete"] is True and doc["results"][0]["error"] == error
+
+
+def test_failures_name_each_cell_once_with_the_rounds_that_failed():
+    ok = {"ok": True}
+    results = [
+        {"targets": "index", "shape": "8x10", "setting": "in_step", "variant": "optax",
+         "raw": [ok, {"ok": False, "error": "timed out after 600 s"}]},
+        {"targets": "probs", "shape": "8x10", "setting": "outside", "variant": "jaxce",
+         "raw": [{"ok": False, "error": "MemoryError\nmore\nlines" + "x" * 400}]},
+        {"targets": "index", "shape": "8x10", "setting": "forward", "variant": "jaxce",
+         "raw": [ok, ok]},
+    ]  # fmt: skip
+    assert loss.failures({"results": results}) == [
+        "FAILED index 8x10 in_step optax (1 of 2 rounds): timed out after 600 s",
+        "FAILED probs 8x10 outside jaxce: MemoryError",
+    ]
+
+
+def data_error(capsys, argv: list[str]) -> tuple[int, str]:
+    """train_epoch.main's exit status and its one stderr line, for a run that stops."""
+    with pytest.raises(SystemExit) as exit:
+        train_epoch.main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("python -m benchmarks.train_epoch: error: "), err
+    return exit.value.code, line.split(": error: ", 1)[1]
+
+
+def test_train_epoch_reports_unusable_data_in_one_line(capsys, tmp_path):
+    missing = tmp_path / "missing"
+    status, message = data_error(capsys, ["--data-dir", str(missing), "--dataset", "mnist"])
+    assert (status, message) == (1, f"--data-dir {missing} is not a directory (it does not exist)")
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"not an IDX file")
+    status, message = data_error(capsys, ["--data-dir", str(tmp_path), "--dataset", "mnist"])
+    assert status == 1 and str(tmp_path) in message
+
+
+def stub_epochs(monkeypatch):
+    """Replaces every timed variant by a 1 ms wait: only the data loading and reporting run."""
+
+    def epoch(_):
+        time.sleep(0.001)
+
+    monkeypatch.setattr(train_epoch, "jax_epoch", lambda *a, **k: (epoch, 0.5))
+    monkeypatch.setattr(train_epoch, "floor_epoch", lambda *a, **k: (epoch, 0.25))
+    monkeypatch.setattr(train_epoch, "torch_epoch", lambda *a, **k: epoch)
+
+
+@needs_data
+def test_train_epoch_sums_up_checksum_mismatches_in_one_warning_line(capsys, monkeypatch):
+    stub_epochs(monkeypatch)
+    argv = ["--data-dir", str(MNIST_MINI), "--dataset", "mnist", "--repeats", "1"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_epoch.main([*argv, "--torch-repeats", "1", "--torch-threads", "1"])
+    assert not [w for w in caught if issubclass(w.category, ChecksumWarning)]
+    out, err = capsys.readouterr()
+    warned = [line for line in err.splitlines() if "warning" in line.lower()]
+    assert len(warned) == 1 and warned[0].startswith("warning: the 4 files in "), err
+    assert "mnist-mini" in warned[0] and "(--strict-checksums refuses them)" in warned[0]
+    assert "jax_epoch" in out
+
+
+@needs_data
+def test_train_epoch_batch_larger_than_the_data_is_a_setting_error(capsys):
+    """train.py's trainer refuses it before compiling anything: exit 2, as train.py does."""
+    argv = ["--data-dir", str(MNIST_MINI), "--dataset", "mnist", "--batch-size", "100000"]
+    status, message = data_error(capsys, argv)
+    assert status == 2
+    assert message.startswith("--batch-size 100000 is larger than the training split")
