@@ -129,14 +129,26 @@ def cross_entropy(
       >>> print(loss.cross_entropy(logits, jnp.array([0, -100]), reduction="none"))
       [0.24131 0.     ]
     """
-    logits = _validation.as_array(logits, "logits")
-    labels = _validation.as_unconverted(labels, "labels")
-    spec = _validation.check_logits_labels(logits, labels, axis)
+    options = dict(
+        axis=axis, weight=weight, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, where=where,
+        num_classes=num_classes, check_labels=check_labels, custom_vjp=custom_vjp,
+    )  # fmt: skip
+    return checked_call(logits, labels, names=("logits", "labels"), **options)
+
+
+def checked_call(logits, labels, *, names: tuple[str, str], axis, weight, ignore_index,
+                 reduction, label_smoothing, z_loss, softcap, where, num_classes, check_labels,
+                 custom_vjp) -> jax.Array:  # fmt: skip
+    """``cross_entropy``'s checks and call; ``names`` name the two arrays in the messages."""
+    logits = _validation.as_array(logits, names[0])
+    labels = _validation.as_unconverted(labels, names[1])
+    spec = _validation.check_logits_labels(logits, labels, axis, names)
     count = _validation.check_num_classes(num_classes, spec.num_classes, "logits' class axis")
     weight = _validation.check_class_vector(
         weight, "weight", spec.num_classes, "Pass one weight per class."
     )
-    ignore_index = _validation.check_ignore_index(ignore_index, labels)
+    ignore_index = _validation.check_ignore_index(ignore_index, labels, names[1])
     ct = rm.compute_dtype(logits.dtype)
     opts = rm.Options(spec.axis, *_validation.check_options(label_smoothing, z_loss, softcap, ct))
     reduction = _validation.check_reduction(reduction)
@@ -147,7 +159,7 @@ def cross_entropy(
         labels = jnp.asarray(labels)
     else:
         labels, ignore_index = _labels.prepare(
-            labels, count, ignore_index, check_traced=check_labels
+            labels, count, ignore_index, check_traced=check_labels, name=names[1]
         )
     fix = "Pass custom_vjp=False to differentiate the same math with plain autodiff, any mode."
     core = functools.partial(

@@ -6,7 +6,7 @@ import jax
 from jax.typing import ArrayLike
 
 from jaxce import _validation
-from jaxce._cross_entropy import cross_entropy
+from jaxce._cross_entropy import checked_call
 from jaxce._validation import Reduction
 
 
@@ -95,15 +95,12 @@ class CrossEntropyLoss:
             raise ValueError(
                 "input must have shape (C,), (N, C) or (N, C, d1, ..., dk); got a scalar."
             )
-        return cross_entropy(
-            input,
-            target,
-            axis=0 if input.ndim == 1 else 1,
-            weight=self.weight,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            label_smoothing=self.label_smoothing,
-        )
+        return checked_call(
+            input, target, names=("input", "target"), axis=0 if input.ndim == 1 else 1,
+            weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+            label_smoothing=self.label_smoothing, z_loss=0.0, softcap=None, where=None,
+            num_classes=None, check_labels=False, custom_vjp=True,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return (

@@ -50,12 +50,14 @@ def normalize(labels: jax.Array, num_classes: int | None, ignore_index: int):
     return index, ignored
 
 
-def _message(num_classes: int | None, ignore_index: int, dtype) -> tuple[str, str]:
+def _message(
+    num_classes: int | None, ignore_index: int, dtype, name: str = "labels"
+) -> tuple[str, str]:
     """The message's rule and its notes (0 classes, an ignore_index the dtype cannot hold)."""
     classes = "int32 class indices (>= 0)" if num_classes is None else (
         f"class indices in [0, {num_classes})"
     )  # fmt: skip
-    text = f"labels must be {classes} or ignore_index={ignore_index}"
+    text = f"{name} must be {classes} or ignore_index={ignore_index}"
     notes = []
     if num_classes == 0:
         notes.append("the logits have 0 classes, so every label must be ignore_index")
@@ -64,7 +66,9 @@ def _message(num_classes: int | None, ignore_index: int, dtype) -> tuple[str, st
     return text, "" if not notes else f" ({'; '.join(notes)})"
 
 
-def prepare(labels, num_classes: int | None, ignore_index: int, *, check_traced: bool):
+def prepare(
+    labels, num_classes: int | None, ignore_index: int, *, check_traced: bool, name="labels"
+):
     """Checks and converts class-index labels; returns ``(jax labels, ignore_index)``.
 
     ``labels`` is a JAX array or an unconverted numpy array of an integer dtype. Concrete
@@ -76,7 +80,7 @@ def prepare(labels, num_classes: int | None, ignore_index: int, *, check_traced:
     dtype = np.dtype(labels.dtype)
     if isinstance(labels, jax.core.Tracer):
         if check_traced:
-            _checkify(labels, num_classes, ignore_index)
+            _checkify(labels, num_classes, ignore_index, name)
         return labels, ignore_index
     wide = np.uint64 if jnp.issubdtype(dtype, jnp.unsignedinteger) else np.int64
     values = np.asarray(labels).astype(wide)  # lossless, also for int4 / int2
@@ -85,7 +89,7 @@ def prepare(labels, num_classes: int | None, ignore_index: int, *, check_traced:
     bad = ~ignored & ((values < 0) | (values >= limit))
     if bad.any():
         where = tuple(int(i[0]) for i in np.nonzero(bad))
-        text, notes = _message(num_classes, ignore_index, dtype)
+        text, notes = _message(num_classes, ignore_index, dtype, name)
         raise ValueError(
             f"{text}; got {int(values[where])} at position {where} ({int(bad.sum())} such "
             f"label(s) in all){notes}. Fix the labels, or set ignore_index to the value that "
@@ -101,7 +105,7 @@ def prepare(labels, num_classes: int | None, ignore_index: int, *, check_traced:
     return jnp.asarray(values.astype(np.int32)), ignore_index
 
 
-def _checkify(labels: jax.Array, num_classes: int, ignore_index: int) -> None:
+def _checkify(labels: jax.Array, num_classes: int, ignore_index: int, name: str) -> None:
     """The opt-in check of traced labels, reported by ``jax.experimental.checkify``.
 
     A debug check: under ``checkify.checkify`` it is functionalized and reports the first bad
@@ -111,7 +115,7 @@ def _checkify(labels: jax.Array, num_classes: int, ignore_index: int) -> None:
     index, ignored = normalize(labels, num_classes, ignore_index)
     bad = ~ignored & (index < 0)
     first = jnp.argmax(bad.ravel())
-    text, notes = _message(num_classes, ignore_index, labels.dtype)
+    text, notes = _message(num_classes, ignore_index, labels.dtype, name)
     checkify.check(
         ~jnp.any(bad),
         text + "; got {} at flat position {}" + notes,

@@ -185,32 +185,37 @@ def check_num_classes(num_classes, available: int, where: str) -> int:
     return count
 
 
-def check_logits_labels(logits: jax.Array, labels, axis) -> Spec:
-    """Checks dtypes, the class axis and the labels' shape; says which label kind they are."""
+def check_logits_labels(logits: jax.Array, labels, axis, names=("logits", "labels")) -> Spec:
+    """Checks dtypes, the class axis and the labels' shape; says which label kind they are.
+
+    ``names`` are the two arrays' names in the caller's signature (torch's module: input and
+    target), for the messages.
+    """
+    x, y = names
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(
-            f"logits must have a floating dtype; got {logits.dtype}. "
-            f"Cast them, e.g. logits.astype(jnp.float32)."
+            f"{x} must have a floating dtype; got {logits.dtype}. "
+            f"Cast it, e.g. {x}.astype(jnp.float32)."
         )
-    check_float_width(logits, "logits")
+    check_float_width(logits, x)
     if logits.ndim == 0:
         raise ValueError(
-            "logits must have at least one dimension (the class axis); got a scalar. "
+            f"{x} must have at least one dimension (the class axis); got a scalar. "
             "Pass an array of shape (num_classes,) or (..., num_classes)."
         )
     axis = check_int(axis, "axis", "Pass the index of the class axis.")
     if not -logits.ndim <= axis < logits.ndim:
         raise ValueError(
-            f"axis={axis} is out of range for logits of shape {logits.shape} "
+            f"axis={axis} is out of range for {x} of shape {logits.shape} "
             f"(ndim {logits.ndim}); use an axis in [{-logits.ndim}, {logits.ndim})."
         )
     axis = axis % logits.ndim
     batch_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
     soft = label_kind(
-        labels, "labels", indices=batch_shape, probs=logits.shape,
-        indices_as=f"the logits' shape without the class axis, {batch_shape}",
-        probs_as=f"the logits' shape {logits.shape}",
-        note=f" (logits {logits.shape}, axis={axis})",
+        labels, y, indices=batch_shape, probs=logits.shape,
+        indices_as=f"the shape of {x} without the class axis, {batch_shape}",
+        probs_as=f"the shape of {x}, {logits.shape}",
+        note=f" ({x} {logits.shape}, axis={axis})",
     )  # fmt: skip
     return Spec(axis, logits.shape[axis], soft, batch_shape)
 
