@@ -20,6 +20,10 @@ chunked path and at most 1.5x the kernel-gradient floor (C x D float32 values: 6
 C = 32768, D = 512); median time at most 0.5x torch's chunked path and at most 1.2x
 ``jaxce_unfused``. The JSON records the machine (CPU model, load, versions), every variant's
 memory and time, and each target met or missed.
+
+Exit status: 0 when every variant ran, whether the targets were met or not; 1 when any failed
+(an error, out of memory or a timeout in its process; each is printed with its reason as it
+ends, and the JSON is written all the same); 2 for a bad flag, refused before anything runs.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from benchmarks import _cli, _machine
 from benchmarks import _harness as h
 from benchmarks import _linear_variants as lv
 
+EPILOG = __doc__.rstrip().split("\n\n")[-1]  # the exit statuses, for --help
 DTYPES = ("float32", "bfloat16")
 MIB = 2**20
 
@@ -59,7 +64,9 @@ class Config:
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.linear", description=__doc__[:60])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.linear", description=__doc__[:60], epilog=EPILOG
+    )
     p.add_argument("--quick", action="store_true", help="N=1024, C=32768, float32, 2 repeats")
     p.add_argument("--json", dest="json_path", metavar="FILE", help="write everything here")
     p.add_argument("--classes", type=int, nargs="+", metavar="C")
@@ -237,6 +244,15 @@ def main(argv: list[str] | None = None) -> None:
         state = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         print(f"C={t['classes']} {t['dtype']}: {t['target']}: {ratio} ({state})")
     h.write_json(cfg.json_path, doc)
+    runs = [r for variants in out["results"].values() for r in variants.values()]
+    failed = sum(not r.get("ok") for r in runs)
+    if failed:
+        print(
+            f"python -m benchmarks.linear: error: {failed} of {len(runs)} variants failed "
+            "(reasons above)",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def test_json_in_a_directory_that_takes_no_files_is_refused(capsys):
     assert "cannot create a file in /proc" in message
 
 
-@pytest.mark.parametrize("module", ["loss", "train_epoch"])
+@pytest.mark.parametrize("module", ["loss", "linear", "train_epoch"])
 def test_help_names_the_exit_statuses(capsys, module):
     with pytest.raises(SystemExit) as exit:
         MODULES[module].parse_args(["--help"])
@@ -122,6 +122,22 @@ def test_a_failed_measurement_prints_its_reason_and_exits_1(capsys, tmp_path, mo
     )
     doc = json.loads(path.read_text())  # written all the same
     assert doc["complete"] is True and doc["results"][0]["error"] == error
+
+
+def test_a_failed_linear_variant_prints_its_reason_and_exits_1(capsys, tmp_path, monkeypatch):
+    error = "MemoryError: out of memory"
+    monkeypatch.setattr(linear, "_run_child", lambda spec, timeout_s: {"ok": False, "error": error})
+    path = tmp_path / "linear.json"
+    argv = ["--classes", "64", "--dtypes", "float32", "--variants", "jaxce_fused"]
+    with pytest.raises(SystemExit) as exit:
+        linear.main([*argv, "--rows", "8", "--features", "4", "--json", str(path)])
+    assert exit.value.code == 1
+    out, err = capsys.readouterr()
+    assert f"C=64 float32 jaxce_fused: failed: {error}" in out + err
+    assert err.strip().splitlines()[-1] == (
+        "python -m benchmarks.linear: error: 1 of 1 variants failed (reasons above)"
+    )
+    assert json.loads(path.read_text())["complete"] is True  # written all the same
 
 
 def test_failures_name_each_cell_once_with_the_rounds_that_failed():
