@@ -195,3 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a report that cannot be written: a full disk, a failing filesystem
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err} (the reports are incomplete)", file=sys.stderr)
+        return 1

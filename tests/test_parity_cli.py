@@ -7,6 +7,7 @@ line must name the flag and the value got; no traceback may reach the user.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
@@ -213,3 +214,15 @@ def test_the_command_line_answers_before_importing_the_frameworks(argv):
         "parity._cli", argv, ("torch", "jax", "matplotlib")
     )
     assert (imported, status) == ([], 0 if argv == ["--help"] else 2), stderr
+
+
+def test_a_report_that_cannot_be_written_is_one_error_line(tmp_path, capsys, monkeypatch):
+    def full(config, impl_fn, cases):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "report.json"))
+
+    monkeypatch.setattr(parity._matrix, "run_loss_parity", full)
+    assert main(["--quick", "--out", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        f"error: {tmp_path / 'report.json'}: No space left on device (the reports are incomplete)"
+    ]
