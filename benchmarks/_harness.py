@@ -205,9 +205,15 @@ def write_json(path: str | None, doc: dict, *, quiet: bool = False) -> None:
     """
     if path:
         tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(doc, f, indent=1)
+            os.replace(tmp, path)
+        except OSError as err:  # a full disk, a failing filesystem: one line, not a traceback
+            raise SystemExit(
+                f"error: writing {path} failed ({err.strerror or err}); what was printed is "
+                "what was measured"
+            ) from None
         if not quiet:
             print(f"wrote {path}")
 

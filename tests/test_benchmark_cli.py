@@ -8,6 +8,7 @@ processes, that the refusals come before jax is imported).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import sys
 import time
@@ -15,6 +16,7 @@ import warnings
 
 import pytest
 
+from benchmarks import _harness as h
 from benchmarks import linear, loss, train_epoch
 from tests.conftest import SHARED_DATA
 from training import ChecksumWarning
@@ -209,3 +211,17 @@ def test_train_epoch_batch_larger_than_the_data_is_a_setting_error(capsys):
     status, message = data_error(capsys, argv)
     assert status == 2
     assert message.startswith("--batch-size 100000 is larger than the training split")
+
+
+def test_a_json_that_cannot_be_written_at_the_end_is_one_line(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("json.dump", full)
+    path = tmp_path / "out.json"
+    with pytest.raises(SystemExit) as exit:
+        h.write_json(str(path), {"a": 1})
+    assert exit.value.code == (
+        f"error: writing {path} failed (No space left on device); what was printed is what was "
+        "measured"
+    )
