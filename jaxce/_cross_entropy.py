@@ -15,7 +15,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
-from jaxce import _explicit, _labels, _validation
+from jaxce import _explicit, _labels, _options, _validation
 from jaxce import _row_math as rm
 from jaxce._dense_vjp import index_forward, index_rows, soft_forward, soft_rows
 from jaxce._validation import Reduction
@@ -150,7 +150,7 @@ def checked_call(logits, labels, *, names: tuple[str, str], axis, weight, ignore
     )
     ignore_index = _validation.check_ignore_index(ignore_index, labels, names[1])
     ct = rm.compute_dtype(logits.dtype)
-    opts = rm.Options(spec.axis, *_validation.check_options(label_smoothing, z_loss, softcap, ct))
+    opts = rm.Options(spec.axis, *_options.check_options(label_smoothing, z_loss, softcap, ct))
     reduction = _validation.check_reduction(reduction)
     where = _validation.check_where(where, spec.batch_shape)
     check_labels = _validation.check_flag(check_labels, "check_labels")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from jax.typing import ArrayLike
 
-from jaxce import _validation
+from jaxce import _options, _validation
 from jaxce._cross_entropy import checked_call
 from jaxce._validation import Reduction
 
@@ -87,7 +87,7 @@ class CrossEntropyLoss:
             )
         self.ignore_index = _validation.check_ignore_index(ignore_index)
         self.reduction = _validation.check_reduction(reduction)
-        self.label_smoothing = _validation.check_options(label_smoothing, 0.0, None)[0]
+        self.label_smoothing = _options.check_options(label_smoothing, 0.0, None)[0]
 
     def __call__(self, input: ArrayLike, target: ArrayLike) -> jax.Array:
         input = _validation.as_array(input, "input")

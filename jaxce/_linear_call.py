@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from jaxce import _explicit, _labels, _validation, _weighting
+from jaxce import _explicit, _labels, _options, _validation, _weighting
 from jaxce import _linear_sweep as ls
 from jaxce import _row_math as rm
 from jaxce._linear_vjp import per_example, reduced
@@ -107,7 +107,7 @@ def linear_loss(hidden, kernel, labels, *, torch_layout: bool, names=("hidden", 
     ignore_index = _validation.check_ignore_index(ignore_index, labels, names[2])
     operands = [a.dtype for a in (hidden, kernel, bias) if a is not None]
     ct = rm.compute_dtype(*operands, *([labels.dtype] if shapes.soft else []))
-    smoothing, z, cap = _validation.check_options(label_smoothing, z_loss, softcap, ct)
+    smoothing, z, cap = _options.check_options(label_smoothing, z_loss, softcap, ct)
     reduction = _validation.check_reduction(reduction)
     where = _validation.check_where(where, shapes.examples)
     sample_weight = _weighting.check_sample_weight(sample_weight, shapes.examples)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxce import _labels, _validation
+from jaxce import _labels, _options, _validation
 from jaxce import _online_lse as ol
 from jaxce import _row_math as rm
 from jaxce._reductions import row_max
@@ -143,9 +143,7 @@ def sharded_cross_entropy(
     weight = _validation.check_class_vector(weight, "weight", spec.num_classes, hint)
     ignore_index = _validation.check_ignore_index(ignore_index)
     ct = rm.compute_dtype(logits.dtype)
-    opts = rm.Options(
-        ol.BLOCK_AXIS, *_validation.check_options(label_smoothing, z_loss, softcap, ct)
-    )
+    opts = rm.Options(ol.BLOCK_AXIS, *_options.check_options(label_smoothing, z_loss, softcap, ct))
     reduction = _validation.check_reduction(reduction)
     where = _validation.check_where(where, spec.batch_shape)
     _check_replicated(labels, "labels", mesh_axis)

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike
 
-from jaxce import _validation
+from jaxce import _options, _validation
 from jaxce._linear_call import check_chunk, linear_loss
 from jaxce._linear_torch import resolve_ignore_index
 from jaxce._validation import Reduction
@@ -164,7 +164,7 @@ class LinearCrossEntropyLoss(nnx.Module):
         self.ignore_index = (
             None if ignore_index is None else _validation.check_ignore_index(ignore_index)
         )
-        self.label_smoothing, self.z_loss, self.softcap = _validation.check_options(
+        self.label_smoothing, self.z_loss, self.softcap = _options.check_options(
             label_smoothing, z_loss, softcap
         )
         # checked now; each call fits them to its own sizes
