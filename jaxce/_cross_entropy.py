@@ -62,7 +62,8 @@ def cross_entropy(
       ignore_index: class index whose examples are skipped (class indices only). A value the
         labels' dtype cannot hold (-100 for uint8 labels) matches no label.
       reduction: ``"none"``, ``"mean"`` or ``"sum"``.
-      label_smoothing: ``eps`` in [0, 1], mixing the target with the uniform distribution.
+      label_smoothing: ``eps`` in [0, 1], mixing the target with the uniform distribution
+        (at 1 the target is uniform: the labels' values do not enter, not even a NaN).
       z_loss: coefficient >= 0 of the squared log-partition term (PaLM / T5X z-loss).
       softcap: optional ``c > 0``; logits become ``c * tanh(logits / c)`` first (Gemma 2);
         -inf logits (masked classes) stay -inf.
@@ -78,6 +79,9 @@ def cross_entropy(
       custom_vjp: True (default) uses the lean custom VJP, for reverse mode (``jax.grad``,
         ``jax.jacrev``, and ``jax.hessian``, forward over reverse). False differentiates the
         same math with plain autodiff, for forward mode too (``jax.jvp``, ``jax.jacfwd``).
+        Both accumulate in float32 and give dropped examples a zero gradient; where the loss
+        is infinite (a target's mass on a -inf logit) the conventions above are the custom
+        VJP's, and plain autodiff gives what it gives.
 
     Returns:
       A scalar for ``"mean"`` and ``"sum"``, else an array of the examples' shape; in the logits'
@@ -185,8 +189,11 @@ def _cross_entropy(
     batch_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
     keep = jnp.ones(batch_shape, bool) if where is None else where
     ct = rm.compute_dtype(logits.dtype)
+    # float16/bfloat16 class weights get their gradient's parts (the loss's, the divisor's)
+    # added in float32, and rounded once
+    weight = None if weight is None else rm.widened(weight)
     if soft:
-        rows_fn = soft_rows if use_custom_vjp else lambda *a: soft_forward(*a)[0]
+        rows_fn = soft_rows if use_custom_vjp else _plain(soft_forward, ct)
         row_weight = keep.astype(ct)
         if num_classes == 0:  # as torch: per-example losses 0, the mean NaN
             rows, row_weight = jnp.zeros(batch_shape, ct), jnp.zeros(batch_shape, ct)
@@ -196,9 +203,28 @@ def _cross_entropy(
         index, ignored = _labels.normalize(labels, num_classes, ignore_index)
         keep = keep & ~ignored
         row_weight = jnp.where(keep, rm.label_weight(weight, index, index >= 0, ct), 0)
-        rows_fn = index_rows if use_custom_vjp else lambda *a: index_forward(*a)[0]
+        rows_fn = index_rows if use_custom_vjp else _plain(index_forward, ct)
         if num_classes == 0:  # every kept label is out of range
             rows = jnp.where(keep, jnp.nan, 0).astype(ct)
         else:
             rows = rows_fn(opts, logits, index, weight, keep)
     return rm.reduce_rows(rows, row_weight, reduction, logits.dtype)
+
+
+def _plain(forward, ct):
+    """``forward``'s per-example losses, made safe for plain autodiff (``custom_vjp=False``).
+
+    The logits (and probability targets) enter in the compute dtype, so the gradient's parts
+    add up in float32 for float16/bfloat16 inputs, as the custom VJP's do; and a dropped
+    example's are replaced by zeros, since a ``where`` that hides a NaN or inf from the loss
+    does not hide it from the gradient.
+    """
+
+    def rows(opts, logits, labels, weight, keep):
+        kept = jnp.expand_dims(keep, opts.axis)
+        logits = jnp.where(kept, logits.astype(ct), 0)
+        if jnp.issubdtype(labels.dtype, jnp.floating):
+            labels = jnp.where(kept, rm.widened(labels), 0)
+        return forward(opts, logits, labels, weight, keep)[0]
+
+    return rows

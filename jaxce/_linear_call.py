@@ -160,6 +160,11 @@ def _run(hidden, kernel, bias, labels, weight, where, sample_weight, divisor, *,
         keep = keep & ~ignored
     arrays = [a.dtype for a in (hidden, kernel, bias) if a is not None]
     out_dtype, ct = jnp.result_type(*arrays), rm.compute_dtype(*arrays)
+    # float16/bfloat16 weights and divisors get their gradient's parts (the loss's, the
+    # divisor's) added in float32, and rounded once
+    weight, sample_weight, divisor = (
+        None if a is None else rm.widened(a) for a in (weight, sample_weight, divisor)
+    )
     if sample_weight is not None:
         sample_weight = jnp.where(keep, sample_weight.reshape(n, *pos), 0)
     if static.num_classes == 0:  # no class: as cross_entropy (NaN where a label is kept)

@@ -42,6 +42,12 @@ def compute_dtype(*dtypes) -> jnp.dtype:
     return jnp.dtype(jnp.promote_types(jnp.float32, jnp.result_type(*dtypes)))
 
 
+def widened(array: jax.Array) -> jax.Array:
+    """float16/bfloat16 ``array`` as float32 (wider floats as they are): what a gradient's
+    several parts are added in before it is rounded to the array's own dtype, once."""
+    return array.astype(jnp.promote_types(array.dtype, jnp.float32))
+
+
 def class_vector(vector: jax.Array, axis: int, ndim: int) -> jax.Array:
     """Reshapes a (C,) vector to broadcast along ``axis`` of an ndim-dimensional array."""
     shape = [1] * ndim
@@ -192,5 +198,23 @@ def reduce_rows(
         return rows.astype(dtype)
     total = jnp.sum(rows)
     if reduction == "mean":
-        total = total / (jnp.sum(row_weight) if divisor is None else divisor.astype(total.dtype))
+        total = divide(
+            total, jnp.sum(row_weight) if divisor is None else divisor.astype(total.dtype)
+        )
     return total.astype(dtype)
+
+
+@jax.custom_jvp
+def divide(total: jax.Array, divisor: jax.Array) -> jax.Array:
+    """``total / divisor``, whose derivative w.r.t. the divisor is ``-(total / divisor) /
+    divisor``: autodiff's ``-total / divisor**2`` overflows or flushes to 0 for divisors
+    beyond about 1.8e19 or below 5e-20 in float32."""
+    return total / divisor
+
+
+@divide.defjvp
+def _divide_jvp(primals, tangents):
+    total, divisor = primals
+    d_total, d_divisor = tangents
+    quotient = total / divisor
+    return quotient, (d_total - quotient * d_divisor) / divisor

@@ -227,7 +227,23 @@ def check_class_vector(
                 f"{name} must be finite; got {values[i]} at position {i} ({int(bad.sum())} "
                 f"non-finite value(s) in all). Pass finite numbers (a weight of 0 drops a class)."
             )
+        check_normal(values, name, vector.dtype)
     return vector
+
+
+def check_normal(values: np.ndarray, name: str, dtype, *, zero: bool = True) -> None:
+    """A ValueError for a nonzero weight too small for the dtype it is computed in (float32 for
+    half types): XLA flushes such subnormal numbers to 0, which would turn a divisor into 0."""
+    tiny = float(jnp.finfo(jnp.promote_types(dtype, jnp.float32)).tiny)
+    bad = (values != 0) & (np.abs(values) < tiny)
+    if bad.any():
+        i = tuple(int(j[0]) for j in np.nonzero(np.atleast_1d(bad)))
+        at = "" if values.ndim == 0 else f" at position {i[0] if len(i) == 1 else i}"
+        raise ValueError(
+            f"{name} must be {'0 or ' if zero else ''}at least {tiny:.3g} in magnitude; got "
+            f"{np.atleast_1d(values)[i]}{at}, which XLA flushes to 0. Scale the weights up (a "
+            f"mean does not change)."
+        )
 
 
 def check_where(where, batch_shape: tuple[int, ...]) -> jax.Array | None:

@@ -41,6 +41,8 @@ def check_sample_weight(value, example_shape: tuple[int, ...]) -> jax.Array | No
             f"sample_weight must be finite; got {values[i]} at position {i}. Pass finite "
             f"weights (0 drops an example, as where=False does)."
         )
+    if values is not None:
+        _validation.check_normal(values, "sample_weight", weights.dtype)
     return jnp.broadcast_to(weights, example_shape)
 
 
@@ -73,6 +75,9 @@ def check_divisor(value, reduction: str) -> jax.Array | None:
             f"divisor must be finite and > 0; got {float(values)}. Pass the summed weight of "
             f"the examples the mean is over (mean_divisor of each part, summed)."
         )
+    if values is not None and jnp.issubdtype(divisor.dtype, jnp.floating):
+        dtype = jax.dtypes.canonicalize_dtype(divisor.dtype)
+        _validation.check_normal(values, "divisor", dtype, zero=False)
     if jnp.issubdtype(divisor.dtype, jnp.integer):  # a count: as the widest float JAX uses
         wide = jax.dtypes.canonicalize_dtype(jnp.float64)
         return jnp.asarray(values.astype(wide)) if values is not None else divisor.astype(wide)

@@ -134,6 +134,8 @@ ERRORS = {
     "lce-probs-float8": (lambda: lce(labels=PR().astype(jnp.float8_e5m2)), TypeError, ["labels", "float8_e5m2"]),
     "lce-softcap-beyond-float32": (lambda: lce(softcap=1e39), ValueError, ["softcap=1e+39", "float32", "3.4e+38"]),
     "lce-softcap-below-float32-normal": (lambda: lce(softcap=1e-40), ValueError, ["softcap=1e-40", "1.18e-38"]),
+    "lce-sample-weight-subnormal": (lambda: lce(sample_weight=jnp.array([1.0, 1e-40, 1.0, 1.0])), ValueError, ["sample_weight", "1.18e-38", "position 1", "flushes to 0"]),
+    "lce-divisor-subnormal": (lambda: lce(divisor=1e-40), ValueError, ["divisor must be at least 1.18e-38", "1e-40"]),
     "lce-divisor-float8": (lambda: lce(divisor=jnp.float8_e4m3fn(2)), TypeError, ["divisor", "float8_e4m3fn"]),
     # --- mean_divisor: the losses' rules
     "md-probs-ignore-index": (lambda: loss.mean_divisor(PR(), ignore_index=1), ValueError, ["ignore_index=1", "probabilities", "where="]),

@@ -164,6 +164,7 @@ ERRORS = {
     "ce-logits-float8": (lambda: ce(logits=L().astype(jnp.float8_e4m3fn)), TypeError, ["logits", "float8_e4m3fn", "8-bit and 4-bit", "astype(jnp.bfloat16)"]),
     "ce-logits-float4": (lambda: ce(logits=L().astype(jnp.float4_e2m1fn)), TypeError, ["logits", "float4_e2m1fn"]),
     "ce-probs-float8": (lambda: ce(labels=PR().astype(jnp.float8_e5m2)), TypeError, ["labels", "float8_e5m2"]),
+    "ce-weight-subnormal": (lambda: ce(weight=jnp.array([1.0, 1e-40, 1.0])), ValueError, ["weight must be 0 or at least 1.18e-38", "position 1", "flushes to 0"]),
     "ce-weight-float8": (lambda: ce(weight=jnp.ones(3, jnp.float8_e4m3fn)), TypeError, ["weight", "float8_e4m3fn"]),
     # --- cross_entropy: where, num_classes, flags
     "ce-where-float": (lambda: ce(where=jnp.ones(4)), TypeError, ["where", "float32", "astype(bool)"]),
