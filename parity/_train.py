@@ -28,9 +28,13 @@ sequences peaking at different steps. Step k passes when
     |L_jax(k) - L_torch(k)| <= 4 * E_k + 4 * ulp32(L_torch(k)),
 
 the second term being the resolution of a float32 loss (before any step both losses come from
-the same weights). The final parameters pass when, per tensor, max |P_jax - P_torch| <=
-4 * max |P_torch - P64| + 4 * ulp32(max |P_torch|). Measured on mnist-mini (seeds 0-3, 1000
-steps), max_k |L_jax - L_torch| / E_k stayed below 2.2.
+the same weights). Measured on mnist-mini (seeds 0-3, 1000 steps), max_k |L_jax - L_torch| / E_k
+stayed below 2.2. Two effects are not rounding-sized and need the two sections below: without
+them `--batch-size 4000 --steps 60` failed 38 of 64 checks (all 4 tensors, JAX's w1 1.1e-3 from
+float64, torch's 7.5e-8) and `--batch-size 8000 --steps 100` its 4 tensors.
+
+The two, ReLU decisions shared between the runs and Adam's per-element allowance, are
+``parity._train_rounding``'s.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from tqdm import tqdm
 from jaxce.loss import cross_entropy
 from parity._env import environment
 from parity._train_report import ADAM_NOTE, DERIVATION, summary_line, write_reports
+from parity._train_rounding import AdamAllowance, gradient_scale, shared_relu
 from parity._usage import UsageError
 from training._idx import load_idx_dir
 from training._model import MLP
@@ -90,6 +95,12 @@ class Run(NamedTuple):
     params: dict  # NAMES -> float64 arrays, torch layout
     test_accuracy: float
     seconds: float
+    relu: np.ndarray | None = None  # JAX: its ReLU decisions z > 0, (steps, B, 128/8) packed bits
+    relu_adopted: int = 0  # torch: decisions taken from JAX (own |z| within the float32 band)
+    relu_refused: int = 0  # torch: JAX's decisions outside the band, not taken
+    grads0: dict | None = None  # torch: the first step's gradients (NAMES -> float64 arrays)
+    allowance: dict | None = None  # float64 reference: AdamAllowance.total per tensor
+    rounding_ratio: float | None = None  # float64 reference: c0 of AdamAllowance
 
 
 def _flag(setting: str) -> str:
@@ -175,16 +186,21 @@ def run_flax(setup: Setup, tx: optax.GradientTransformation, *, label: str, prog
     @jax.jit
     def step(state, x, y):
         model, opt = nnx.merge(graphdef, state)
+        # The hidden ReLU's decisions: the same expression as the model's first layer in the
+        # same program (XLA computes it once). Were they ever not the ones the gradient used,
+        # torch would follow wrong ones and the run would fail, never pass wrongly.
+        relu = jnp.packbits(model.layers[0](x) > 0, axis=-1)
         loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(x), y))(model)
         opt.update(model, grads)
-        return nnx.state((model, opt)), loss
+        return nnx.state((model, opt)), loss, relu
 
-    losses = []
+    losses, relus = [], []
     for b in tqdm(
         setup.batches(), desc=label, total=setup.steps, disable=not progress, leave=False
     ):
-        state, loss = step(state, setup.images[b], setup.labels[b].astype(np.int32))
+        state, loss, relu = step(state, setup.images[b], setup.labels[b].astype(np.int32))
         losses.append(loss)
+        relus.append(relu)
     model, _ = nnx.merge(graphdef, state)
     logits = jax.jit(lambda m, x: m(x))(model, setup.test_images)
     params = {}
@@ -197,11 +213,26 @@ def run_flax(setup: Setup, tx: optax.GradientTransformation, *, label: str, prog
         params,
         accuracy,
         time.perf_counter() - start,
+        relu=np.stack(jax.device_get(relus)),
     )
 
 
-def run_torch(setup: Setup, dtype: torch.dtype, *, label: str, progress: bool) -> Run:
-    """The same network and steps in torch (nn.Linear, F.cross_entropy, torch.optim.Adam)."""
+def run_torch(
+    setup: Setup,
+    dtype: torch.dtype,
+    *,
+    label: str,
+    progress: bool,
+    relu_from: np.ndarray | None = None,
+    rounding_from: Run | None = None,
+) -> Run:
+    """The same network and steps in torch (nn.Linear, F.cross_entropy, torch.optim.Adam).
+
+    The ReLU is where(mask, z, 0) (relu's values and gradient for mask = z > 0); with
+    ``relu_from`` (a JAX run's packed decisions) the mask is ``shared_relu``'s. With
+    ``rounding_from`` (the float32 torch run; this one float64) the run also accumulates the
+    ``AdamAllowance`` of every parameter element.
+    """
     start = time.perf_counter()
     layers = [torch.nn.Linear(i, o, dtype=dtype) for i, o in itertools.pairwise(SIZES)]
     net = torch.nn.Sequential(layers[0], torch.nn.ReLU(), layers[1])
@@ -212,15 +243,39 @@ def run_torch(setup: Setup, dtype: torch.dtype, *, label: str, progress: bool) -
     opt = torch.optim.Adam(net.parameters(), lr=LR, betas=BETAS, eps=EPS)
     images = torch.from_numpy(setup.images).to(dtype)  # float32 -> float64 is exact
     labels = torch.from_numpy(setup.labels)
-    losses = []
-    for b in tqdm(
-        setup.batches(), desc=label, total=setup.steps, disable=not progress, leave=False
+    losses, adopted, refused, grads0, allowance = [], 0, 0, None, None
+    for k, b in enumerate(
+        tqdm(setup.batches(), desc=label, total=setup.steps, disable=not progress, leave=False)
     ):
         idx = torch.from_numpy(b)
-        loss = torch.nn.functional.cross_entropy(net(images[idx]), labels[idx])
+        x = images[idx]
+        z = layers[0](x)
+        theirs = None
+        if relu_from is not None:
+            bits = np.unpackbits(relu_from[k], axis=-1, count=SIZES[1])
+            theirs = torch.from_numpy(bits.astype(bool))
+        mask, a, r = shared_relu(z, x, layers[0], theirs)
+        adopted, refused = adopted + a, refused + r
+        h = torch.where(mask, z, torch.zeros((), dtype=dtype))
+        logits = layers[1](h)
+        loss = torch.nn.functional.cross_entropy(logits, labels[idx])
         opt.zero_grad()
         loss.backward()
+        grads = dict(zip(NAMES, net.parameters(), strict=True))
+        if k == 0:
+            grads0 = {n: g.grad.detach().to(torch.float64).numpy().copy() for n, g in grads.items()}
+        if rounding_from is not None:
+            scale = gradient_scale(x, mask, logits, labels[idx], layers)
+            if allowance is None:
+                ratio = AdamAllowance.first_step_ratio(rounding_from.grads0, grads0, scale)
+                allowance = AdamAllowance(ratio, lr=LR, betas=BETAS, eps=EPS)
         opt.step()
+        if allowance is not None:
+            state = {n: opt.state[w] for n, w in grads.items()}
+            moments = {
+                n: (st["exp_avg"].numpy(), st["exp_avg_sq"].numpy()) for n, st in state.items()
+            }
+            allowance.add(k + 1, scale, moments)
         losses.append(loss.item())
     with torch.no_grad():
         pred = net(torch.from_numpy(setup.test_images).to(dtype)).argmax(-1).numpy()
@@ -233,6 +288,11 @@ def run_torch(setup: Setup, dtype: torch.dtype, *, label: str, progress: bool) -
         params,
         float(np.mean(pred == setup.test_labels)),
         time.perf_counter() - start,
+        relu_adopted=adopted,
+        relu_refused=refused,
+        grads0=grads0,
+        allowance=None if allowance is None else allowance.total,
+        rounding_ratio=None if allowance is None else allowance.c0,
     )
 
 
@@ -248,16 +308,28 @@ def step_tolerance(torch32: Run, torch64: Run) -> np.ndarray:
 
 
 def param_check(jax_run: Run, torch32: Run, torch64: Run) -> dict:
-    """Per tensor: max |jax - torch|, its tolerance and the float32-vs-float64 errors."""
+    """Per tensor: |jax - torch| against its per-element tolerance, and the float64 errors.
+
+    Element e passes when |P_jax - P_torch| <= 4 max |P_torch - P64| + 4 ulp32(max |P_torch|)
+    + 2 allowance_e (``AdamAllowance``, once for each float32 run); "tolerance" is the one of
+    the element with the largest ratio |P_jax - P_torch| / tolerance.
+    """
     out = {}
     for name in NAMES:
         j, t, t64 = jax_run.params[name], torch32.params[name], torch64.params[name]
-        tol = 4.0 * float(np.max(np.abs(t - t64))) + 4.0 * float(ulp32(np.max(np.abs(t))))
-        diff = float(np.max(np.abs(j - t)))
+        base = 4.0 * float(np.max(np.abs(t - t64))) + 4.0 * float(ulp32(np.max(np.abs(t))))
+        allowance = np.zeros_like(t) if torch64.allowance is None else torch64.allowance[name]
+        tol = base + 2.0 * allowance
+        diff = np.abs(j - t)
+        worst = np.unravel_index(np.argmax(diff / tol), diff.shape)
         out[name] = {
-            "max_abs_jax_vs_torch": diff,
-            "tolerance": tol,
-            "ok": diff <= tol,
+            "max_abs_jax_vs_torch": float(diff.max()),
+            "tolerance": float(tol[worst]),
+            "max_ratio": float(diff[worst] / tol[worst]),
+            "ok": bool(np.all(diff <= tol)),
+            "base_tolerance": base,
+            "max_allowance": float(allowance.max()),
+            "beyond_base": int(np.sum(diff > base)),
             "max_abs_jax_vs_float64": float(np.max(np.abs(j - t64))),
             "max_abs_torch_vs_float64": float(np.max(np.abs(t - t64))),
             "max_abs_value": float(np.max(np.abs(t))),
@@ -272,12 +344,16 @@ def run_training_parity(config, setup: Setup) -> int:
     torch.set_float32_matmul_precision("highest")
     torch.set_num_threads(1)
     kw = {"progress": config.progress}
-    runs = {
-        "jax": run_flax(setup, adam_accurate_bias(LR), label="flax+jaxce", **kw),
-        "torch": run_torch(setup, torch.float32, label="torch float32", **kw),
-        "torch_float64": run_torch(setup, torch.float64, label="torch float64", **kw),
-        "jax_optax_adam": run_flax(setup, optax.adam(LR), label="flax optax.adam", **kw),
-    }
+    runs = {"jax": run_flax(setup, adam_accurate_bias(LR), label="flax+jaxce", **kw)}
+    shared = {"relu_from": runs["jax"].relu, **kw}
+    runs["torch"] = run_torch(setup, torch.float32, label="torch float32", **shared)
+    runs["torch_float64"] = run_torch(
+        setup, torch.float64, label="torch float64", rounding_from=runs["torch"], **shared
+    )
+    runs["jax_optax_adam"] = run_flax(setup, optax.adam(LR), label="flax optax.adam", **kw)
+    runs["torch_float64_own_relu"] = run_torch(
+        setup, torch.float64, label="torch float64, own ReLU", **kw
+    )
     payload = build_training_payload(config, setup, runs)
     write_reports(payload, Path(config.out))
     print(f"reports: {Path(config.out) / 'report.json'}, report.md, report.html")
@@ -290,12 +366,17 @@ def build_training_payload(config, setup: Setup, runs: dict) -> dict:
     diff = np.abs(runs["jax"].losses - runs["torch"].losses)
     ok = diff <= tol
     params = param_check(runs["jax"], runs["torch"], runs["torch_float64"])
-    passed = int(ok.sum()) + sum(p["ok"] for p in params.values())
+    steps_passed, params_passed = int(ok.sum()), sum(p["ok"] for p in params.values())
+    passed = steps_passed + params_passed
     failing = np.flatnonzero(~ok)
+    own = runs["torch_float64_own_relu"]
     summary = {
         "steps": len(diff),
         "passed": passed,
         "failed": len(diff) + len(params) - passed,
+        "steps_passed": steps_passed,
+        "tensors": len(params),
+        "tensors_passed": params_passed,
         "max_abs_loss_diff": float(diff.max()),
         "argmax_step": int(diff.argmax()),
         "max_ratio": float(np.max(diff / tol)),
@@ -306,6 +387,16 @@ def build_training_payload(config, setup: Setup, runs: dict) -> dict:
         "max_abs_loss_diff_optax_adam": float(
             np.max(np.abs(runs["jax_optax_adam"].losses - runs["torch"].losses))
         ),
+        "rounding_ratio": runs["torch_float64"].rounding_ratio,
+        "relu_adopted": {k: runs[k].relu_adopted for k in ("torch", "torch_float64")},
+        "relu_refused": {k: runs[k].relu_refused for k in ("torch", "torch_float64")},
+        "max_abs_loss_diff_float64_own_relu": float(
+            np.max(np.abs(runs["jax"].losses - own.losses))
+        ),
+        "max_abs_param_diff_float64_own_relu": {
+            name: float(np.max(np.abs(runs["jax"].params[name] - own.params[name])))
+            for name in NAMES
+        },
         "test_accuracy": {k: r.test_accuracy for k, r in runs.items()},
         "seconds": {k: round(r.seconds, 2) for k, r in runs.items()},
         "train_examples": len(setup.labels),
