@@ -141,8 +141,10 @@ def test_a_full_disk_at_the_report_is_one_line_and_resume_writes_it(
         f"writing {out / 'curves.png'} failed (No space left on device); the run's checkpoints "
         "are complete: free space or fix the filesystem, then rerun with --resume to write it."
     )
-    status, _, err = run(["--data-dir", tiny, "--out", out, "--resume", *TINY], capsys)
+    status, stdout, err = run(["--data-dir", tiny, "--out", out, "--resume", *TINY], capsys)
     assert status == 0, err
+    assert f"the run in {out} is finished (epoch 1 of 1, checkpoint step_00000008); " in stdout
+    assert "resuming from" not in stdout
     assert (out / "curves.png").is_file()
 
 

@@ -97,10 +97,17 @@ class RunCheckpointing:
         directory = self.store.directory(step)
         self.last_saved = str(directory)
         self.history = meta["history"]
-        self.log(
-            f"resuming from {directory}: epoch {meta['epoch'] + 1}, step "
-            f"{meta['step_in_epoch']}/{self.steps_per_epoch} (global step {step})"
-        )
+        if meta["epoch"] >= self.config.epochs:  # a finished run: nothing left to train
+            self.log(
+                f"the run in {directory.parent.parent} is finished (epoch {meta['epoch']} of "
+                f"{self.config.epochs}, checkpoint {directory.name}); writing its report again "
+                "(a larger epoch count would extend it)"
+            )
+        else:
+            self.log(
+                f"resuming from {directory}: epoch {meta['epoch'] + 1}, step "
+                f"{meta['step_in_epoch']}/{self.steps_per_epoch} (global step {step})"
+            )
         return state, meta["epoch"], meta["step_in_epoch"], meta["history"]
 
     def _choose(self) -> int:
