@@ -41,6 +41,11 @@ def check_out_dir(path: Path, *, kind: str, flag: str = "--out") -> Path:
       UsageError: ``path`` is not a directory, cannot be created or written, or is a non-empty
         directory that holds no earlier ``kind`` report.
     """
+    if path.is_symlink() and not path.exists():
+        raise UsageError(
+            f"{flag} {path} is a symbolic link to nothing, or a loop of them; pass a directory "
+            "to write report.json, report.md and report.html into (created if missing)."
+        )
     if path.exists() and not path.is_dir():
         raise UsageError(
             f"{flag} {path} is a file, not a directory; pass a directory to write "

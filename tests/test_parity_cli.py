@@ -95,7 +95,11 @@ def _layout(tmp_path: Path, tiny: Path) -> dict[str, str]:
     (modules / "broken_impl.py").write_text("raise RuntimeError('boom at import')\n")
     (modules / "needs_dep.py").write_text("import jaxce_missing_dependency\n")
     (modules / "narrow_impl.py").write_text("def ce(logits, labels):\n    return logits\n")
+    loop = tmp_path / "loop-a"
+    loop.symlink_to(tmp_path / "loop-b")
+    (tmp_path / "loop-b").symlink_to(loop)
     return {
+        "loop": str(loop),
         "file": str(file),
         "under_file": str(file / "report"),
         "unwritable": str(_unwritable(tmp_path)),
@@ -154,6 +158,7 @@ CASES = [
         ["--batch-size 11", "10 training images"],
     ),
     ("train-out-is-a-file", ["train", "--data-dir", "{tiny}", "--out", "{file}"], ["is a file"]),
+    ("out-in-a-symlink-loop", ["--quick", "--out", "{loop}"], ["--out", "a loop"]),
     (
         "train-out-holds-a-loss-report",
         ["train", "--data-dir", "{tiny}", "--out", "{loss_report}"],
