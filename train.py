@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 import types
 import typing
@@ -144,17 +145,30 @@ def main(argv: list[str] | None = None) -> None:
     """Parses the flags and trains. A setting that does not fit the launcher, the devices or
     the data exits 2; a run that cannot go on exits 1; each with one line saying why."""
     config = parse_args(argv)
+    # SIGTERM (docker stop, scancel, Kubernetes) ends a run as Ctrl-C does
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         train(config, name=flag, on_join_timeout=_end_on_join_timeout)
     except Interrupted as err:
-        _fail(err, 130)
+        _report(err)
+        _exit_now(130)
     except ConfigError as err:
         _fail(err, 2)
     except TrainingError as err:
         _fail(err, 1)
     except KeyboardInterrupt:  # before the run directory was opened (joining the processes)
         print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
+        _exit_now(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_now(status: int) -> NoReturn:
+    """Exits at once after an interruption: compilation or a checkpoint write may still run in
+    other threads, whose teardown would print their own errors (or crash) after the one line."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

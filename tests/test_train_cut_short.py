@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ import train as train_py
 import training._run
 from tests import test_train_cli as cli
 from tests.test_train_cli import RESUME, TINY, _snapshot, error_line, run
-from training import _idx
+from training import _idx, _rundir
 from training._checkpoint import RunCheckpoints
 
 # test_train_cli's fixtures: the tiny dataset, a finished run, no launcher, no data loading
@@ -65,6 +67,11 @@ def test_a_refused_overwrite_keeps_the_earlier_run(finished, tiny, tmp_path, cap
 
 def _interrupt_at_epoch(monkeypatch, epoch: int) -> None:
     real = training._run.train_and_evaluate
+
+    def exit_now(status):  # train.py's os._exit would end this test process
+        raise SystemExit(status)
+
+    monkeypatch.setattr(train_py, "_exit_now", exit_now)
 
     def interrupted(trainer, state, data, config, checkpointing, history, at, *rest):
         if at == epoch:
@@ -195,3 +202,40 @@ def test_a_bad_jax_num_cpu_devices_is_a_usage_error(value, capsys, monkeypatch):
     assert error_line(err) == (
         f"JAX_NUM_CPU_DEVICES must be a positive integer (the number of CPU devices), got {value!r}"
     )
+
+
+def test_sigterm_ends_the_run_as_ctrl_c_does(tiny, tmp_path, capsys, monkeypatch):
+    real = training._run.train_and_evaluate
+
+    def terminated(trainer, state, data, config, checkpointing, history, at, *rest):
+        if at == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # what docker stop, scancel and Kubernetes send
+        return real(trainer, state, data, config, checkpointing, history, at, *rest)
+
+    def exit_now(status):
+        raise SystemExit(status)
+
+    monkeypatch.setattr(training._run, "train_and_evaluate", terminated)
+    monkeypatch.setattr(train_py, "_exit_now", exit_now)
+    out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
+    status, _, err = run(["--data-dir", tiny, "--out", out, *RESUME], capsys)
+    assert status == 130 and "Traceback" not in err
+    assert error_line(err).startswith(f"interrupted; run directory {out}: its committed")
+    assert signal.getsignal(signal.SIGTERM) is before  # restored when train.py returns
+
+
+def test_a_full_disk_at_the_lock_file_is_one_line_and_leaves_nothing(
+    tmp_path, capsys, no_data_loading, monkeypatch
+):
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_rundir.os, "write", full)
+    out = tmp_path / "new" / "run"
+    status, _, err = run(["--out", out], capsys)
+    assert status == 1 and "Traceback" not in err
+    assert error_line(err) == (
+        f"--out {out} is not writable (No space left on device); choose another --out"
+    )
+    assert not (tmp_path / "new").exists()

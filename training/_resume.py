@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from training import _checkpoint, _distributed
@@ -41,6 +42,9 @@ MUST_MATCH = (
 )
 # what a setting was before it was recorded (checkpoints of earlier versions)
 BEFORE_RECORDED = {"label_smoothing": 0.0}
+
+# a failed collective inside a multi-process save reads like a failed write
+_PEERS = " (or restart every process: one may have ended)"
 
 
 class RunCheckpointing:
@@ -243,11 +247,12 @@ class RunCheckpointing:
             )
             raise WriteError(
                 "writing the checkpoint of global step {step} to {root} failed ({reason}); "
-                "{kept}. Free space or fix the filesystem, then rerun with {@resume}.",
+                "{kept}. Free space or fix the filesystem{peers}, then rerun with {@resume}.",
                 step=step,
                 root=self.store.root,
                 reason=write_failure(err),
                 kept=kept,
+                peers=_PEERS if jax.process_count() > 1 else "",
             ) from None
 
     def _stop(self, losses: np.ndarray, epoch: int) -> None:

@@ -97,6 +97,11 @@ class RunDir:
         own_lock_file = not (path / LOCK_FILE).exists()
         run_dir = cls(path, _lock(path), created=created, own_lock_file=own_lock_file)
         try:
+            _record_owner(run_dir._lock_fd, path)
+        except BaseException:
+            run_dir.discard_if_unused()  # holding the lock: what this process made is removed
+            raise
+        try:
             run_dir._guard(resume=resume, overwrite=overwrite, log=log)
         except BaseException:
             run_dir.discard_if_unused()
@@ -267,10 +272,24 @@ def _lock(path: Path) -> int | None:
             raise
         os.close(fd)  # a filesystem without locks: run unlocked rather than not at all
         return None
-    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps(owner).encode())
     return fd
+
+
+def _record_owner(fd: int | None, path: Path) -> None:
+    """Writes who holds the lock into the lock file (a full disk shows here first: the write
+    probe writes 0 bytes)."""
+    if fd is None:
+        return
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(owner).encode())
+    except OSError as err:
+        raise RunDirError(
+            "{@out} {path} is not writable ({reason}); choose another {@out}",
+            path=path,
+            reason=err.strerror or err,
+        ) from None
 
 
 def _holder(lock: Path) -> str:
