@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
+from collections.abc import Callable
 
 
 def flag(name: str) -> str:
@@ -54,3 +56,15 @@ def check_output_file(p: argparse.ArgumentParser, path: str | None, name: str = 
     if problem:
         got = path or "''"
         p.error(f"{flag(name)} must be a file in a writable directory, got {got} ({problem})")
+
+
+PARTIAL = "the measurements finished so far are printed above and, with --json, in its file"
+
+
+def run_main(main: Callable[[], None], prog: str, kept: str = PARTIAL) -> None:
+    """``main()``; Ctrl-C ends it with one line saying what was ``kept``, and exit status 130."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {kept}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None

@@ -8,6 +8,7 @@ None). The child prints one line ``RESULT_MARKER + json`` that the parent parses
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -210,6 +211,8 @@ def write_json(path: str | None, doc: dict, *, quiet: bool = False) -> None:
                 json.dump(doc, f, indent=1)
             os.replace(tmp, path)
         except OSError as err:  # a full disk, a failing filesystem: one line, not a traceback
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise SystemExit(
                 f"error: writing {path} failed ({err.strerror or err}); what was printed is "
                 "what was measured"

@@ -49,6 +49,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
+from benchmarks import _cli
 from benchmarks._cli import check_counts, check_output_file, flag
 from benchmarks._harness import write_json
 from training import Config as TrainingConfig
@@ -298,4 +299,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run_main(main, "python -m benchmarks.train_epoch", "nothing was written")

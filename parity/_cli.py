@@ -197,5 +197,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as err:  # a report that cannot be written: a full disk, a failing filesystem
         where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror or err} (the reports are incomplete)", file=sys.stderr)
+        print(
+            f"error: {where}{err.strerror or err}; the reports were not written (any earlier "
+            "ones in --out are kept): free space, or choose another --out",
+            file=sys.stderr,
+        )
         return 1
+    except KeyboardInterrupt:
+        print(
+            "error: interrupted; the reports are written at the end, so none was (any earlier "
+            "ones in --out are kept)",
+            file=sys.stderr,
+        )
+        return 130

@@ -24,7 +24,7 @@ from parity._linear_jax import LinearRunner
 from parity._reference import LinearResult, Result
 from parity._reference import cross_entropy as reference_cross_entropy
 from parity._reference import linear_cross_entropy as reference_linear_cross_entropy
-from parity._report import build_payload, markdown, write_json
+from parity._report import build_payload, markdown, report_json, write_reports
 from parity._torch_side import run_torch, run_torch_linear
 
 GROUP_SIZE = 24  # signatures (options, shapes, dtype) per compiled program
@@ -195,9 +195,8 @@ def run_loss_parity(config, impl_fn: Callable, cases: list[Case]) -> int:
         elapsed_s=time.perf_counter() - start,
     )
     out = Path(config.out)
-    write_json(payload, out / "report.json")
-    (out / "report.md").write_text(markdown(payload))
-    (out / "report.html").write_text(loss_html(payload))
+    texts = {"report.json": report_json(payload), "report.md": markdown(payload)}
+    write_reports(out, {**texts, "report.html": loss_html(payload)})
     summary = payload["summary"]
     for case_id in summary["failed_cases"]:
         print(f"FAILED {case_id}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -177,8 +178,24 @@ def build_payload(records, *, config: dict, environment: dict, elapsed_s: float)
     }
 
 
-def write_json(payload: dict, path: Path) -> None:
-    path.write_text(json.dumps(jsonable(payload), indent=1, allow_nan=False) + "\n")
+def report_json(payload: dict) -> str:
+    return json.dumps(jsonable(payload), indent=1, allow_nan=False) + "\n"
+
+
+def write_reports(out: Path, texts: dict[str, str]) -> None:
+    """Writes ``texts`` (file name -> text) into ``out`` as one set: every file to a temporary
+    name first, then each renamed over its earlier version, so a write that fails (a full disk)
+    leaves the earlier reports as they were and no temporary file behind."""
+    temporary = {name: out / f".{name}.tmp" for name in texts}
+    try:
+        for name, text in texts.items():
+            temporary[name].write_text(text)
+    except BaseException:
+        for path in temporary.values():
+            path.unlink(missing_ok=True)
+        raise
+    for name, path in temporary.items():
+        os.replace(path, out / name)
 
 
 def fmt(x) -> str:

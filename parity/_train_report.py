@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,8 @@ from matplotlib.figure import Figure
 
 from parity._html import img, page, table
 from parity._plots import place, to_png_base64
-from parity._report import jsonable
+from parity._report import report_json
+from parity._report import write_reports as write_report_files
 
 DERIVATION = (
     "Both runs are the same float32 algorithm and differ from the exact (float64) trajectory "
@@ -56,11 +56,8 @@ def summary_line(payload: dict) -> str:
 
 def write_reports(payload: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(
-        json.dumps(jsonable(payload), indent=1, allow_nan=False) + "\n"
-    )
-    (out / "report.md").write_text(markdown(payload))
-    (out / "report.html").write_text(training_html(payload))
+    texts = {"report.json": report_json(payload), "report.md": markdown(payload)}
+    write_report_files(out, {**texts, "report.html": training_html(payload)})
 
 
 def _facts(payload: dict) -> list[tuple[str, str]]:

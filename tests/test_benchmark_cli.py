@@ -16,8 +16,8 @@ import warnings
 
 import pytest
 
+from benchmarks import _cli, linear, loss, train_epoch
 from benchmarks import _harness as h
-from benchmarks import linear, loss, train_epoch
 from tests.conftest import SHARED_DATA
 from training import ChecksumWarning
 
@@ -224,4 +224,18 @@ def test_a_json_that_cannot_be_written_at_the_end_is_one_line(tmp_path, monkeypa
     assert exit.value.code == (
         f"error: writing {path} failed (No space left on device); what was printed is what was "
         "measured"
+    )
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit:
+        _cli.run_main(interrupted, "python -m benchmarks.loss")
+    assert exit.value.code == 130
+    assert capsys.readouterr().err.strip() == (
+        "python -m benchmarks.loss: interrupted; the measurements finished so far are printed "
+        "above and, with --json, in its file"
     )

@@ -229,5 +229,36 @@ def test_a_report_that_cannot_be_written_is_one_error_line(tmp_path, capsys, mon
     assert main(["--quick", "--out", str(tmp_path)]) == 1
     captured = capsys.readouterr()
     assert captured.err.strip().splitlines() == [
-        f"error: {tmp_path / 'report.json'}: No space left on device (the reports are incomplete)"
+        f"error: {tmp_path / 'report.json'}: No space left on device; the reports were not "
+        "written (any earlier ones in --out are kept): free space, or choose another --out"
+    ]
+
+
+def test_a_failed_report_write_keeps_the_earlier_reports_whole(tmp_path, monkeypatch):
+    from parity._report import write_reports
+
+    write_reports(tmp_path, {"report.json": "old json", "report.md": "old md"})
+    real = Path.write_text
+
+    def full(path, text, *args, **kwargs):
+        if path.name == ".report.md.tmp":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError):
+        write_reports(tmp_path, {"report.json": "new json", "report.md": "new md"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md"]
+    assert (tmp_path / "report.json").read_text() == "old json"
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    def interrupted(config, impl_fn, cases):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(parity._matrix, "run_loss_parity", interrupted)
+    assert main(["--quick", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: interrupted; the reports are written at the end, so none was (any earlier ones "
+        "in --out are kept)"
     ]
