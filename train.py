@@ -21,7 +21,7 @@ import types
 import typing
 from typing import Any, NoReturn
 
-from training import Config, ConfigError, Interrupted, LaunchError, TrainingError
+from training import Config, ConfigError, Interrupted, LaunchError, TrainingError, WriteError
 
 PROG = "train.py"
 _FIELDS = {field.name: field for field in dataclasses.fields(Config)}
@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
         _exit_now(130)
     except ConfigError as err:
         _fail(err, 2)
+    except WriteError as err:  # Orbax's writer threads may still be failing: do not wait
+        _report(err)
+        _exit_now(1)
     except TrainingError as err:
         _fail(err, 1)
     except KeyboardInterrupt:  # before the run directory was opened (joining the processes)
@@ -164,8 +167,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _exit_now(status: int) -> NoReturn:
-    """Exits at once after an interruption: compilation or a checkpoint write may still run in
-    other threads, whose teardown would print their own errors (or crash) after the one line."""
+    """Exits at once after an interruption or a failed write: compilation or a checkpoint write
+    may still run in other threads, whose teardown would print their own errors (or crash)
+    after the one line."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)

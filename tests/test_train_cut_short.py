@@ -65,13 +65,13 @@ def test_a_refused_overwrite_keeps_the_earlier_run(finished, tiny, tmp_path, cap
 # -- Ctrl-C: one line, and --resume continues ------------------------------------------------
 
 
+def _raise_exit(status):  # train.py's os._exit would end this test process
+    raise SystemExit(status)
+
+
 def _interrupt_at_epoch(monkeypatch, epoch: int) -> None:
     real = training._run.train_and_evaluate
-
-    def exit_now(status):  # train.py's os._exit would end this test process
-        raise SystemExit(status)
-
-    monkeypatch.setattr(train_py, "_exit_now", exit_now)
+    monkeypatch.setattr(train_py, "_exit_now", _raise_exit)
 
     def interrupted(trainer, state, data, config, checkpointing, history, at, *rest):
         if at == epoch:
@@ -123,6 +123,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line(tiny, tmp_path, capsys, monkeyp
         raise error
 
     monkeypatch.setattr(RunCheckpoints, "save", full)
+    monkeypatch.setattr(train_py, "_exit_now", _raise_exit)
     out = tmp_path / "run"
     status, _, err = run(["--data-dir", tiny, "--out", out, *TINY], capsys)
     assert status == 1 and "Traceback" not in err
@@ -142,6 +143,7 @@ def test_a_full_disk_at_the_report_is_one_line_and_resume_writes_it(
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
         patch.setattr(training._run, "plot_curves", full)
+        patch.setattr(train_py, "_exit_now", _raise_exit)
         status, _, err = run(["--data-dir", tiny, "--out", out, *TINY], capsys)
     assert status == 1 and "Traceback" not in err
     assert error_line(err) == (
@@ -212,11 +214,8 @@ def test_sigterm_ends_the_run_as_ctrl_c_does(tiny, tmp_path, capsys, monkeypatch
             os.kill(os.getpid(), signal.SIGTERM)  # what docker stop, scancel and Kubernetes send
         return real(trainer, state, data, config, checkpointing, history, at, *rest)
 
-    def exit_now(status):
-        raise SystemExit(status)
-
     monkeypatch.setattr(training._run, "train_and_evaluate", terminated)
-    monkeypatch.setattr(train_py, "_exit_now", exit_now)
+    monkeypatch.setattr(train_py, "_exit_now", _raise_exit)
     out = tmp_path / "run"
     before = signal.getsignal(signal.SIGTERM)
     status, _, err = run(["--data-dir", tiny, "--out", out, *RESUME], capsys)

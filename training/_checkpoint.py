@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -38,6 +39,12 @@ _FORMAT = 1
 _COMMIT = ".commit.json"
 _ITEMS = ("state", "meta")
 _DIGITS = 8
+
+
+def _reraised_write_errors(record: logging.LogRecord) -> bool:
+    """Drops Orbax's log record of a writer thread's exception, with its traceback: the save
+    raises the same error, which the run reports in one line (a full disk printed 100+ lines)."""
+    return "_SignalingThread.run() raised an exception" not in record.getMessage()
 
 
 def _stderr(message: str) -> None:
@@ -253,6 +260,7 @@ class RunCheckpoints:
     def manager(self) -> ocp.CheckpointManager:
         """Orbax's manager of ``root``, made on first use."""
         if self._manager is None:
+            logging.getLogger("absl").addFilter(_reraised_write_errors)
             options = ocp.CheckpointManagerOptions(
                 step_prefix="step",
                 step_format_fixed_length=_DIGITS,
