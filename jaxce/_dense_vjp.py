@@ -28,6 +28,7 @@ from jaxce._reductions import (
     target_sum,
     target_value,
 )
+from jaxce._vma import sum_to_type
 
 
 def _index_terms(opts, logits, m, lse0, index, weight, ct) -> rm.RowTerms:
@@ -100,8 +101,8 @@ def _index_rows_bwd(opts, res, g):
     keep = jnp.expand_dims(keep, opts.axis)
     g = jnp.expand_dims(g, opts.axis).astype(ct)
     dx, dw = rm.row_grad(opts, num_classes, w_sum, s, m, lse0, t, weight, g, keep, s_dw)
-    dw = None if dw is None else dw.astype(weight.dtype)
-    return dx.astype(logits.dtype), None, dw, None
+    dw = None if dw is None else sum_to_type(dw, weight).astype(weight.dtype)
+    return sum_to_type(dx, logits).astype(logits.dtype), None, dw, None
 
 
 index_rows.defvjp(_index_rows_fwd, _index_rows_bwd)
@@ -182,8 +183,10 @@ def _soft_rows_bwd(opts, res, g):
     dw = None
     if weight is not None:
         others = tuple(i for i in range(s.ndim) if i != axis)
-        dw = jnp.sum(jnp.where(keep, g * tt * d, 0), axis=others).astype(weight.dtype)
-    return dx.astype(logits.dtype), d_labels, dw, None
+        dw = sum_to_type(jnp.sum(jnp.where(keep, g * tt * d, 0), axis=others), weight)
+        dw = dw.astype(weight.dtype)
+    d_labels = sum_to_type(d_labels, labels)
+    return sum_to_type(dx, logits).astype(logits.dtype), d_labels, dw, None
 
 
 soft_rows.defvjp(_soft_rows_fwd, _soft_rows_bwd)

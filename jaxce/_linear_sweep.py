@@ -29,6 +29,7 @@ from jax import lax
 
 from jaxce import _row_math as rm
 from jaxce._dense_vjp import index_rows, soft_rows
+from jaxce._vma import vary_over, varying_axes
 
 CLASS_AXIS = 1  # of a chunk's logits (rows, C[, P]), the probabilities and a (D, C[, P]) kernel
 _ALIGN = 128  # default class chunks are multiples of this
@@ -182,7 +183,7 @@ def _chunk_vjp(static, logits, labels, weight, keep, g, needs):
     if needs.labels and static.soft:
         diff["labels"] = labels
     out, vjp = jax.vjp(loss, diff)
-    return out, vjp(g.astype(out.dtype))[0]
+    return out, vjp(vary_over(g.astype(out.dtype), varying_axes(out)))[0]
 
 
 def compute_dtype(static: Static, hidden, kernel, bias, labels) -> jnp.dtype:

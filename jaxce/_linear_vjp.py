@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from jaxce import _row_math as rm
 from jaxce._linear_sweep import Needs, compute_dtype, sweep
+from jaxce._vma import all_varying, sum_to_axes, sum_to_type
 
 
 def _values(args):
@@ -76,7 +77,9 @@ def reduced(static, mean, hidden, kernel, bias, labels, weight, keep, sample_wei
 
 
 def _reduced_fwd(static, mean, *args):
-    hidden, kernel, bias, labels, weight, keep, sample_weight, divisor = _values(args)
+    # inside shard_map, per-device gradients throughout; each summed to its primal's type once
+    values, axes = all_varying(_values(args))
+    hidden, kernel, bias, labels, weight, keep, sample_weight, divisor = values
     needs = _needs(static, *args[:5])
     ct = compute_dtype(static, hidden, kernel, bias, labels)
 
@@ -87,7 +90,8 @@ def _reduced_fwd(static, mean, *args):
     s = jnp.ones(keep.shape, ct) if sample_weight is None else sample_weight.astype(ct)
     losses, grads = sweep(static, hidden, kernel, bias, labels, weight, keep, s / div, needs)
     loss = jnp.sum(losses * s) / div
-    d_weight, d_sample, d_divisor = div_vjp(-loss / div)  # through the divisor
+    # through the divisor (typed as it: a divisor that varies over no axis is a constant)
+    d_weight, d_sample, d_divisor = div_vjp(sum_to_type(-loss / div, div))
     if grads.weight is not None:
         d_weight = grads.weight + d_weight.astype(grads.weight.dtype)
     d_sample = None if sample_weight is None else d_sample + losses / div
@@ -100,11 +104,24 @@ def _reduced_fwd(static, mean, *args):
         d_sample if args[6] is not None and args[6].perturbed else None,
         d_divisor if args[7] is not None and args[7].perturbed else None,
     )
-    return loss, res
+    primal_axes = (*axes[:5], *axes[6:])  # of the inputs with a gradient (not keep)
+    return loss, _Gradients(res, primal_axes)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["grads"], meta_fields=["axes"])
+@dataclasses.dataclass(frozen=True)
+class _Gradients:
+    """The finished gradients, and the mesh axes each one's primal varies over (shard_map)."""
+
+    grads: tuple
+    axes: tuple
 
 
 def _reduced_bwd(static, mean, res, g):
-    scaled = [None if r is None else _scale(r, g, r.dtype) for r in res]
+    scaled = [
+        None if r is None else sum_to_axes(_scale(r, g, r.dtype), axes)
+        for r, axes in zip(res.grads, res.axes, strict=True)
+    ]
     d_hidden, d_kernel, d_bias, d_labels, d_weight, d_sample, d_divisor = scaled
     return d_hidden, d_kernel, d_bias, d_labels, d_weight, None, d_sample, d_divisor
 
@@ -134,10 +151,13 @@ def _per_example_fwd(static, *args):
 
 
 def _per_example_bwd(static, saved, g):
-    hidden, kernel, bias, labels, weight, keep = saved.arrays
+    (*arrays, g), axes = all_varying((*saved.arrays, g))  # per-device, as in _reduced_fwd
+    hidden, kernel, bias, labels, weight, keep = arrays
     grads = sweep(static, hidden, kernel, bias, labels, weight, keep, g, saved.needs)[1]
     d_kernel = None if grads.kernel is None else grads.kernel.astype(kernel.dtype)
-    return grads.hidden, d_kernel, grads.bias, grads.labels, grads.weight, None
+    out = (grads.hidden, d_kernel, grads.bias, grads.labels, grads.weight)
+    typed = (None if d is None else sum_to_axes(d, a) for d, a in zip(out, axes[:5], strict=True))
+    return (*typed, None)
 
 
 per_example.defvjp(_per_example_fwd, _per_example_bwd, symbolic_zeros=True)

@@ -14,6 +14,7 @@ from jaxce import _online_lse as ol
 from jaxce import _row_math as rm
 from jaxce._reductions import row_max
 from jaxce._validation import Reduction
+from jaxce._vma import sum_to_type, varying_axes
 
 
 def sharded_cross_entropy(
@@ -179,7 +180,7 @@ def _check_mesh_axis(mesh_axis, logits) -> int:
         ) from None
     aval = jax.typeof(logits)
     tracked = hasattr(aval, "mat") or hasattr(aval, "vma")  # JAX tracks varying axes
-    if tracked and not set(names) <= _varying_axes(logits):
+    if tracked and not set(names) <= varying_axes(logits):
         raise ValueError(
             f"logits_shard must vary over mesh_axis={mesh_axis!r} (its class axis split "
             f"over it, e.g. in_specs=P(None, {mesh_axis!r})), and jax.shard_map must keep "
@@ -193,7 +194,7 @@ def _check_mesh_axis(mesh_axis, logits) -> int:
 def _check_replicated(array, name: str, mesh_axis) -> None:
     """A ValueError if ``array`` varies over ``mesh_axis`` (JAX tracks it with check_vma)."""
     names = mesh_axis if isinstance(mesh_axis, tuple) else (mesh_axis,)
-    varying = set(names) & _varying_axes(array) if isinstance(array, jax.Array) else set()
+    varying = set(names) & varying_axes(array) if isinstance(array, jax.Array) else set()
     if varying:
         raise ValueError(
             f"{name} must be the same on every device of mesh_axis={mesh_axis!r} (each device "
@@ -267,25 +268,8 @@ def _sharded_rows_bwd(static, res, cotangents):
     else:  # plus the label weight's own output (the mean's divisor)
         dw = dw + jnp.sum(jnp.where(hot, g_w_y[:, None].astype(ct), 0), axis=0)
         dw = dw if real is None else jnp.where(real, dw, 0)
-        dw = _sum_to_type(dw, weight).astype(weight.dtype)
-    return _sum_to_type(dx, logits).astype(logits.dtype), None, dw, None
-
-
-def _varying_axes(x) -> frozenset:
-    """The mesh axes ``x`` varies over inside shard_map (empty when check_vma is off)."""
-    aval = jax.typeof(x)
-    mat = getattr(aval, "mat", None)
-    return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
-
-
-def _sum_to_type(cotangent, primal):
-    """Sums a cotangent over the mesh axes its primal is replicated on (pvary's transpose).
-
-    Class weights replicated over a data axis get row contributions from every data shard; a
-    custom VJP must add them up itself, as autodiff would for an implicit broadcast.
-    """
-    extra = _varying_axes(cotangent) - _varying_axes(primal)
-    return lax.psum(cotangent, tuple(sorted(extra))) if extra else cotangent
+        dw = sum_to_type(dw, weight).astype(weight.dtype)
+    return sum_to_type(dx, logits).astype(logits.dtype), None, dw, None
 
 
 sharded_rows.defvjp(_sharded_rows_fwd, _sharded_rows_bwd)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
@@ -213,6 +214,7 @@ def child_main() -> None:
                     "all-to-all": hlo.count(" all-to-all("),
                 }
     results["explicit"] = explicit_mesh_results()
+    results["data_parallel"] = data_parallel_results()
     print(MARKER + json.dumps(results), flush=True)
 
 
@@ -333,6 +335,72 @@ def test_sharded_matches_unsharded(case_id, sharded_results, unsharded_results):
     assert (got_dw is None) == (expected[2] is None)
     if got_dw is not None:
         assert_close(got_dw, expected[2], dtype=dtype, quantity="grad", context=f"{case_id} dw")
+
+
+# Data parallelism inside shard_map (check_vma=True): rows split over "data", the kernel and
+# the class weights replicated, the mean's divisor the psum of each device's mean_divisor. The
+# per-device losses add up to the whole batch's mean, and the gradients of the replicated
+# inputs (summed over the devices, as JAX's autodiff does) equal the whole batch's.
+DATA_PARALLEL = {
+    "cross_entropy": lambda h, k, y, w, d: (
+        loss.cross_entropy(h @ k, y, weight=w, reduction="sum", label_smoothing=0.1) / d
+    ),
+    "linear_cross_entropy": lambda h, k, y, w, d: loss.linear_cross_entropy(
+        h, k, y, weight=w, divisor=d, label_smoothing=0.1
+    ),
+    "linear_cross_entropy_sum": lambda h, k, y, w, d: (
+        loss.linear_cross_entropy(h, k, y, weight=w, reduction="sum", label_smoothing=0.1) / d
+    ),
+    "linear_cross_entropy_none": lambda h, k, y, w, d: (
+        jnp.sum(loss.linear_cross_entropy(h, k, y, weight=w, reduction="none", label_smoothing=0.1))
+        / d
+    ),
+}
+
+
+def _whole_batch(name, h, k, y, w):
+    """The loss's value and gradients (h, k, w) over the whole batch, on one device."""
+
+    def f(h, k, w):
+        return DATA_PARALLEL[name](h, k, y, w, loss.mean_divisor(y, weight=w))
+
+    return jax.value_and_grad(f, argnums=(0, 1, 2))(h, k, w)
+
+
+def data_parallel_results() -> dict:
+    mesh = jax.make_mesh((4,), ("data",), (AxisType.Auto,))
+    h, k, y, w = map(jnp.asarray, explicit_mesh_inputs())
+    out = {}
+    for name, fn in DATA_PARALLEL.items():
+
+        def local(h, y, k, w, fn=fn):
+            def f(h, k, w):
+                return fn(h, k, y, w, lax.psum(loss.mean_divisor(y, weight=w), "data"))
+
+            value, grads = jax.value_and_grad(f, argnums=(0, 1, 2))(h, k, w)
+            return lax.psum(value, "data"), grads
+
+        specs = (P("data"), P("data"), P(), P())
+        program = jax.shard_map(
+            local, mesh=mesh, in_specs=specs, out_specs=(P(), (P("data"), P(), P()))
+        )
+        try:
+            value, grads = jax.jit(program)(h, y, k, w)
+        except Exception as err:  # reported to the test, which names it
+            out[name] = {"error": f"{type(err).__name__}: {err}"[:2000]}
+            continue
+        out[name] = [np.asarray(a, np.float64).tolist() for a in (value, *grads)]
+    return out
+
+
+@pytest.mark.parametrize("name", list(DATA_PARALLEL))
+def test_data_parallel_in_shard_map_matches_the_whole_batch(sharded_results, name):
+    got = sharded_results["data_parallel"][name]
+    assert not isinstance(got, dict), got
+    value, grads = _whole_batch(name, *map(jnp.asarray, explicit_mesh_inputs()))
+    assert_close(got[0], value, dtype="float32", quantity="loss", context=name)
+    for what, g, want in zip(("hidden", "kernel", "weight"), got[1:], grads, strict=True):
+        assert_close(g, want, dtype="float32", quantity="grad", context=f"{name} d{what}")
 
 
 def test_explicit_mesh_inputs_match_unsharded(sharded_results):
