@@ -7,8 +7,8 @@ slices do not have. Rather than spell shardings out operation by operation, ``ca
 loss's compiled function under ``jax.sharding.auto_axes`` over the explicit axes its inputs
 carry, so XLA partitions it as in auto mode, and states the outputs' shardings: a reduced loss
 replicated, per-example losses sharded as the examples are. Gradients come back sharded as
-their inputs. Inputs without explicit axes (auto mode, one device, inside ``shard_map``) take
-the plain call.
+their inputs. The same holds inside ``jax.sharding.set_mesh`` with explicit axes, whatever the
+inputs' own types. Otherwise (auto mode, one device, inside ``shard_map``) the call is plain.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from jax.sharding import PartitionSpec as P
 
 
 def _explicit(arrays: Sequence) -> tuple[object, tuple[str, ...]] | None:
-    """The mesh and explicit axis names of the first array whose type has any, else None."""
-    for array in arrays:
-        if not isinstance(array, jax.Array):
-            continue
-        mesh = jax.typeof(array).sharding.mesh
+    """The mesh and explicit axis names of the first array whose type has any, else of the
+    context mesh (``jax.sharding.set_mesh``: new arrays made inside the loss take its axes),
+    else None."""
+    meshes = [jax.typeof(a).sharding.mesh for a in arrays if isinstance(a, jax.Array)]
+    for mesh in (*meshes, jax.sharding.get_abstract_mesh()):
         names = tuple(
             name
             for name, kind in zip(mesh.axis_names, mesh.axis_types, strict=True)

@@ -60,7 +60,7 @@ def _message(
     text = f"{name} must be {classes} or ignore_index={ignore_index}"
     notes = []
     if num_classes == 0:
-        notes.append("the logits have 0 classes, so every label must be ignore_index")
+        notes.append("there are 0 classes, so every label must be ignore_index")
     if not _holds(dtype, ignore_index):
         notes.append(f"{dtype} labels cannot hold ignore_index={ignore_index}: none is ignored")
     return text, "" if not notes else f" ({'; '.join(notes)})"
@@ -88,7 +88,8 @@ def prepare(
     limit = _NO_COUNT if num_classes is None else num_classes
     bad = ~ignored & ((values < 0) | (values >= limit))
     if bad.any():
-        where = tuple(int(i[0]) for i in np.nonzero(bad))
+        where = tuple(int(i[0]) for i in np.nonzero(np.atleast_1d(bad)))
+        values = np.atleast_1d(values)
         text, notes = _message(num_classes, ignore_index, dtype, name)
         raise ValueError(
             f"{text}; got {int(values[where])} at position {where} ({int(bad.sum())} such "

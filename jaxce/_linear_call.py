@@ -126,7 +126,9 @@ def linear_loss(hidden, kernel, labels, *, torch_layout: bool, names=("hidden", 
     if shapes.soft:
         labels = jnp.asarray(labels)
     else:
-        labels, ignore_index = _labels.prepare(labels, count, ignore_index, check_traced=False)
+        labels, ignore_index = _labels.prepare(
+            labels, count, ignore_index, check_traced=False, name=names[2]
+        )
     name = "torch_linear_cross_entropy" if torch_layout else "linear_cross_entropy"
     fix = "For forward mode use cross_entropy(logits, ..., custom_vjp=False) on the logits."
     core = functools.partial(

@@ -47,6 +47,8 @@ def as_unconverted(value, name: str) -> jax.Array | np.ndarray:
             f"{name} must be an array; got a {type(value).__name__} that numpy cannot "
             f"convert to one ({err}). Pass a rectangular array of numbers."
         ) from None
+    if not array.dtype.isnative:  # big-endian data (a file's byte order): JAX takes native
+        array = array.astype(array.dtype.newbyteorder("="))
     numeric = array.dtype.kind in _NUMERIC_KINDS or jnp.issubdtype(array.dtype, jnp.number)
     if not numeric:  # (ml_dtypes' bfloat16, int4, ... are numbers of numpy kind "V")
         why = " (an element that is not a number, or an int beyond 64 bits)"

@@ -36,9 +36,10 @@ def check_sample_weight(value, example_shape: tuple[int, ...]) -> jax.Array | No
     _validation.check_broadcasts(weights, "sample_weight", example_shape, "one weight per example")
     values = _concrete(weights)
     if values is not None and not np.isfinite(values).all():
-        i = tuple(int(j[0]) for j in np.nonzero(~np.isfinite(values)))
+        flat = np.atleast_1d(values)
+        i = tuple(int(j[0]) for j in np.nonzero(~np.isfinite(flat)))
         raise ValueError(
-            f"sample_weight must be finite; got {values[i]} at position {i}. Pass finite "
+            f"sample_weight must be finite; got {flat[i]} at position {i}. Pass finite "
             f"weights (0 drops an example, as where=False does)."
         )
     if values is not None:

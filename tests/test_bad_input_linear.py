@@ -96,6 +96,8 @@ ERRORS = {
     "tlce-target-bool": (lambda: tlce(target=jnp.ones(4, bool)), TypeError, ["target", "bool"]),
     "tlce-kdim-unbatched": (lambda: tlce(input=jnp.ones(3), linear_weight=jnp.ones((5, 2, 3)), target=jnp.zeros(2, jnp.int32)), ValueError, ["K-dimensional", "batched", "(3,)", "input[None]"]),
     "tlce-probs-ignore-index-default-value": (lambda: tlce(target=PR(), ignore_index=-100), ValueError, ["ignore_index=-100", "probabilities", "as in torch", "None"]),
+    "tlce-target-out-of-range": (lambda: tlce(target=jnp.array([0, 1, 2, 7])), ValueError, ["target must be class indices in [0, 5)", "got 7"]),
+    "lce-sample-weight-0d-inf": (lambda: lce(sample_weight=jnp.float32(INF)), ValueError, ["sample_weight must be finite", "inf"]),
     "tlce-weight-shape": (lambda: tlce(weight=jnp.ones(4)), ValueError, ["weight", "(5,)", "(4,)"]),
     # --- mean_divisor
     "md-labels-bool": (lambda: loss.mean_divisor(jnp.ones(4, bool)), TypeError, ["labels", "bool"]),

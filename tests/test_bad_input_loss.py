@@ -164,6 +164,7 @@ ERRORS = {
     "ce-logits-float8": (lambda: ce(logits=L().astype(jnp.float8_e4m3fn)), TypeError, ["logits", "float8_e4m3fn", "8-bit and 4-bit", "astype(jnp.bfloat16)"]),
     "ce-logits-float4": (lambda: ce(logits=L().astype(jnp.float4_e2m1fn)), TypeError, ["logits", "float4_e2m1fn"]),
     "ce-probs-float8": (lambda: ce(labels=PR().astype(jnp.float8_e5m2)), TypeError, ["labels", "float8_e5m2"]),
+    "ce-unbatched-label-out-of-range": (lambda: ce(logits=jnp.zeros(3), labels=jnp.array(7)), ValueError, ["labels must be class indices in [0, 3)", "got 7"]),
     "ce-weight-subnormal": (lambda: ce(weight=jnp.array([1.0, 1e-40, 1.0])), ValueError, ["weight must be 0 or at least 1.18e-38", "position 1", "flushes to 0"]),
     "ce-weight-float8": (lambda: ce(weight=jnp.ones(3, jnp.float8_e4m3fn)), TypeError, ["weight", "float8_e4m3fn"]),
     # --- cross_entropy: where, num_classes, flags
@@ -314,6 +315,7 @@ DOCUMENTED = {
     "ce-jit-traced-weight-nan-propagates": (lambda: jax.jit(lambda x, y, w: loss.cross_entropy(x, y, weight=w))(L(), Y(), jnp.array([1.0, NAN, 1.0])), "nan"),
     "ce-hessian-through-custom-vjp": (lambda: jax.hessian(lambda x: ce(logits=x))(L()).sum(), "finite"),
     "ce-custom-vjp-numpy-bool": (lambda: (ce(custom_vjp=np.bool_(False)), ce()), "equal"),
+    "ce-big-endian-labels-and-probabilities": (lambda: (ce(labels=np.asarray(Y()).astype(">i4")) + ce(labels=np.asarray(PR()).astype(">f4")), ce() + ce(labels=PR())), "equal"),
     "module-unbatched": (lambda: (module()(L()[0], 1), loss.cross_entropy(L()[0], 1)), "equal"),
     "lce-chunk-huge": (lambda: (lce(chunk_size=10**9), lce(chunk_size=5)), "equal"),
     "lce-chunk-numpy-int": (lambda: (lce(chunk_size=np.int64(2)), lce(chunk_size=2)), "equal"),

@@ -253,12 +253,16 @@ def explicit_mesh_results() -> dict:
     assert mesh.axis_types == (AxisType.Explicit,)
     rows = jax.sharding.NamedSharding(mesh, P("data"))
     h, k, y, w = explicit_mesh_inputs()
+    h0, y0 = jnp.asarray(h), jnp.asarray(y)  # made outside the mesh: no explicit axes
     h, y = jax.device_put(h, rows), jax.device_put(y, rows)
     try:
         with jax.sharding.set_mesh(mesh):
             out = explicit_mesh_losses(h, k, y, w)
+            # arrays made before set_mesh: the loss's own arrays take the context's axes
+            plain = explicit_mesh_losses(h0, k, y0, w)
     except Exception as err:  # reported to the test, which names it
         return {"error": f"{type(err).__name__}: {err}"[:2000]}
+    out |= {f"{name}_plain_inputs": pair for name, pair in plain.items()}
     return {
         name: {
             "value": np.asarray(value, np.float64).tolist(),
@@ -408,13 +412,15 @@ def test_explicit_mesh_inputs_match_unsharded(sharded_results):
     got = sharded_results["explicit"]
     assert "error" not in got, got.get("error")
     expected = explicit_mesh_losses(*map(jnp.asarray, explicit_mesh_inputs()))
-    assert set(got) == set(expected)
+    assert set(got) == set(expected) | {f"{name}_plain_inputs" for name in expected}
     for name, (value, grad) in expected.items():
-        assert_close(got[name]["value"], value, dtype="float32", quantity="loss", context=name)
+        for key in (name, f"{name}_plain_inputs"):
+            assert_close(got[key]["value"], value, dtype="float32", quantity="loss", context=key)
+            if grad is not None:
+                assert_close(got[key]["grad"], grad, dtype="float32", quantity="grad", context=key)
         rows = name.endswith("_none")  # per-example losses stay sharded as the rows
         assert got[name]["value_type"] == ("float32[8@data]" if rows else "float32[]"), name
         if grad is not None:
-            assert_close(got[name]["grad"], grad, dtype="float32", quantity="grad", context=name)
             assert got[name]["grad_type"] == "float32[8@data,6]", name
 
 
