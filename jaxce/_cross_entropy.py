@@ -149,11 +149,11 @@ def checked_call(logits, labels, *, names: tuple[str, str], axis, weight, ignore
     labels = _validation.as_unconverted(labels, names[1])
     spec = _validation.check_logits_labels(logits, labels, axis, names)
     count = _validation.check_num_classes(num_classes, spec.num_classes, "logits' class axis")
+    ct = rm.compute_dtype(logits.dtype)
     weight = _validation.check_class_vector(
-        weight, "weight", spec.num_classes, "Pass one weight per class."
+        weight, "weight", spec.num_classes, "Pass one weight per class.", compute=ct
     )
     ignore_index = _validation.check_ignore_index(ignore_index, labels, names[1])
-    ct = rm.compute_dtype(logits.dtype)
     opts = rm.Options(spec.axis, *_options.check_options(label_smoothing, z_loss, softcap, ct))
     reduction = _validation.check_reduction(reduction)
     where = _validation.check_where(where, spec.batch_shape)

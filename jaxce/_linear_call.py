@@ -101,12 +101,12 @@ def linear_loss(hidden, kernel, labels, *, torch_layout: bool, names=("hidden", 
     shapes = check_arrays(hidden, kernel, labels, torch_layout=torch_layout, names=names)
     count = _validation.check_num_classes(num_classes, shapes.columns, "kernel's class axis")
     bias = check_bias(bias, shapes, bias_name)
-    weight = _validation.check_class_vector(
-        weight, "weight", shapes.columns, "Pass one weight per class."
-    )
-    ignore_index = _validation.check_ignore_index(ignore_index, labels, names[2])
     operands = [a.dtype for a in (hidden, kernel, bias) if a is not None]
     ct = rm.compute_dtype(*operands, *([labels.dtype] if shapes.soft else []))
+    weight = _validation.check_class_vector(
+        weight, "weight", shapes.columns, "Pass one weight per class.", compute=ct
+    )
+    ignore_index = _validation.check_ignore_index(ignore_index, labels, names[2])
     smoothing, z, cap = _options.check_options(label_smoothing, z_loss, softcap, ct)
     reduction = _validation.check_reduction(reduction)
     where = _validation.check_where(where, shapes.examples)

@@ -205,11 +205,12 @@ def check_float_width(array, name: str) -> None:
 
 
 def check_class_vector(
-    value, name: str, num_classes: int, hint: str, *, finite: bool = True
+    value, name: str, num_classes: int, hint: str, *, finite: bool = True, compute=None
 ) -> jax.Array | None:
     """A floating (C,) vector (class weights, a bias), or None.
 
-    With ``finite`` (class weights), concrete values must be finite; traced ones cannot be
+    With ``finite`` (class weights), concrete values must be finite, and fit ``compute`` (the
+    loss's compute dtype, if given: float64 weights of a float32 loss); traced ones cannot be
     checked, and a NaN or inf there propagates to the loss.
     """
     if value is None:
@@ -229,7 +230,15 @@ def check_class_vector(
                 f"{name} must be finite; got {values[i]} at position {i} ({int(bad.sum())} "
                 f"non-finite value(s) in all). Pass finite numbers (a weight of 0 drops a class)."
             )
-        check_normal(values, name, vector.dtype)
+        dtype = vector.dtype if compute is None else compute
+        big = np.abs(values) > float(jnp.finfo(jnp.promote_types(dtype, jnp.float32)).max)
+        if big.any():
+            i = int(np.argmax(big))
+            raise ValueError(
+                f"{name} must fit {jnp.dtype(dtype).name}, the dtype the loss computes in; got "
+                f"{values[i]} at position {i}. Scale the weights down (a mean does not change)."
+            )
+        check_normal(values, name, dtype)
     return vector
 
 
