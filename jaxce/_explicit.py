@@ -25,6 +25,13 @@ def _explicit(arrays: Sequence) -> tuple[object, tuple[str, ...]] | None:
     context mesh (``jax.sharding.set_mesh``: new arrays made inside the loss take its axes),
     else None."""
     meshes = [jax.typeof(a).sharding.mesh for a in arrays if isinstance(a, jax.Array)]
+    distinct = {m for m in meshes if AxisType.Explicit in m.axis_types}
+    if len(distinct) > 1:
+        raise ValueError(
+            f"the arrays given to one loss must be on one mesh; got arrays on {len(distinct)} "
+            f"meshes ({'; '.join(sorted(map(str, distinct)))}). Put them on the same mesh, "
+            f"e.g. with jax.device_put or jax.sharding.reshard."
+        )
     for mesh in (*meshes, jax.sharding.get_abstract_mesh()):
         names = tuple(
             name

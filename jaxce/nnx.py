@@ -99,6 +99,21 @@ def _host(value, name: str) -> np.ndarray:
     return array
 
 
+def _fitted(values: np.ndarray, dtype, key: str) -> jax.Array:
+    """``values`` cast to a parameter's ``dtype``; a finite value it cannot hold is an error."""
+    with np.errstate(over="ignore"):
+        array = jnp.asarray(values, dtype)
+    lost = np.isfinite(values) & ~np.isfinite(np.asarray(array, np.float64))
+    if lost.any():
+        i = tuple(int(j[0]) for j in np.nonzero(lost))
+        raise ValueError(
+            f"state dict entry {key!r} holds {values[i]} at {i}, beyond the range of this "
+            f"module's {jnp.dtype(dtype).name} parameters. Load it into a module made with a "
+            f"wider param_dtype, or rescale it."
+        )
+    return array
+
+
 class LinearCrossEntropyLoss(nnx.Module):
     """``torch.nn.LinearCrossEntropyLoss``: a linear head fused with cross-entropy, in NNX.
 
@@ -276,12 +291,15 @@ class LinearCrossEntropyLoss(nnx.Module):
             _validation.check_class_vector(
                 values["weight"], "state dict entry 'weight'", self.num_classes, ""
             )
-        kernel = self.linear.kernel
-        kernel[...] = jnp.asarray(values["linear.weight"].T, kernel[...].dtype)
-        if self.linear.bias is not None:
-            self.linear.bias[...] = jnp.asarray(values["linear.bias"], self.linear.bias.dtype)
-        if self.weight is not None:
-            self.weight[...] = jnp.asarray(values["weight"], self.weight[...].dtype)
+        targets = {"linear.weight": self.linear.kernel, "linear.bias": self.linear.bias}
+        targets["weight"] = self.weight
+        cast = {}
+        for key, variable in targets.items():
+            if key in values:  # checked before anything is replaced: all or nothing
+                source = values[key].T if key == "linear.weight" else values[key]
+                cast[key] = _fitted(source, variable[...].dtype, key)
+        for key, array in cast.items():
+            targets[key][...] = array
 
     def torch_state_dict(self) -> dict[str, np.ndarray]:
         """The state as torch's module holds it (numpy arrays; ``torch.from_numpy`` them)."""

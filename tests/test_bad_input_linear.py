@@ -127,6 +127,7 @@ ERRORS = {
     "nnx-load-not-a-mapping": (lambda: head().load_torch_state_dict([("linear.weight", 1)]), TypeError, ["state_dict", "list", "state_dict()"]),
     "nnx-load-weight-nan": (lambda: head(weight=jnp.ones(5)).load_torch_state_dict({"linear.weight": np.zeros((5, 3), np.float32), "weight": np.full(5, NAN, np.float32)}), ValueError, ["'weight'", "finite", "nan"]),
     "nnx-load-complex": (lambda: head().load_torch_state_dict({"linear.weight": np.zeros((5, 3), np.complex64)}), TypeError, ["'linear.weight'", "floating", "complex64"]),
+    "nnx-load-beyond-float32": (lambda: head().load_torch_state_dict({"linear.weight": np.full((5, 3), 1e300)}), ValueError, ["'linear.weight'", "1e+300", "float32", "param_dtype"]),
     "nnx-load-str": (lambda: head().load_torch_state_dict({"linear.weight": "abc"}), TypeError, ["'linear.weight'", "floating", "str"]),
     "nnx-load-torch-meta": (lambda: head().load_torch_state_dict({"linear.weight": _torch().empty(5, 3, device="meta")}), ValueError, ["'linear.weight'", "meta device"]),
     "nnx-load-torch-sparse": (lambda: head().load_torch_state_dict({"linear.weight": _torch().zeros(5, 3).to_sparse()}), ValueError, ["'linear.weight'", "sparse", "to_dense()"]),

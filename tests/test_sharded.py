@@ -263,7 +263,14 @@ def explicit_mesh_results() -> dict:
     except Exception as err:  # reported to the test, which names it
         return {"error": f"{type(err).__name__}: {err}"[:2000]}
     out |= {f"{name}_plain_inputs": pair for name, pair in plain.items()}
-    return {
+    other = jax.make_mesh((2, 2), ("a", "b"))  # labels on another mesh than the logits
+    y_other = jax.device_put(y0, jax.sharding.NamedSharding(other, P(("a", "b"))))
+    try:
+        loss.cross_entropy(h @ k, y_other)
+        two_meshes = "no error"
+    except ValueError as err:
+        two_meshes = str(err)
+    return {"two_meshes_error": two_meshes} | {
         name: {
             "value": np.asarray(value, np.float64).tolist(),
             "value_type": str(jax.typeof(value)),
@@ -409,8 +416,11 @@ def test_data_parallel_in_shard_map_matches_the_whole_batch(sharded_results, nam
 
 def test_explicit_mesh_inputs_match_unsharded(sharded_results):
     """Rows sharded over an Explicit mesh axis: unsharded numbers, each output sharded right."""
-    got = sharded_results["explicit"]
+    got = dict(sharded_results["explicit"])
     assert "error" not in got, got.get("error")
+    assert got.pop("two_meshes_error").startswith(
+        "the arrays given to one loss must be on one mesh; got arrays on 2 meshes"
+    )
     expected = explicit_mesh_losses(*map(jnp.asarray, explicit_mesh_inputs()))
     assert set(got) == set(expected) | {f"{name}_plain_inputs" for name in expected}
     for name, (value, grad) in expected.items():
