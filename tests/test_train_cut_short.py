@@ -69,13 +69,18 @@ def _raise_exit(status):  # train.py's os._exit would end this test process
     raise SystemExit(status)
 
 
-def _interrupt_at_epoch(monkeypatch, epoch: int) -> None:
+def _ctrl_c():
+    raise KeyboardInterrupt
+
+
+def _interrupt_at_epoch(monkeypatch, epoch: int, interrupt=_ctrl_c) -> None:
+    """``interrupt()`` as epoch ``epoch`` starts; train.py's exit made a SystemExit."""
     real = training._run.train_and_evaluate
     monkeypatch.setattr(train_py, "_exit_now", _raise_exit)
 
     def interrupted(trainer, state, data, config, checkpointing, history, at, *rest):
         if at == epoch:
-            raise KeyboardInterrupt
+            interrupt()
         return real(trainer, state, data, config, checkpointing, history, at, *rest)
 
     monkeypatch.setattr(training._run, "train_and_evaluate", interrupted)
@@ -207,15 +212,8 @@ def test_a_bad_jax_num_cpu_devices_is_a_usage_error(value, capsys, monkeypatch):
 
 
 def test_sigterm_ends_the_run_as_ctrl_c_does(tiny, tmp_path, capsys, monkeypatch):
-    real = training._run.train_and_evaluate
-
-    def terminated(trainer, state, data, config, checkpointing, history, at, *rest):
-        if at == 1:
-            os.kill(os.getpid(), signal.SIGTERM)  # what docker stop, scancel and Kubernetes send
-        return real(trainer, state, data, config, checkpointing, history, at, *rest)
-
-    monkeypatch.setattr(training._run, "train_and_evaluate", terminated)
-    monkeypatch.setattr(train_py, "_exit_now", _raise_exit)
+    # what docker stop, scancel and Kubernetes send
+    _interrupt_at_epoch(monkeypatch, 1, lambda: os.kill(os.getpid(), signal.SIGTERM))
     out = tmp_path / "run"
     before = signal.getsignal(signal.SIGTERM)
     status, _, err = run(["--data-dir", tiny, "--out", out, *RESUME], capsys)

@@ -234,11 +234,7 @@ def _make_dir(path: Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise RunDirError(
-            "{@out} {path} is not writable ({reason}); choose another {@out}",
-            path=path,
-            reason=err.strerror or err,
-        ) from None
+        raise _not_writable(path, err) from None
     return path
 
 
@@ -285,11 +281,15 @@ def _record_owner(fd: int | None, path: Path) -> None:
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(owner).encode())
     except OSError as err:
-        raise RunDirError(
-            "{@out} {path} is not writable ({reason}); choose another {@out}",
-            path=path,
-            reason=err.strerror or err,
-        ) from None
+        raise _not_writable(path, err) from None
+
+
+def _not_writable(path: Path, err: OSError) -> RunDirError:
+    return RunDirError(
+        "{@out} {path} is not writable ({reason}); choose another {@out}",
+        path=path,
+        reason=err.strerror or err,
+    )
 
 
 def _holder(lock: Path) -> str:
