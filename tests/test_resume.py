@@ -30,7 +30,7 @@ from tests.conftest import CACHE_VARIABLES, SHARED_DATA
 from tests.faults import TEST_KILL_ENV
 from training import Config, NonFiniteLossError, ResumeError
 from training._checkpoint import read_checkpoint
-from training._resume import RunCheckpointing
+from training._resume import SHUFFLE, RunCheckpointing
 from training._run import chunk_bounds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,3 +315,33 @@ def test_checkpoint_past_the_epochs_asks_for_more(tmp_path):
     saved = {"config": Config().as_dict(), "data": DATA, "epoch": 5}
     error = _refusal(_checkpointing(tmp_path, epochs=3), saved)
     assert "at epoch 5, past --epochs 3; pass --epochs 5 or more" in error.render(train.flag)
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        pytest.param({}, id="older-train-py"),
+        pytest.param({"seed": 0, "epoch": 1, "shuffle": "another"}, id="other-shuffle"),
+    ],
+)
+def test_mid_epoch_checkpoint_of_another_shuffle_warns(tmp_path, capsys, order):
+    # The rest of the epoch follows this version's order: said, not silent.
+    saved = {"config": Config().as_dict(), "data": DATA, "epoch": 1, "step_in_epoch": 40}
+    _checkpointing(tmp_path)._check_compatible({**saved, "data_order": order})
+    out = capsys.readouterr().out
+    assert "taken inside epoch 2 by a train.py that shuffled otherwise" in out
+    assert "later epochs are unaffected" in out
+
+
+@pytest.mark.parametrize(
+    ("order", "step_in_epoch"),
+    [
+        pytest.param({}, 0, id="older-at-epoch-end"),
+        pytest.param({"seed": 0, "epoch": 1, "shuffle": SHUFFLE}, 40, id="this-shuffle"),
+    ],
+)
+def test_checkpoint_of_the_same_order_resumes_quietly(tmp_path, capsys, order, step_in_epoch):
+    saved = {"config": Config().as_dict(), "data": DATA, "epoch": 1}
+    saved.update(step_in_epoch=step_in_epoch, data_order=order)
+    _checkpointing(tmp_path)._check_compatible(saved)
+    assert "shuffled otherwise" not in capsys.readouterr().out

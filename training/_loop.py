@@ -4,7 +4,8 @@ The whole dataset is put on the devices once (uint8 pixels; the training split r
 device can gather any shuffled row, the test split sharded). An epoch is:
 
 - `Trainer.epoch_order` (compiled): the epoch's shuffle, a permutation drawn on the device from
-  ``(seed, epoch)`` alone, so a resumed run recomputes exactly the same order;
+  ``(seed, epoch)`` alone, so a resumed run recomputes exactly the same order
+  (`training._shuffle`: O(N), no sort);
 - `Trainer.run_steps` (compiled once, whatever the range): steps ``[start_step, start_step +
   num_steps)`` of that epoch in one `lax.fori_loop`: gather the batch, scale the pixels to
   [0, 1], forward, loss, backward, Adam, record the step's loss. Running an epoch in one call or
@@ -40,6 +41,7 @@ from training._config import LOSSES
 from training._dataset import Dataset
 from training._errors import ConfigError, check_choice, check_fraction, check_positive
 from training._model import MLP, NUM_CLASSES, NUM_PIXELS
+from training._shuffle import permutation
 
 _DATA_STREAM = 1  # fold_in tag separating the data-order keys from the init keys
 
@@ -295,7 +297,7 @@ class Trainer:
     def _epoch_order(self, seed, epoch) -> jax.Array:
         """int32 (steps_per_epoch * batch_size,): the epoch's example order, padded by wrapping."""
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _DATA_STREAM), epoch)
-        order = jax.random.permutation(key, self.num_train).astype(jnp.int32)
+        order = permutation(key, self.num_train)
         # The last batch is topped up with examples from the start of the order (masked out
         # of the loss); `resize` repeats the order if that needs more than one copy.
         return jnp.resize(order, self.steps_per_epoch * self.batch_size)

@@ -42,6 +42,10 @@ MUST_MATCH = (
 )
 # what a setting was before it was recorded (checkpoints of earlier versions)
 BEFORE_RECORDED = {"label_smoothing": 0.0}
+# names the function from (seed, epoch) to an epoch's example order (`training._shuffle`);
+# checkpoints of earlier versions, which record none, sorted random keys
+SHUFFLE = "feistel-24"
+SHUFFLE_BEFORE_RECORDED = "sort"
 
 # a failed collective inside a multi-process save reads like a failed write
 _PEERS = " (or restart every process: one may have ended)"
@@ -142,6 +146,7 @@ class RunCheckpointing:
         return -1
 
     def _check_compatible(self, meta: dict[str, Any]) -> None:
+        self._check_order(meta)
         saved = meta.get("config", {})
         for name in MUST_MATCH:
             ours = getattr(self.config, name)
@@ -193,6 +198,18 @@ class RunCheckpointing:
                 epochs=self.config.epochs,
             )
 
+    def _check_order(self, meta: dict[str, Any]) -> None:
+        """Warns when a checkpoint taken inside an epoch ordered that epoch otherwise."""
+        shuffle = meta.get("data_order", {}).get("shuffle", SHUFFLE_BEFORE_RECORDED)
+        if shuffle == SHUFFLE or not meta.get("step_in_epoch"):
+            return  # at an epoch's end, only later epochs' orders matter: all drawn here
+        self.log(
+            f"warning: the checkpoint was taken inside epoch {meta['epoch'] + 1} by a train.py "
+            f"that shuffled otherwise ({shuffle!r}, this one {SHUFFLE!r}): the rest of that "
+            "epoch follows this version's order, so some of its examples may be seen twice "
+            "and others not at all; later epochs are unaffected"
+        )
+
     def cuts(self, epoch: int) -> list[int]:
         """Steps of ``epoch`` after which a step checkpoint is due (ends of training calls)."""
         every = self.config.checkpoint_every
@@ -233,7 +250,7 @@ class RunCheckpointing:
             "steps_per_epoch": self.steps_per_epoch,
             "num_train": self.data["num_train"],
             "data": self.data,
-            "data_order": {"seed": self.config.seed, "epoch": epoch},
+            "data_order": {"seed": self.config.seed, "epoch": epoch, "shuffle": SHUFFLE},
             "config": self.config.as_dict(),
             "history": self.history,
         }
