@@ -58,6 +58,29 @@ def check_output_file(p: argparse.ArgumentParser, path: str | None, name: str = 
         p.error(f"{flag(name)} must be a file in a writable directory, got {got} ({problem})")
 
 
+def check_shapes(
+    p: argparse.ArgumentParser, texts: list[str], available_mib: float | None, name="shapes"
+) -> tuple[tuple[int, int], ...]:
+    """NxC texts as (N, C) pairs; a malformed, zero or negative one, or one whose float32
+    logits alone exceed ``available_mib`` (None: unknown), is a usage error."""
+    shapes = []
+    for text in texts:
+        try:
+            n, c = (int(part) for part in text.lower().split("x"))
+        except ValueError:
+            n = c = 0
+        if n < 1 or c < 1:
+            p.error(f"{flag(name)} must be NxC with N >= 1 and C >= 1, e.g. 4096x32768, got {text}")
+        need = n * c * 4 / 2**20
+        if available_mib is not None and need > available_mib:
+            p.error(
+                f"{flag(name)} must fit in memory, got {text} (its float32 logits alone take "
+                f"{need / 1024:.1f} GiB, {available_mib / 1024:.1f} GiB available): lower N or C"
+            )
+        shapes.append((n, c))
+    return tuple(shapes)
+
+
 PARTIAL = "the measurements finished so far are printed above and, with --json, in its file"
 
 

@@ -23,10 +23,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import time
 from dataclasses import dataclass
 
+from benchmarks import _cli, _harness
+
+# benchmarks._jax_variants.NAMES (that module imports jax, which --help does not need;
+# tests/test_benchmark_cli.py checks they agree)
+VARIANTS = ("jaxce", "jaxce_autodiff", "optax", "jnp_autodiff", "bound_copy", "bound_exp",
+            "bound_read")  # fmt: skip
 _INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[^}]*\})? (\S+?)\((.*?)\)(.*)$")
 _CALLS = re.compile(r"calls=%([\w.\-]+)")
 
@@ -135,11 +142,11 @@ def _print_reductions() -> None:
 
 
 def _print_passes(
-    shape: str, setting: str, variants: list[str], dump: str | None, targets: str
+    shape: tuple[int, int], setting: str, variants: list[str], dump: str | None, targets: str
 ) -> None:
     from benchmarks import _jax_variants
 
-    n, c = (int(v) for v in shape.split("x"))
+    n, c = shape
     for variant in variants:
         hlo = _jax_variants.hlo_text(variant, setting, n, c, targets)
         if dump:
@@ -158,15 +165,23 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks._profile", description=__doc__)
     p.add_argument("--shape", default="4096x32768", metavar="NxC")
     p.add_argument("--setting", default="in_step", choices=("outside", "in_step", "forward"))
-    p.add_argument("--variants", nargs="+", default=["jaxce", "optax", "bound_copy"])
+    p.add_argument(
+        "--variants", nargs="+", default=["jaxce", "optax", "bound_copy"], choices=VARIANTS
+    )
     p.add_argument("--targets", default="index", choices=("index", "smoothed", "probs"))
     p.add_argument("--dump", metavar="DIR", help="write each optimized HLO text here")
     p.add_argument("--reductions", action="store_true", help="time row reductions instead")
     args = p.parse_args(argv)
     if args.reductions:
         _print_reductions()
-    else:
-        _print_passes(args.shape, args.setting, args.variants, args.dump, args.targets)
+        return
+    (shape,) = _cli.check_shapes(p, [args.shape], _harness.available_mib(), name="shape")
+    if args.dump:
+        try:
+            os.makedirs(args.dump, exist_ok=True)
+        except OSError as err:
+            p.error(f"--dump must be a directory it can write, got {args.dump} ({err.strerror})")
+    _print_passes(shape, args.setting, args.variants, args.dump, args.targets)
 
 
 if __name__ == "__main__":

@@ -127,24 +127,7 @@ class Config:
 
 
 def _shapes(p: argparse.ArgumentParser, texts: list[str]) -> tuple[tuple[int, int], ...]:
-    """``--shapes``' NxC texts as (N, C) pairs; a malformed, zero or negative one, or one whose
-    logits alone exceed the memory available, is a usage error."""
-    available, shapes = h.available_mib(), []
-    for text in texts:
-        try:
-            n, c = (int(part) for part in text.lower().split("x"))
-        except ValueError:
-            n = c = 0
-        if n < 1 or c < 1:
-            p.error(f"--shapes must be NxC with N >= 1 and C >= 1, e.g. 4096x32768, got {text}")
-        need = n * c * 4 / 2**20
-        if available is not None and need > available:
-            p.error(
-                f"--shapes must fit in memory, got {text} (its float32 logits alone take "
-                f"{need / 1024:.1f} GiB, {available / 1024:.1f} GiB available): lower N or C"
-            )
-        shapes.append((n, c))
-    return tuple(shapes)
+    return _cli.check_shapes(p, texts, h.available_mib())
 
 
 def parse_args(argv: list[str] | None = None) -> Config:

@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 
-from benchmarks import _cli, linear, loss, train_epoch
+from benchmarks import _cli, _profile, linear, loss, train_epoch
 from benchmarks import _harness as h
 from tests.conftest import SHARED_DATA
 from training import ChecksumWarning
@@ -239,3 +239,37 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys):
         "python -m benchmarks.loss: interrupted; the measurements finished so far are printed "
         "above and, with --json, in its file"
     )
+
+
+def profile_usage_error(capsys, argv: list[str]) -> str:
+    """The one error line of ``python -m benchmarks._profile`` on ``argv`` (exit status 2)."""
+    with pytest.raises(SystemExit) as exit:
+        _profile.main(argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1].split(": error: ", 1)[1]
+
+
+@pytest.mark.parametrize("text", ["8x", "0x10", "8by10"])
+def test_profile_refuses_a_bad_shape(capsys, text):
+    message = profile_usage_error(capsys, ["--shape", text])
+    assert message == f"--shape must be NxC with N >= 1 and C >= 1, e.g. 4096x32768, got {text}"
+
+
+def test_profile_refuses_a_dump_path_it_cannot_make_a_directory(capsys, tmp_path):
+    taken = tmp_path / "file"
+    taken.write_text("")
+    message = profile_usage_error(capsys, ["--shape", "8x10", "--dump", str(taken)])
+    assert message == f"--dump must be a directory it can write, got {taken} (File exists)"
+
+
+def test_profile_makes_its_dump_directory_and_knows_the_variants(capsys, tmp_path):
+    from benchmarks import _jax_variants
+
+    assert _profile.VARIANTS == _jax_variants.NAMES
+    assert "invalid choice: 'nope'" in profile_usage_error(capsys, ["--variants", "nope"])
+    dump = tmp_path / "new" / "dir"
+    _profile.main(["--shape", "8x10", "--variants", "jaxce", "--dump", str(dump)])
+    assert (dump / "jaxce_index_in_step_8x10.hlo.txt").read_text().startswith("HloModule")
+    assert "total: " in capsys.readouterr().out
