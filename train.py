@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import signal
 import sys
 import types
 import typing
 from typing import Any, NoReturn
 
 from training import Config, ConfigError, Interrupted, LaunchError, TrainingError, WriteError
+from training import _interrupt as interrupt
 
 PROG = "train.py"
 _FIELDS = {field.name: field for field in dataclasses.fields(Config)}
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
 def _check_environment(parser: argparse.ArgumentParser) -> None:
     """The environment settings of JAX the README names, checked before JAX reads them."""
     devices = os.environ.get("JAX_NUM_CPU_DEVICES")
-    if devices is not None and devices.strip() not in ("", "-1"):
+    if devices is not None and devices.strip() != "-1":  # JAX's -1: its default
         try:
             ok = int(devices) >= 1
         except ValueError:
@@ -108,7 +108,7 @@ def _check_environment(parser: argparse.ArgumentParser) -> None:
         if not ok:
             parser.error(
                 f"JAX_NUM_CPU_DEVICES must be a positive integer (the number of CPU devices), "
-                f"got {devices!r}"
+                f"got {devices!r}; set it to one, or unset it for one device"
             )
 
 
@@ -145,10 +145,10 @@ def main(argv: list[str] | None = None) -> None:
     """Parses the flags and trains. A setting that does not fit the launcher, the devices or
     the data exits 2; a run that cannot go on exits 1; each with one line saying why."""
     config = parse_args(argv)
-    # SIGTERM (docker stop, scancel, Kubernetes) ends a run as Ctrl-C does
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        train(config, name=flag, on_join_timeout=_end_on_join_timeout)
+        # SIGTERM (docker stop, scancel, Kubernetes) ends a run as Ctrl-C does
+        with interrupt.handling():
+            train(config, name=flag, on_join_timeout=_end_on_join_timeout)
     except Interrupted as err:
         _report(err)
         _exit_now(130)
@@ -162,8 +162,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # before the run directory was opened (joining the processes)
         print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
         _exit_now(130)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _exit_now(status: int) -> NoReturn:

@@ -90,6 +90,18 @@ def test_same_seed_same_run_other_seed_other_run(trainer, data):
     assert not np.array_equal(order[0], order[1])
 
 
+def test_every_seed_the_flag_takes_runs(trainer, data):
+    # Python ints reach the compiled functions as int32: 2**31 and above overflowed
+    last = run(trainer, data, [(0, 2)], seed=2**32 - 1)
+    assert np.isfinite(last.step_losses[:2]).all()
+    order = np.asarray(trainer.epoch_order(2**32 - 1, 0))
+    assert sorted(order[:NUM_TRAIN]) == list(range(NUM_TRAIN))
+    # below 2**31, a uint32 seed gives the key of the int seed (the orders of earlier runs)
+    for seed in (0, 7, 2**31 - 1):
+        want = jax.random.key_data(jax.random.key(seed))
+        np.testing.assert_array_equal(jax.random.key_data(jax.random.key(np.uint32(seed))), want)
+
+
 @pytest.fixture(scope="module")
 def last_step(trainer, data, synthetic):
     """The epoch's states before and after its last, partial step, and that step's 12 real

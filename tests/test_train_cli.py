@@ -326,10 +326,11 @@ def test_one_task_of_a_launcher_is_a_single_process_run(tmp_path, capsys, monkey
 def test_settings_against_the_data(tiny, tmp_path, flags, message, capsys, monkeypatch):
     monkeypatch.setattr("training._loop.Trainer.compile", lambda *a: pytest.fail("compiled"))
     out = tmp_path / "run"
-    status, _, err = run(["--data-dir", tiny, "--out", out, "--epochs", "1", *flags], capsys)
+    status, stdout, err = run(["--data-dir", tiny, "--out", out, "--epochs", "1", *flags], capsys)
     assert status == 2
     assert error_line(err).startswith(message)
     assert not out.exists()  # made by the run, which wrote nothing: removed again
+    assert "run directory" not in stdout + err  # so never announced
 
 
 def test_a_failed_start_leaves_no_new_directory_and_keeps_the_users(

@@ -10,6 +10,7 @@ error Orbax wraps around it.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import train as train_py
 import training._run
 from tests import test_train_cli as cli
 from tests.test_train_cli import RESUME, TINY, _snapshot, error_line, run
-from training import _idx, _rundir
+from training import _idx, _interrupt, _rundir
 from training._checkpoint import RunCheckpoints
 
 # test_train_cli's fixtures: the tiny dataset, a finished run, no launcher, no data loading
@@ -115,6 +116,50 @@ def test_ctrl_c_before_any_checkpoint_says_start_again(tiny, tmp_path, capsys, m
     )
 
 
+def _signal_in_a_gc_callback(sig: int):
+    """An interruption that lands inside a garbage-collection callback (JAX registers one),
+    where a raised KeyboardInterrupt is printed and dropped."""
+
+    def interrupt():
+        def callback(phase, info):
+            if phase == "start" and not fired:
+                fired.append(sig)
+                signal.raise_signal(sig)  # its Python handler runs at the next bytecodes, here
+                sum(range(100))
+
+        fired = []
+
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(callback)
+
+    return interrupt
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_inside_a_gc_callback_is_kept_for_the_next_check(sig, monkeypatch):
+    dropped = []
+    monkeypatch.setattr("sys.unraisablehook", dropped.append)
+    with _interrupt.handling():
+        _signal_in_a_gc_callback(sig)()  # returns: raising there would be dropped
+        with pytest.raises(KeyboardInterrupt):
+            _interrupt.check()
+    assert dropped == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_inside_a_gc_callback_still_ends_the_run(tiny, tmp_path, capsys, monkeypatch, sig):
+    # It was printed as "Exception ignored" and the run finished with exit status 0.
+    out = tmp_path / "run"
+    _interrupt_at_epoch(monkeypatch, 1, _signal_in_a_gc_callback(sig))
+    status, _, err = run(["--data-dir", tiny, "--out", out, *RESUME], capsys)
+    assert status == 130 and "Traceback" not in err and "Exception ignored" not in err
+    assert error_line(err).startswith(f"interrupted; run directory {out}: its committed")
+    assert signal.getsignal(sig) is not _interrupt._handler  # restored when train.py returns
+
+
 # -- a full disk: one line naming what failed and what is kept --------------------------------
 
 
@@ -200,14 +245,15 @@ def test_data_dir_that_cannot_be_searched(tiny, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-2"])
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "", " "])  # JAX refuses "" too
 def test_a_bad_jax_num_cpu_devices_is_a_usage_error(value, capsys, monkeypatch):
     monkeypatch.setenv("JAX_NUM_CPU_DEVICES", value)
     monkeypatch.setattr(train_py, "train", lambda *a, **k: pytest.fail("the run started"))
     status, _, err = run([], capsys)
     assert status == 2
     assert error_line(err) == (
-        f"JAX_NUM_CPU_DEVICES must be a positive integer (the number of CPU devices), got {value!r}"
+        f"JAX_NUM_CPU_DEVICES must be a positive integer (the number of CPU devices), got "
+        f"{value!r}; set it to one, or unset it for one device"
     )
 
 

@@ -255,14 +255,25 @@ class Trainer:
         self._replicated = _distributed.replicated(self.mesh)
         self._rows = _distributed.batch_sharded(self.mesh, 1)
         self._batch = _distributed.batch_sharded(self.mesh, 2)
-        self.epoch_order = jax.jit(self._epoch_order, out_shardings=self._replicated)
+        self._order_fn = jax.jit(self._epoch_order, out_shardings=self._replicated)
         self.run_steps = jax.jit(self._run_steps, donate_argnums=0, out_shardings=self._replicated)
         self.evaluate = jax.jit(self._evaluate, out_shardings=self._replicated)
-        self.init_state = jax.jit(self._init_state, out_shardings=self._replicated)
+        self._init_fn = jax.jit(self._init_state, out_shardings=self._replicated)
+
+    # A seed is passed to the compiled functions as a uint32 array: a Python int is taken as
+    # int32, and seeds from 2**31 to 2**32-1 (which the flag accepts) would overflow it. The
+    # keys of seeds below 2**31 are the same either way.
+    def init_state(self, seed: int) -> TrainState:
+        """Fresh parameters (from ``seed``, 0 to 2**32-1), Adam state and loss record,
+        replicated: every process computes the same state from ``seed``."""
+        return self._init_fn(np.uint32(seed))
+
+    def epoch_order(self, seed: int, epoch: int) -> jax.Array:
+        """The example order of ``epoch`` (0-based) of the run seeded ``seed`` (0 to 2**32-1):
+        int32 (steps_per_epoch * batch_size,), compiled by `compile`."""
+        return self._order_fn(np.uint32(seed), np.int32(epoch))
 
     def _init_state(self, seed) -> TrainState:
-        """Fresh parameters (from ``seed``), Adam state and loss record; `init_state` is its
-        compiled form (replicated: every process computes the same state from ``seed``)."""
         _, params = nnx.split(MLP(self.hidden, rngs=nnx.Rngs(jax.random.key(seed))))
         params = nnx.to_pure_dict(params)
         return TrainState(
@@ -272,8 +283,8 @@ class Trainer:
     def compile(self, state: TrainState, data: DeviceData) -> float:
         """Compiles `epoch_order`, `run_steps` and `evaluate` ahead of time for these arguments.
 
-        Afterwards the three attributes are the compiled executables, so no later call compiles
-        (arguments must keep these shapes, dtypes and shardings).
+        Afterwards they run compiled executables, so no later call compiles (arguments must
+        keep these shapes, dtypes and shardings).
 
         Returns:
           The seconds spent tracing and compiling.
@@ -283,7 +294,9 @@ class Trainer:
             (self.steps_per_epoch * self.batch_size,), jnp.int32, sharding=self._replicated
         )
         options = compiler_options()
-        self.epoch_order = self.epoch_order.lower(0, 0).compile(compiler_options=options)
+        self._order_fn = self._order_fn.lower(np.uint32(0), np.int32(0)).compile(
+            compiler_options=options
+        )
         self.run_steps = self.run_steps.lower(state, data, order, 0, 0).compile(
             compiler_options=options
         )

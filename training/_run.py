@@ -21,6 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from training import _interrupt as interrupt
 from training._checkpoint import has_committed
 from training._config import Config
 from training._dataset import DATASETS, Dataset
@@ -86,10 +87,12 @@ def train(
 def _steps(config: Config, out: Path, start: Callable[[], None], *, log: Log, name) -> dict:
     """The steps of a run in its opened directory ``out`` (see `train`)."""
     dataset = load_data(config, log=log, name=name)
-    # Named once the data has loaded: a run refused for its data removes the directory it
-    # made, so it is never announced.
-    log(f"run directory {out}; {describe_backend()}")
+    interrupt.check()
     trainer = make_trainer(config, dataset)
+    # Named once the data has loaded and fits the settings: a run refused for its data removes
+    # the directory it made, so it is never announced.
+    log(f"run directory {out}; {describe_backend()}")
+    interrupt.check()
     start()  # the run will start: only now does --overwrite delete the earlier one
     data = put_dataset(dataset, trainer.mesh)
     checkpointing = RunCheckpointing(
@@ -101,6 +104,7 @@ def _steps(config: Config, out: Path, start: Callable[[], None], *, log: Log, na
     )
     state, first_epoch, first_step, done = checkpointing.restore(trainer.init_state(config.seed))
     compile_seconds = trainer.compile(state, data)
+    interrupt.check()
     barrier("compiled")  # processes start stepping together, however long each compiled
     log(
         f"{trainer.steps_per_epoch} steps of {config.batch_size} per epoch; compiled in "
@@ -272,6 +276,7 @@ def run_epoch(
     for begin, num_steps in chunk_bounds(start_step, trainer.steps_per_epoch, chunks, cuts):
         state = trainer.run_steps(state, data, order, begin, num_steps)
         loss = float(state.step_losses[begin + num_steps - 1])  # waits for the call to finish
+        interrupt.check()  # a signal that landed in a finaliser during the call
         if bar is not None:
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             bar.update(num_steps)
