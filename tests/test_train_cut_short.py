@@ -63,6 +63,21 @@ def test_a_refused_overwrite_keeps_the_earlier_run(finished, tiny, tmp_path, cap
     assert _snapshot(out) == before
 
 
+def test_an_overwrite_cut_short_while_compiling_keeps_the_earlier_run(
+    finished, tiny, tmp_path, capsys, monkeypatch
+):
+    # A run that fails after its checks (here Ctrl-C while compiling) deleted the earlier run.
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    before = _snapshot(out)
+    monkeypatch.setattr(train_py, "_exit_now", _raise_exit)
+    monkeypatch.setattr("training._loop.Trainer.compile", lambda *a: _ctrl_c())
+    code, stdout, err = run(["--data-dir", tiny, "--out", out, "--overwrite", *TINY], capsys)
+    assert code == 130 and "Traceback" not in err
+    assert "deleted the earlier run" not in stdout + err
+    assert _snapshot(out) == before
+
+
 # -- Ctrl-C: one line, and --resume continues ------------------------------------------------
 
 

@@ -93,7 +93,6 @@ def _steps(config: Config, out: Path, start: Callable[[], None], *, log: Log, na
     # the directory it made, so it is never announced.
     log(f"run directory {out}; {describe_backend()}")
     interrupt.check()
-    start()  # the run will start: only now does --overwrite delete the earlier one
     data = put_dataset(dataset, trainer.mesh)
     checkpointing = RunCheckpointing(
         config,
@@ -105,6 +104,9 @@ def _steps(config: Config, out: Path, start: Callable[[], None], *, log: Log, na
     state, first_epoch, first_step, done = checkpointing.restore(trainer.init_state(config.seed))
     compile_seconds = trainer.compile(state, data)
     interrupt.check()
+    # The run starts: only now, its data on the devices, its state made and its steps
+    # compiled, does --overwrite delete the earlier run (a run that fails before costs none).
+    start()
     barrier("compiled")  # processes start stepping together, however long each compiled
     log(
         f"{trainer.steps_per_epoch} steps of {config.batch_size} per epoch; compiled in "

@@ -110,7 +110,8 @@ class RunDir:
 
     def clear_earlier_run(self, log: Callable[[str], None]) -> None:
         """Deletes the earlier run ``overwrite`` found: called once the new run is sure to start
-        (its data loaded, its settings checked), so a refused run never costs the earlier one."""
+        (its data loaded, its settings checked, its steps compiled), so a run refused or cut
+        short before that never costs the earlier one."""
         for name in self._earlier:
             _delete(self.path / name)
         if self._earlier:
