@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from parity._cases import Case, build_matrix
+from parity._linear_cases import LinearCase
 from parity._usage import UsageError, check_out_dir, load_impl
 
 DEFAULT_IMPL = "jaxce.loss:cross_entropy"
@@ -33,6 +34,7 @@ class LossConfig:
     impl: str
     only: str | None
     progress: bool
+    matrix_cases: int | None = None  # cases in the matrix before --only (set by select_cases)
 
     def as_json(self) -> dict:
         return {**dataclasses.asdict(self), "out": str(self.out)}
@@ -146,15 +148,18 @@ def parse_train(argv: list[str]) -> TrainConfig:
     return TrainConfig(a.data_dir, a.out, a.steps, a.batch_size, a.seed, _progress(a.progress))
 
 
-def select_cases(config) -> list[Case]:
-    """The matrix (quick or full) for ``config.seed``, narrowed by ``config.only``.
+def select_cases(config: LossConfig) -> tuple[LossConfig, list[Case]]:
+    """The matrix (quick or full) for ``config.seed``, narrowed by ``config.only``, and the
+    config with the matrix's size recorded.
 
     Raises:
-      UsageError: ``--only`` matches no case id.
+      UsageError: ``--only`` matches no case id, or only fused linear cases while ``--impl``
+        names another implementation (they test jaxce's own fused functions).
     """
     cases = build_matrix(quick=config.quick, seed=config.seed)
+    config = dataclasses.replace(config, matrix_cases=len(cases))
     if config.only is None:
-        return cases
+        return config, cases
     chosen = [c for c in cases if fnmatch.fnmatchcase(c.id, config.only)]
     if not chosen:
         raise UsageError(
@@ -162,7 +167,13 @@ def select_cases(config) -> list[Case]:
             f"{'quick' if config.quick else 'full'} matrix; pass a shell pattern such as "
             "'grid/float32/*' or 'edge-zero-classes/*' (report.json lists every id)."
         )
-    return chosen
+    if config.impl != DEFAULT_IMPL and all(isinstance(c, LinearCase) for c in chosen):
+        raise UsageError(
+            f"--only {config.only!r} selects only fused linear cases, which test jaxce's own "
+            f"fused functions, never --impl {config.impl}; add cross_entropy cases to the "
+            "pattern (e.g. 'grid/*') or drop --impl."
+        )
+    return config, chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             return run_training_parity(config, setup)
         config = parse_loss(argv)
-        cases = select_cases(config)
+        config, cases = select_cases(config)
         impl_fn = load_impl(config.impl)  # imports the implementation's module (and jax)
         check_out_dir(config.out, kind="loss-parity")  # creates --out: after every other check
         from parity._matrix import run_loss_parity

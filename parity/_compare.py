@@ -21,12 +21,19 @@ import math
 import numpy as np
 
 from parity._cases import Case, Inputs
-from parity._intentional import OFF_REFERENCE
+from parity._intentional import OFF_REFERENCE, REFUSALS
 from parity._linear_cases import LinearCase, LinearInputs
 from parity._reference import LinearResult, Result
 from parity._tolerances import compare, describe, round_to
 
 PASSED, FAILED, INTENTIONAL = "passed", "failed", "intentional"
+
+
+class Misbehaved(Exception):
+    """The implementation under test broke the call's contract (not a refusal of the input):
+    the message says what it did, starting with a verb ("returned ...")."""
+
+
 # The parity report's quantities and the tolerance rows they are judged by.
 QUANTITIES = {"value": "loss", "grad_logits": "grad", "grad_target": "grad"}
 # The fused linear cases' quantities (torch's names: input, linear weight, linear bias).
@@ -159,7 +166,10 @@ def evaluate(
             failures.append(f"torch raises ({raised['torch']}); the implementation returned")
         torch_agrees = False
     elif "torch" not in raised:
-        if not case.intentional:
+        refusal = REFUSALS.get(case.intentional)
+        if isinstance(impl, Misbehaved):
+            failures.append(f"implementation {impl}")
+        elif refusal is None or not isinstance(impl, refusal):
             failures.append(f"implementation raised {raised['impl']}")
         torch_agrees = False
     else:  # both refuse the input

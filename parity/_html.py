@@ -15,6 +15,7 @@ from parity._report import (
     fmt,
     is_linear,
     linear_rows,
+    scope,
     summary_line,
 )
 from parity._tolerances import DTYPES
@@ -58,7 +59,7 @@ def loss_html(payload: dict) -> str:
     body = [
         f"<h1>Loss parity: <code>{esc(impl)}</code> vs torch</h1>",
         f"<p class='big'>{esc(s['line'])}</p>",
-        f"<p>{s['cases']} cases ({'quick' if cfg['quick'] else 'full'} matrix), seed "
+        f"<p>{esc(scope(s, cfg))}, seed "
         f"{cfg['seed']}, {payload['elapsed_s']} s. jax {esc(env['jax'])} on "
         f"{esc(env['jax_device'])}, torch {esc(env['torch'])}, numpy {esc(env['numpy'])}, optax "
         f"{esc(env['optax'])}; CPU {esc(env['cpu'])}; git <code>{esc(str(env['git_commit']))}"

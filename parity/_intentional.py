@@ -45,3 +45,7 @@ INTENTIONAL = {
 # Quantities in which an intentional difference may also depart from the float64 reference,
 # at the positions where the reference is not finite (everywhere else it must still agree).
 OFF_REFERENCE = {"neg_inf_prob": ("grad_target",)}
+
+# Intentional differences that are the implementation refusing the input, with the error it
+# raises: there raising is the difference itself; in every other case raising fails the case.
+REFUSALS = {"ignore_index_prob": ValueError}

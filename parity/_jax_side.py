@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from parity._cases import Case, Inputs
+from parity._compare import Misbehaved
 from parity._reference import Result
 from parity._tolerances import numpy_dtype
 
@@ -85,6 +86,32 @@ def _units(statics: list[tuple], prepared: list[tuple]) -> list[_Unit]:
     return units
 
 
+def checked_call(fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)`` for the implementation under test; what would otherwise end the
+    run (``sys.exit``) or read as the harness's own error is a `Misbehaved`."""
+    try:
+        return fn(*args, **kwargs)
+    except SystemExit as err:
+        raise Misbehaved(f"called sys.exit({err.code!r})") from None
+    except jax.errors.JAXTypeError as err:  # e.g. np.asarray of a traced array
+        raise Misbehaved(
+            f"cannot be traced: the runner calls it under jax.jit ({type(err).__name__})"
+        ) from None
+
+
+def _check_loss(out, x, axis: int, reduction: str):
+    """The loss as torch's contract has it: an array of the logits' dtype, the shape of the
+    examples with reduction="none", else a scalar."""
+    if not isinstance(out, jax.Array):
+        raise Misbehaved(f"returned a {type(out).__name__}, not a JAX array")
+    want = tuple(np.delete(x.shape, axis % x.ndim)) if reduction == "none" else ()
+    if out.shape != want:
+        raise Misbehaved(f"returned shape {out.shape} for reduction={reduction!r}, expected {want}")
+    if out.dtype != x.dtype:
+        raise Misbehaved(f"returned {out.dtype} for {x.dtype} logits (torch keeps their dtype)")
+    return out
+
+
 class Runner:
     """Runs a cross_entropy-like callable on groups of cases, one compiled program per group.
 
@@ -118,7 +145,8 @@ class Runner:
             kwargs["ignore_index"] = ignore_index
 
         def loss(x, t):
-            return self._loss_fn(x, t, weight=w, **kwargs)
+            out = checked_call(self._loss_fn, x, t, weight=w, **kwargs)
+            return _check_loss(out, x, axis, reduction)
 
         if target == "prob":
             value, vjp = jax.vjp(loss, x, t)

@@ -262,14 +262,23 @@ def case_errors(r: dict, quantity: str) -> str:
     return " / ".join(_cell(e.get(p)) for p in PAIRS[:3])
 
 
+def scope(summary: dict, config: dict) -> str:
+    """Which cases ran: "140 cases, quick matrix", or with ``--only`` "7 of the 140 cases of
+    the quick matrix matching --only 'grid/*'"."""
+    matrix = "quick" if config["quick"] else "full"
+    if config.get("only") is None:
+        return f"{summary['cases']} cases, {matrix} matrix"
+    of = f" of the {config['matrix_cases']}" if config.get("matrix_cases") else ""
+    return f"{summary['cases']}{of} cases of the {matrix} matrix matching --only {config['only']!r}"
+
+
 def markdown(payload: dict) -> str:
     s, cfg, env = payload["summary"], payload["config"], payload["environment"]
     impl = cfg["impl"]
     lines = [
         f"# Loss parity: `{impl}` vs `torch.nn.functional.cross_entropy`",
         "",
-        f"**{s['line']}** ({s['cases']} cases, {'quick' if cfg['quick'] else 'full'} matrix, "
-        f"seed {cfg['seed']}, {payload['elapsed_s']} s)",
+        f"**{s['line']}** ({scope(s, cfg)}, seed {cfg['seed']}, {payload['elapsed_s']} s)",
         "",
         f"jax {env['jax']} ({env['jax_device']}), torch {env['torch']}, numpy {env['numpy']}, "
         f"optax {env['optax']}; git {env['git_commit']}{' (dirty)' if env['git_dirty'] else ''}",

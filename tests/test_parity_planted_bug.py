@@ -95,3 +95,91 @@ def test_planted_bug_fails_the_run_and_names_the_broken_cases(tmp_path, capsys):
         assert f"`{case_id}`" in (out / "report.md").read_text()
     by_id = {r["id"]: r for r in report["cases"]}
     assert all(any(f.startswith("value ") for f in by_id[i]["failures"]) for i in expected)
+
+
+# -- implementations that break the call's contract fail their cases, each with its reason ----
+
+
+def raises(logits, labels, **kwargs):
+    raise RuntimeError("planted failure")
+
+
+def exits(logits, labels, **kwargs):
+    raise SystemExit(0)
+
+
+def returns_a_float(logits, labels, **kwargs):
+    return 1.0
+
+
+def returns_two(logits, labels, **kwargs):
+    out = loss.cross_entropy(logits, labels, **kwargs)
+    return jnp.stack([out, out])
+
+
+def returns_float16(logits, labels, **kwargs):
+    return loss.cross_entropy(logits, labels, **kwargs).astype(jnp.float16)
+
+
+def returns_numpy(logits, labels, **kwargs):
+    return np.asarray(loss.cross_entropy(logits, labels, **kwargs))
+
+
+NEG_INF_PROB = "edge-neg-inf/float32/NC/prob/mean/neg_inf/8x6"  # an intentional difference
+MEAN = "grid/float32/NC/index/mean"
+
+
+@pytest.mark.parametrize(
+    ("impl", "case", "reason"),
+    [
+        ("raises", NEG_INF_PROB, "implementation raised RuntimeError: planted failure"),
+        ("raises", MEAN, "implementation raised RuntimeError: planted failure"),
+        ("exits", MEAN, "implementation called sys.exit(0)"),
+        ("returns_a_float", MEAN, "implementation returned a float, not a JAX array"),
+        (
+            "returns_two",
+            MEAN,
+            "implementation returned shape (2,) for reduction='mean', expected ()",
+        ),
+        (
+            "returns_float16",
+            MEAN,
+            "implementation returned float16 for float32 logits (torch keeps their dtype)",
+        ),
+        (
+            "returns_numpy",
+            MEAN,
+            "implementation cannot be traced: the runner calls it under jax.jit "
+            "(TracerArrayConversionError)",
+        ),
+    ],
+)
+def test_an_implementation_breaking_the_contract_fails_the_case(
+    tmp_path, capsys, impl, case, reason
+):
+    # Raising passed an intentional difference (exit 0); sys.exit(0) ended the run with 0 and no
+    # report; a bad return value read as the harness's own error.
+    out = tmp_path / "r"
+    argv = ["--quick", "--only", case, "--no-progress", "--out", str(out)]
+    assert main([*argv, "--impl", f"tests.test_parity_planted_bug:{impl}"]) == 1
+    assert capsys.readouterr().out.splitlines()[0] == f"FAILED {case}"
+    (record,) = json.loads((out / "report.json").read_text())["cases"]
+    assert record["status"] == "failed" and record["failures"] == [reason]
+
+
+def test_the_reports_say_when_only_some_cases_ran(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["--quick", "--only", MEAN, "--no-progress", "--out", str(out)]) == 0
+    scope = f"1 of the 140 cases of the quick matrix matching --only '{MEAN}'"
+    assert scope in (out / "report.md").read_text()
+    assert scope.replace("'", "&#x27;") in (out / "report.html").read_text()
+    assert json.loads((out / "report.json").read_text())["config"]["matrix_cases"] == 140
+
+
+def test_an_impl_with_only_fused_linear_cases_is_a_usage_error(tmp_path, capsys):
+    # the fused linear cases always test jaxce's own functions: the --impl would never run
+    argv = ["--quick", "--only", "linear/*", "--out", str(tmp_path / "r")]
+    assert main([*argv, "--impl", "tests.test_parity_planted_bug:raises"]) == 2
+    err = capsys.readouterr().err
+    assert "selects only fused linear cases, which test jaxce's own fused functions" in err
+    assert not (tmp_path / "r").exists()
