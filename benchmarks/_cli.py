@@ -58,6 +58,17 @@ def check_output_file(p: argparse.ArgumentParser, path: str | None, name: str = 
         p.error(f"{flag(name)} must be a file in a writable directory, got {got} ({problem})")
 
 
+def check_no_repeats(p: argparse.ArgumentParser, values: dict, *names: str) -> None:
+    """Refuses a list flag naming a value twice (it would be measured twice as one cell)."""
+    for name in names:
+        seen: set = set()
+        for value in values.get(name, ()):
+            if value in seen:
+                text = "x".join(map(str, value)) if isinstance(value, tuple) else value
+                p.error(f"{flag(name)} lists {text} twice; name each once")
+            seen.add(value)
+
+
 def check_shapes(
     p: argparse.ArgumentParser, texts: list[str], available_mib: float | None, name="shapes"
 ) -> tuple[tuple[int, int], ...]:

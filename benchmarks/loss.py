@@ -53,7 +53,8 @@ of the two IQRs counts as a tie); in a step at C >= 1000, within 2.5x ``bound_co
 Exit status: 0 when every measurement ran, whether the targets were met or not; 1 when any
 failed (an error, out of memory or a timeout in its process): each failure is printed as one
 line with its reason after the tables, and the JSON is written all the same; 2 for a bad flag,
-refused before anything runs (a shape whose logits alone exceed the memory available too).
+refused before anything runs (a shape whose logits alone exceed the memory available, a value
+listed twice, or a chosen variant that runs in none of the chosen settings too).
 """
 
 from __future__ import annotations
@@ -160,7 +161,16 @@ def parse_args(argv: list[str] | None = None) -> Config:
     _cli.check_output_file(p, chosen.get("json_path"))
     if "shapes" in chosen:
         chosen["shapes"] = _shapes(p, chosen["shapes"])
-    return Config(**{**asdict(base), **chosen})
+    _cli.check_no_repeats(p, chosen, "shapes", "settings", "variants", "targets")
+    cfg = Config(**{**asdict(base), **chosen})
+    for variant in chosen.get("variants", ()):  # the defaults run in the settings they can
+        runs_in = ONLY_IN.get(variant, SETTINGS)
+        if not set(runs_in) & set(cfg.settings):
+            p.error(
+                f"--variants {variant} runs only in --settings {' '.join(runs_in)}, got "
+                f"--settings {' '.join(cfg.settings)}; add one of them or drop the variant"
+            )
+    return cfg
 
 
 def jobs(cfg: Config) -> list[tuple[str, tuple[int, int], str, str]]:

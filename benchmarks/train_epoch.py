@@ -49,7 +49,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks import _cli
+from benchmarks import _cli, _machine
 from benchmarks._cli import check_counts, check_output_file, flag
 from benchmarks._harness import write_json
 from training import Config as TrainingConfig
@@ -226,6 +226,7 @@ def run(config: Config) -> dict:
         "ratios_of_minima": _ratios(minimum),
         "device": describe_devices(),
         "versions": versions(),
+        "machine": _machine.describe(),  # the CPU model and caches, torch's version too
     }
 
 
@@ -241,6 +242,7 @@ def _ratios(seconds: dict[str, float]) -> dict[str, float]:
 
 
 def _print(report: dict) -> None:
+    print(_machine.summary_line(report["machine"]))
     print(report["dataset"])
     print(f"{'variant':<22} {'median s/epoch':>15} {'min':>8}")
     for name, row in report["seconds_per_epoch"].items():

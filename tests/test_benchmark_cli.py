@@ -273,3 +273,27 @@ def test_profile_makes_its_dump_directory_and_knows_the_variants(capsys, tmp_pat
     _profile.main(["--shape", "8x10", "--variants", "jaxce", "--dump", str(dump)])
     assert (dump / "jaxce_index_in_step_8x10.hlo.txt").read_text().startswith("HloModule")
     assert "total: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--variants", "torch_eager_out", "--settings", "outside"],
+            "--variants torch_eager_out runs only in --settings in_step, got --settings outside; "
+            "add one of them or drop the variant",
+        ),
+        (
+            ["--variants", "jaxce", "jaxce_autodiff", "--settings", "forward"],
+            "--variants jaxce_autodiff runs only in --settings outside in_step, got --settings "
+            "forward; add one of them or drop the variant",
+        ),
+        (["--shapes", "8x10", "8X10"], "--shapes lists 8x10 twice; name each once"),
+        (["--variants", "jaxce", "optax", "jaxce"], "--variants lists jaxce twice; name each once"),
+        (["--settings", "forward", "forward"], "--settings lists forward twice; name each once"),
+    ],
+    ids=["variant-in-no-setting", "one-variant-in-no-setting", "shape", "variant", "setting"],
+)
+def test_loss_refuses_flags_that_would_measure_nothing_or_twice(capsys, argv, message):
+    # They ran nothing (an empty table, exit 0) or merged two copies into one cell's rounds.
+    assert usage_error(capsys, "loss", argv) == message

@@ -21,7 +21,8 @@ def test_every_variant_is_timed_and_the_ratios_follow(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ChecksumWarning)  # summed up in one line, not raised
         train_epoch.main(argv)
-    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    printed = capsys.readouterr()
+    warned = [line for line in printed.err.splitlines() if "warning" in line]
     assert len(warned) == 1 and "mnist-mini" in warned[0]  # a subset of MNIST's test split
     report = json.loads(path.read_text())
     seconds = report["seconds_per_epoch"]
@@ -39,3 +40,7 @@ def test_every_variant_is_timed_and_the_ratios_follow(tmp_path, capsys):
     }
     for key, (num, den) in expected.items():
         assert ratios[key] == pytest.approx(seconds[num]["median"] / seconds[den]["median"])
+    # the CPU and torch's version, as benchmarks.loss and .linear record them (it times torch)
+    machine = report["machine"]
+    assert machine["cpu"] and machine["caches"] is not None and "torch" in machine["versions"]
+    assert printed.out.startswith(machine["cpu"])  # the table's header names the CPU
