@@ -77,10 +77,16 @@ def index_forward(opts: rm.Options, logits, index, weight, keep, shared=False):
     return jnp.squeeze(loss, opts.axis), (m, lse0)
 
 
+def index_value(opts: rm.Options, logits, index, weight, keep):
+    """``index_rows``' value as a plain function (no custom VJP, so forward-mode autodiff
+    differentiates it): for a loss computed without its gradient."""
+    return index_forward(opts, logits, index, weight, keep)[0]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def index_rows(opts: rm.Options, logits, index, weight, keep):
     """Per-example loss for int32 class indices (-1: out of range); ``keep`` zeroes examples."""
-    return index_forward(opts, logits, index, weight, keep)[0]
+    return index_value(opts, logits, index, weight, keep)
 
 
 def _index_rows_fwd(opts, logits, index, weight, keep):
@@ -142,6 +148,11 @@ def soft_forward(opts: rm.Options, logits, labels, weight, keep, shared=False):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def soft_rows(opts: rm.Options, logits, labels, weight, keep):
     """Per-example loss for probability labels; ``keep`` (bool, batch shape) zeroes examples."""
+    return soft_value(opts, logits, labels, weight, keep)
+
+
+def soft_value(opts: rm.Options, logits, labels, weight, keep):
+    """``soft_rows``' value as a plain function (see ``index_value``)."""
     if opts.z_loss:  # z-loss reads the row terms: the form that keeps them
         return soft_forward(opts, logits, labels, weight, keep)[0]
     ct = rm.compute_dtype(logits.dtype, labels.dtype)

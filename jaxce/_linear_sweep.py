@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxce import _row_math as rm
-from jaxce._dense_vjp import index_rows, soft_rows
+from jaxce._dense_vjp import index_rows, index_value, soft_rows, soft_value
 from jaxce._vma import vary_over, varying_axes
 
 CLASS_AXIS = 1  # of a chunk's logits (rows, C[, P]), the probabilities and a (D, C[, P]) kernel
@@ -169,6 +169,9 @@ def _logits(static, h, kernel, bias, ct):
 def _chunk_vjp(static, logits, labels, weight, keep, g, needs):
     """The dense loss of one row chunk: losses and, with ``g``, (d logits, d weight, d labels)."""
     opts = static.opts
+    if g is None:  # the value alone, as a plain function: forward over reverse sees through it
+        value = soft_value if static.soft else index_value
+        return value(opts, logits, labels, weight, keep), None
     rows = soft_rows if static.soft else index_rows
 
     def loss(diff):
@@ -176,8 +179,6 @@ def _chunk_vjp(static, logits, labels, weight, keep, g, needs):
         return rows(opts, diff["logits"], y, w, keep)
 
     diff = {"logits": logits}
-    if g is None:
-        return loss(diff), None
     if needs.weight and weight is not None:
         diff["weight"] = weight
     if needs.labels and static.soft:

@@ -226,7 +226,9 @@ def _forward(static, logits, index, weight, keep):
     ct = rm.compute_dtype(logits.dtype)
     size = logits.shape[1]
     xs, w, offset, _ = _block(static, logits, weight, ct)
-    m = lax.pmax(row_max(xs, 1), mesh_axis)  # finite for a row of only -inf logits
+    # finite for a row of only -inf logits; a constant shift, as in row_stats (pmax has no
+    # derivative rule: forward over reverse, jax.hessian, would fail on it)
+    m = lax.pmax(lax.stop_gradient(row_max(xs, 1)), mesh_axis)
     sums = ol.block_sums(opts, xs - m, ol.onehot(index, offset, size), w)
     hit = (index >= offset) & (index < offset + size)  # the label is one of this block's
     w_y = rm.label_weight(w, index - offset, hit, ct)

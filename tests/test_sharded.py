@@ -215,7 +215,48 @@ def child_main() -> None:
                 }
     results["explicit"] = explicit_mesh_results()
     results["data_parallel"] = data_parallel_results()
+    results["hessian"] = hessian_results(meshes["model4"])
     print(MARKER + json.dumps(results), flush=True)
+
+
+HESSIAN_OPTIONS = {
+    "mean": {},
+    "sum-smoothing-weight": {"reduction": "sum", "label_smoothing": 0.1, "weight": True},
+    "none": {"reduction": "none"},
+}
+
+
+def hessian_results(mesh) -> dict:
+    """jax.hessian (forward over reverse) of the sharded loss and of the unsharded one, float64;
+    it failed inside JAX on the row maximum's pmax (no derivative rule)."""
+    out = {}
+    with jax.enable_x64(True):
+        rng = seeded_rng("sharded-hessian")
+        x = jnp.asarray(rng.standard_normal((3, 8)))
+        y = jnp.asarray([0, 5, 7])
+        w = jnp.asarray(rng.uniform(0.5, 2.0, 8))
+        for name, options in HESSIAN_OPTIONS.items():
+            options = dict(options)
+            weight = w if options.pop("weight", False) else None
+
+            def sharded(x, w, options=options):
+                return loss.sharded_cross_entropy(x, y, mesh_axis="model", weight=w, **options)
+
+            specs = (P(None, "model"), None if weight is None else P("model"))
+            f = jax.shard_map(sharded, mesh=mesh, in_specs=specs, out_specs=P())
+            dense = lambda a, options=options, weight=weight: jnp.sum(
+                loss.cross_entropy(a, y, weight=weight, custom_vjp=False, **options)
+            )
+            try:
+                got = jax.hessian(lambda a, f=f, weight=weight: jnp.sum(f(a, weight)))(x)
+            except Exception as err:  # reported to the test, which names it
+                out[name] = {"error": f"{type(err).__name__}: {err}"[:2000]}
+                continue
+            out[name] = {
+                "got": np.asarray(got).tolist(),
+                "want": np.asarray(jax.hessian(dense)(x)).tolist(),
+            }
+    return out
 
 
 # The other losses on inputs whose rows are sharded over jax.make_mesh's default axis type
@@ -528,3 +569,10 @@ def test_probability_labels_raise():
     )  # fmt: skip
     with pytest.raises(TypeError, match="class indices"):
         fn(jnp.zeros((3, 4)), jnp.full((3, 4), 0.25))
+
+
+@pytest.mark.parametrize("name", list(HESSIAN_OPTIONS))
+def test_hessian_through_the_sharded_loss_matches_the_unsharded(sharded_results, name):
+    result = sharded_results["hessian"][name]
+    assert "error" not in result, result.get("error")
+    assert_close(result["got"], result["want"], dtype="float64", quantity="second_order")
