@@ -76,14 +76,14 @@ class CrossEntropyLoss:
             )
         self.weight = None
         if weight is not None:
-            self.weight = _validation.as_array(weight, "weight")
-            if self.weight.ndim != 1:
+            given = _validation.as_unconverted(weight, "weight")  # checked as given
+            if given.ndim != 1:
                 raise ValueError(
-                    f"weight must have shape (num_classes,); got {self.weight.shape}. "
+                    f"weight must have shape (num_classes,); got {given.shape}. "
                     f"Pass one weight per class."
                 )
             self.weight = _validation.check_class_vector(
-                self.weight, "weight", self.weight.shape[0], "Pass one weight per class."
+                given, "weight", given.shape[0], "Pass one weight per class."
             )
         self.ignore_index = _validation.check_ignore_index(ignore_index)
         self.reduction = _validation.check_reduction(reduction)

@@ -41,6 +41,15 @@ def check_arrays(hidden, kernel, labels, *, torch_layout: bool, names) -> Shapes
     _validation.check_floating(kernel, k_name)
     if hidden.ndim == 0:
         raise ValueError(f"{h_name} must have shape (..., D) with D features; got a scalar.")
+    for array, name in ((hidden, h_name), (kernel, k_name)):
+        symbolic = [d for d in array.shape if not isinstance(d, int)]
+        if symbolic:  # jax.export shape polymorphism
+            raise ValueError(
+                f"{name} must have a static shape: the fused loss fixes its row and class "
+                f"chunks when traced; got the symbolic dimension {symbolic[0]} in "
+                f"{array.shape}. Export it with concrete shapes, or use cross_entropy on the "
+                "logits, which takes a symbolic batch."
+            )
     d = hidden.shape[-1]
     if torch_layout:
         layout, fix = f"(C, *out_features, D) = (num_classes, ..., {d})", "its last axis is D"

@@ -107,9 +107,9 @@ def linear_cross_entropy(
         (C, *out_features), a weight not (C,), labels of the wrong shape, an unknown
         reduction, an option out of range, ``ignore_index`` with probabilities, ``divisor``
         with a reduction other than "mean" or not a scalar, ``num_classes`` outside [0, C],
-        chunk sizes < 1, or, for concrete arrays, non-finite class or sample weights, a
-        divisor not finite and > 0, or class indices outside [0, C) that are not
-        ``ignore_index``.
+        chunk sizes < 1, a symbolic (``jax.export``) dimension in hidden or the kernel, or,
+        for concrete arrays, non-finite class or sample weights, a divisor not finite and
+        > 0, or class indices outside [0, C) that are not ``ignore_index``.
 
     Numerics:
       Logits are accumulated in float32 (float64 for float64 inputs) through

@@ -147,6 +147,12 @@ def check_logits_labels(logits: jax.Array, labels, axis, names=("logits", "label
             f"(ndim {logits.ndim}); use an axis in [{-logits.ndim}, {logits.ndim})."
         )
     axis = axis % logits.ndim
+    if not isinstance(logits.shape[axis], int):  # a jax.export symbolic dimension
+        raise ValueError(
+            f"the class axis of {x} must have a static size; got the symbolic dimension "
+            f"{logits.shape[axis]} in {logits.shape}. Export with a concrete number of classes "
+            "(the other dimensions may be symbolic)."
+        )
     batch_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
     soft = label_kind(
         labels, y, indices=batch_shape, probs=logits.shape,
@@ -215,7 +221,7 @@ def check_class_vector(
     """
     if value is None:
         return None
-    vector = as_array(value, name)
+    vector = as_unconverted(value, name)  # checked as given: 1e300 in float64 is not inf
     check_floating(vector, name)
     if vector.shape != (num_classes,):
         raise ValueError(
@@ -230,16 +236,18 @@ def check_class_vector(
                 f"{name} must be finite; got {values[i]} at position {i} ({int(bad.sum())} "
                 f"non-finite value(s) in all). Pass finite numbers (a weight of 0 drops a class)."
             )
-        dtype = vector.dtype if compute is None else compute
-        big = np.abs(values) > float(jnp.finfo(jnp.promote_types(dtype, jnp.float32)).max)
-        if big.any():
-            i = int(np.argmax(big))
-            raise ValueError(
-                f"{name} must fit {jnp.dtype(dtype).name}, the dtype the loss computes in; got "
-                f"{values[i]} at position {i}. Scale the weights down (a mean does not change)."
-            )
+        held = jax.dtypes.canonicalize_dtype(vector.dtype)  # float32 for float64 without x64
+        dtype = held if compute is None else compute
+        for limit, what in ((held, "as JAX holds it"), (dtype, "the dtype the loss computes in")):
+            big = np.abs(values) > float(jnp.finfo(jnp.promote_types(limit, jnp.float32)).max)
+            if big.any():
+                i = int(np.argmax(big))
+                raise ValueError(
+                    f"{name} must fit {jnp.dtype(limit).name}, {what}; got {values[i]} at "
+                    f"position {i}. Scale the weights down (a mean does not change)."
+                )
         check_normal(values, name, dtype)
-    return vector
+    return as_array(vector, name)
 
 
 def check_normal(values: np.ndarray, name: str, dtype, *, zero: bool = True) -> None:

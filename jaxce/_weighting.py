@@ -31,20 +31,24 @@ def check_sample_weight(value, example_shape: tuple[int, ...]) -> jax.Array | No
     """Floating per-example weights broadcastable to the examples' shape (concrete: finite)."""
     if value is None:
         return None
-    weights = _validation.as_array(value, "sample_weight")
+    weights = _validation.as_unconverted(value, "sample_weight")  # checked as given
     _validation.check_floating(weights, "sample_weight")
     _validation.check_broadcasts(weights, "sample_weight", example_shape, "one weight per example")
     values = _concrete(weights)
-    if values is not None and not np.isfinite(values).all():
-        flat = np.atleast_1d(values)
-        i = tuple(int(j[0]) for j in np.nonzero(~np.isfinite(flat)))
-        raise ValueError(
-            f"sample_weight must be finite; got {flat[i]} at position {i}. Pass finite "
-            f"weights (0 drops an example, as where=False does)."
-        )
+    held = jax.dtypes.canonicalize_dtype(weights.dtype)  # float32 for float64 without x64
     if values is not None:
-        _validation.check_normal(values, "sample_weight", weights.dtype)
-    return jnp.broadcast_to(weights, example_shape)
+        flat = np.atleast_1d(values)
+        big = np.abs(flat) > float(jnp.finfo(jnp.promote_types(held, jnp.float32)).max)
+        for bad, must in ((~np.isfinite(flat), "be finite"), (big, f"fit {held.name}")):
+            if bad.any():
+                i = tuple(int(j[0]) for j in np.nonzero(bad))
+                raise ValueError(
+                    f"sample_weight must {must}; got {flat[i]} at position {i}. Pass finite "
+                    f"weights {'' if must == 'be finite' else 'of a smaller scale '}(0 drops an "
+                    "example, as where=False does)."
+                )
+        _validation.check_normal(values, "sample_weight", held)
+    return jnp.broadcast_to(_validation.as_array(weights, "sample_weight"), example_shape)
 
 
 def check_divisor(value, reduction: str) -> jax.Array | None:

@@ -98,6 +98,7 @@ ERRORS = {
     "tlce-probs-ignore-index-default-value": (lambda: tlce(target=PR(), ignore_index=-100), ValueError, ["ignore_index=-100", "probabilities", "as in torch", "None"]),
     "tlce-target-out-of-range": (lambda: tlce(target=jnp.array([0, 1, 2, 7])), ValueError, ["target must be class indices in [0, 5)", "got 7"]),
     "lce-sample-weight-0d-inf": (lambda: lce(sample_weight=jnp.float32(INF)), ValueError, ["sample_weight must be finite", "inf"]),
+    "lce-sample-weight-float64-beyond-float32": (lambda: lce(sample_weight=np.full(4, 1e300)), ValueError, ["sample_weight must fit float32", "got 1e+300", "(0,)"]),
     "tlce-weight-shape": (lambda: tlce(weight=jnp.ones(4)), ValueError, ["weight", "(5,)", "(4,)"]),
     # --- mean_divisor
     "md-labels-bool": (lambda: loss.mean_divisor(jnp.ones(4, bool)), TypeError, ["labels", "bool"]),

@@ -172,6 +172,9 @@ ERRORS = {
     "ce-probs-float8": (lambda: ce(labels=PR().astype(jnp.float8_e5m2)), TypeError, ["labels", "float8_e5m2"]),
     "ce-unbatched-label-out-of-range": (lambda: ce(logits=jnp.zeros(3), labels=jnp.array(7)), ValueError, ["labels must be class indices in [0, 3)", "got 7"]),
     "ce-x64-float64-weight-beyond-float32": (lambda: _x64(lambda: ce(weight=jnp.full(3, 1e300))), ValueError, ["weight must fit float32", "1e+300"]),
+    # without x64 a float64 weight is held as float32: 1e300 was reported as "got inf"
+    "ce-numpy-float64-weight-beyond-float32": (lambda: ce(weight=np.full(3, 1e300)), ValueError, ["weight must fit float32, as JAX holds it", "got 1e+300"]),
+    "module-numpy-float64-weight-beyond-float32": (lambda: module(weight=np.full(2, 1e300)), ValueError, ["weight must fit float32", "got 1e+300"]),
     "ce-x64-float64-weight-below-float32-normal": (lambda: _x64(lambda: ce(weight=jnp.full(3, 1e-39))), ValueError, ["weight must be 0 or at least 1.18e-38"]),
     "ce-weight-subnormal": (lambda: ce(weight=jnp.array([1.0, 1e-40, 1.0])), ValueError, ["weight must be 0 or at least 1.18e-38", "position 1", "flushes to 0"]),
     "ce-weight-float8": (lambda: ce(weight=jnp.ones(3, jnp.float8_e4m3fn)), TypeError, ["weight", "float8_e4m3fn"]),

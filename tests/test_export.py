@@ -22,6 +22,7 @@ that compiler: ``tests/test_compiled.py`` and ``make accel-check``.
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,8 @@ from jax.sharding import PartitionSpec as P
 
 from benchmarks import _hlo
 from jaxce import loss
+from tests.conftest import seeded_rng
+from tests.tolerances import assert_close
 
 PLATFORMS = ("cuda", "tpu")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -343,3 +346,49 @@ def test_checks_see_a_host_callback_and_float64():
         f64 = jax.export.export(jax.jit(lambda x: x.astype(jnp.float64) * 2), platforms=("tpu",))
         mlir = f64(*args).mlir_module()
     assert any(f"float64 arrays of shapes [{(N, C)}]" in p for p in check_module(mlir))
+
+
+SYMBOLIC = {
+    # (function, argument shapes with the symbolic b (batch) or c (classes), the error's words)
+    "linear-symbolic-batch": (
+        lambda h, k, y: loss.linear_cross_entropy(h, k, y),
+        (("b", 3), (3, 5), ("b",)),
+        "hidden must have a static shape: the fused loss fixes its row and class chunks",
+    ),
+    "torch-linear-symbolic-classes": (
+        lambda h, w, y: loss.torch_linear_cross_entropy(h, w, y),
+        ((4, 3), ("c", 3), (4,)),
+        "linear_weight must have a static shape",
+    ),
+    "cross-entropy-symbolic-classes": (
+        lambda x, y: loss.cross_entropy(x, y),
+        ((4, "c"), (4,)),
+        "the class axis of logits must have a static size; got the symbolic dimension c",
+    ),
+}
+
+
+def _symbolic_args(shapes):
+    dims = dict(zip("bc", jax.export.symbolic_shape("b, c"), strict=True))
+    dtypes = [jnp.float32] * (len(shapes) - 1) + [jnp.int32]  # the labels come last
+    return [
+        jax.ShapeDtypeStruct(tuple(dims.get(d, d) for d in shape), dtype)
+        for shape, dtype in zip(shapes, dtypes, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("name", list(SYMBOLIC))
+def test_a_symbolic_dimension_the_loss_cannot_take_is_named(name):
+    # JAX raised InconclusiveDimensionOperation from inside the chunk arithmetic
+    fn, shapes, words = SYMBOLIC[name]
+    with pytest.raises(ValueError, match=re.escape(words)):
+        jax.export.export(jax.jit(fn))(*_symbolic_args(shapes))
+
+
+def test_cross_entropy_exports_with_a_symbolic_batch():
+    exported = jax.export.export(jax.jit(lambda x, y: loss.cross_entropy(x, y)))(
+        *_symbolic_args((("b", 5), ("b",)))
+    )
+    x = jnp.asarray(seeded_rng("symbolic-batch").standard_normal((3, 5)), jnp.float32)
+    y = jnp.asarray([0, 4, 2])
+    assert_close(exported.call(x, y), loss.cross_entropy(x, y), dtype="float32", quantity="loss")
