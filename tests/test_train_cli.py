@@ -391,6 +391,24 @@ DATA_ERRORS = [
         "t10k-labels-idx1-ubyte[.gz] not found in {d}",
         id="missing-file",
     ),
+    pytest.param(  # it said "not found", as if no file of that name were there
+        lambda d: (
+            (d / "t10k-labels-idx1-ubyte.gz").unlink(),
+            (d / "t10k-labels-idx1-ubyte.gz").symlink_to(d / "gone.gz"),
+        ),
+        "{d}/t10k-labels-idx1-ubyte.gz is a symbolic link to {d}/gone.gz, which cannot be "
+        "reached; point it at the file or replace it with the file",
+        id="dangling-link",
+    ),
+    pytest.param(
+        lambda d: (
+            (d / "t10k-labels-idx1-ubyte.gz").unlink(),
+            (d / "t10k-labels-idx1-ubyte.gz").symlink_to("t10k-labels-idx1-ubyte.gz"),
+        ),
+        "{d}/t10k-labels-idx1-ubyte.gz is a symbolic link to t10k-labels-idx1-ubyte.gz, which "
+        "cannot be reached",
+        id="self-link",
+    ),
     pytest.param(
         lambda d: _damage(d, "train_images", idx_bytes(make_arrays(0, 4)["train_images"])),
         "{d}/train-images-idx3-ubyte holds 0 images but",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import os
 import warnings
 import zlib
 from pathlib import Path
@@ -162,11 +163,15 @@ def _read(path: Path) -> bytes:
 
 def _find(root: Path, dataset: str, stem: str) -> Path:
     folders = [root, root / "raw", root / _TORCHVISION_FOLDER[dataset] / "raw"]
+    broken = []  # symbolic links by the file's name that lead to no file
     for folder in folders:
         for name in (f"{stem}.gz", stem):
+            path = folder / name
             try:
-                if (folder / name).is_file():
-                    return folder / name
+                if path.is_file():
+                    return path
+                if path.is_symlink():
+                    broken.append(path)
             except OSError as err:  # a folder that cannot be searched (permissions, a loop)
                 raise DataError(
                     "{@data_dir}: {folder} cannot be searched for {stem}[.gz] ({reason}); check "
@@ -175,6 +180,14 @@ def _find(root: Path, dataset: str, stem: str) -> Path:
                     stem=stem,
                     reason=err.strerror or err,
                 ) from None
+    if broken:  # a link to nothing, or to itself: named as such, not as a missing file
+        raise DataError(
+            "{path} is a symbolic link to {target}, which {what}; point it at the file or "
+            "replace it with the file",
+            path=broken[0],
+            target=os.readlink(broken[0]),
+            what="is not a file" if broken[0].exists() else "cannot be reached",
+        )
     raise DataError(
         "{stem}[.gz] not found in {folders}. {@data_dir} must hold the four {name} IDX files "
         "({wanted}), gzipped or not.",
