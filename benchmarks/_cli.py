@@ -58,6 +58,18 @@ def check_output_file(p: argparse.ArgumentParser, path: str | None, name: str = 
         p.error(f"{flag(name)} must be a file in a writable directory, got {got} ({problem})")
 
 
+def check_threads(p: argparse.ArgumentParser, values: dict) -> None:
+    """Refuses ``--threads`` beyond the CPUs this process may use: each measurement pins its
+    process to that many CPUs, so the rest would not run (torch would oversubscribe them)."""
+    threads = values.get("threads")
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    if threads is not None and available is not None and threads > available:
+        p.error(
+            f"--threads must be at most the {available} CPUs this process may use, got "
+            f"{threads}; pass --threads {available} or less"
+        )
+
+
 def check_no_repeats(p: argparse.ArgumentParser, values: dict, *names: str) -> None:
     """Refuses a list flag naming a value twice (it would be measured twice as one cell)."""
     for name in names:

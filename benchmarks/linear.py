@@ -84,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     _cli.check_counts(p, chosen, rows=1, features=1, classes=1, repeats=1, threads=1,
                       chunk_size=1, row_chunk_size=1, warmup=0)  # fmt: skip
     _cli.check_output_file(p, chosen.get("json_path"))
+    _cli.check_threads(p, chosen)
     return Config(**{**asdict(base), **chosen})
 
 

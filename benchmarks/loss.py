@@ -159,6 +159,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         chosen["target_variants"] = chosen["variants"]
     _cli.check_counts(p, chosen, repeats=1, rounds=1, threads=1, warmup=0)
     _cli.check_output_file(p, chosen.get("json_path"))
+    _cli.check_threads(p, chosen)
     if "shapes" in chosen:
         chosen["shapes"] = _shapes(p, chosen["shapes"])
     _cli.check_no_repeats(p, chosen, "shapes", "settings", "variants", "targets")

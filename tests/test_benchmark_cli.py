@@ -297,3 +297,13 @@ def test_profile_makes_its_dump_directory_and_knows_the_variants(capsys, tmp_pat
 def test_loss_refuses_flags_that_would_measure_nothing_or_twice(capsys, argv, message):
     # They ran nothing (an empty table, exit 0) or merged two copies into one cell's rounds.
     assert usage_error(capsys, "loss", argv) == message
+
+
+@pytest.mark.parametrize("module", ["loss", "linear"])
+def test_threads_beyond_the_cpus_available_are_refused(capsys, monkeypatch, module):
+    # the measurement pinned 2 CPUs and recorded --threads 64 (torch ran 64 threads on them)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert usage_error(capsys, module, ["--threads", "64"]) == (
+        "--threads must be at most the 2 CPUs this process may use, got 64; pass --threads 2 "
+        "or less"
+    )
