@@ -49,6 +49,7 @@ def handling() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _received.clear()  # `check` outside the block (a later run in this process) is a no-op
 
 
 def check() -> None:
