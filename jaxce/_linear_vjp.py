@@ -104,8 +104,24 @@ def _reduced_fwd(static, mean, *args):
         d_sample if args[6] is not None and args[6].perturbed else None,
         d_divisor if args[7] is not None and args[7].perturbed else None,
     )
+    # A gradient nobody asked for is a placeholder, not None, where its input exists: JAX (0.10)
+    # reuses a jitted call's forward rule traced for other perturbed inputs after jax.checkpoint,
+    # and a residual count that follows the perturbed inputs then fails inside JAX.
+    inputs = (*args[:5], *args[6:])
+    res = tuple(
+        _unused() if r is None and a is not None else r for r, a in zip(res, inputs, strict=True)
+    )
     primal_axes = (*axes[:5], *axes[6:])  # of the inputs with a gradient (not keep)
     return loss, _Gradients(res, primal_axes)
+
+
+def _unused() -> jax.Array:
+    """The placeholder of a gradient not formed: bool, which no gradient is."""
+    return jnp.zeros((0,), jnp.bool_)
+
+
+def _formed(r) -> bool:
+    return r is not None and r.dtype != jnp.bool_
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["grads"], meta_fields=["axes"])
@@ -119,7 +135,7 @@ class _Gradients:
 
 def _reduced_bwd(static, mean, res, g):
     scaled = [
-        None if r is None else sum_to_axes(_scale(r, g, r.dtype), axes)
+        sum_to_axes(_scale(r, g, r.dtype), axes) if _formed(r) else None
         for r, axes in zip(res.grads, res.axes, strict=True)
     ]
     d_hidden, d_kernel, d_bias, d_labels, d_weight, d_sample, d_divisor = scaled

@@ -17,6 +17,7 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from jaxce import _options, _validation
+from jaxce import _state_dict as state_dict_entries
 from jaxce._linear_call import check_chunk, linear_loss
 from jaxce._linear_torch import resolve_ignore_index
 from jaxce._validation import Reduction
@@ -62,58 +63,6 @@ def _float_dtype(value, name: str, *, optional: bool = False):
     return dtype
 
 
-def _host(value, name: str) -> np.ndarray:
-    """A state dict entry as a floating numpy array (torch's bfloat16 through float32, exactly)."""
-    if hasattr(value, "detach"):  # a torch.Tensor, without importing torch
-        value = value.detach()
-        why = (
-            "it is on the meta device and holds no data"
-            if getattr(value, "is_meta", False)
-            else "it is sparse: pass value.to_dense()"
-            if str(getattr(value, "layout", "torch.strided")) != "torch.strided"
-            else "it is quantized: pass value.dequantize()"
-            if getattr(value, "is_quantized", False)
-            else None
-        )
-        if why:
-            raise ValueError(f"state dict entry {name!r} cannot be loaded: {why}.")
-        value = value.cpu()
-        if str(value.dtype) == "torch.bfloat16":
-            value = value.float()
-        try:
-            value = value.numpy()
-        except TypeError:  # dtypes numpy lacks (float8, ...)
-            raise TypeError(
-                f"state dict entry {name!r} has dtype {value.dtype}, which cannot be loaded; "
-                f"cast it first, e.g. value.float()."
-            ) from None
-    try:
-        array = np.asarray(value)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"state dict entry {name!r} is not an array: {err}") from None
-    if not jnp.issubdtype(array.dtype, jnp.floating) or array.dtype.itemsize < 2:
-        raise TypeError(
-            f"state dict entry {name!r} must be a floating array; got {type(value).__name__} "
-            f"of dtype {array.dtype}. Pass the module's own state_dict() entries."
-        )
-    return array
-
-
-def _fitted(values: np.ndarray, dtype, key: str) -> jax.Array:
-    """``values`` cast to a parameter's ``dtype``; a finite value it cannot hold is an error."""
-    with np.errstate(over="ignore"):
-        array = jnp.asarray(values, dtype)
-    lost = np.isfinite(values) & ~np.isfinite(np.asarray(array, np.float64))
-    if lost.any():
-        i = tuple(int(j[0]) for j in np.nonzero(lost))
-        raise ValueError(
-            f"state dict entry {key!r} holds {values[i]} at {i}, beyond the range of this "
-            f"module's {jnp.dtype(dtype).name} parameters. Load it into a module made with a "
-            f"wider param_dtype, or rescale it."
-        )
-    return array
-
-
 class LinearCrossEntropyLoss(nnx.Module):
     """``torch.nn.LinearCrossEntropyLoss``: a linear head fused with cross-entropy, in NNX.
 
@@ -128,7 +77,10 @@ class LinearCrossEntropyLoss(nnx.Module):
       num_classes: C.
       out_features: (d1, ..., dk) for torch's K-dimensional loss (default: none).
       bias: whether the linear layer has a bias (torch's default: False).
-      dtype: the computation dtype (None: the inputs' and parameters' promoted dtype).
+      dtype: the computation dtype (None: the inputs' and parameters' promoted dtype); torch's
+        ``dtype=`` (of the parameters) is ``param_dtype`` here. torch's ``device=`` has no
+        counterpart (JAX places arrays) and its ``options=`` is ``chunk_size`` and
+        ``row_chunk_size``.
       param_dtype: the parameters' dtype.
       reduction, weight, label_smoothing: as torch's (``weight`` is kept as ``ClassWeight``
         state, not a trained parameter).
@@ -238,6 +190,12 @@ class LinearCrossEntropyLoss(nnx.Module):
                 f"input must have shape (..., in_features) = (..., {self.in_features}); got "
                 f"{input.shape}."
             )
+        if self.out_features and input.ndim == 1:
+            raise ValueError(
+                f"input must be batched, (N, {self.in_features}), with out_features="
+                f"{self.out_features} (torch's K-dimensional loss requires it); got "
+                f"{input.shape}: pass input[None] and target[None]."
+            )
         if self.dtype is not None:
             input = input.astype(self.dtype)
         return linear_loss(
@@ -280,7 +238,7 @@ class LinearCrossEntropyLoss(nnx.Module):
                 f"{self.linear.bias is not None}, weight={self.weight is not None}): missing "
                 f"{sorted(missing)}, unexpected {sorted(unexpected)}."
             )
-        values = {k: _host(state_dict[k], k) for k in shapes}
+        values = {k: state_dict_entries.host(state_dict[k], k) for k in shapes}
         for key, shape in shapes.items():
             if values[key].shape != shape:
                 raise ValueError(
@@ -297,15 +255,21 @@ class LinearCrossEntropyLoss(nnx.Module):
         for key, variable in targets.items():
             if key in values:  # checked before anything is replaced: all or nothing
                 source = values[key].T if key == "linear.weight" else values[key]
-                cast[key] = _fitted(source, variable[...].dtype, key)
+                cast[key] = state_dict_entries.fitted(source, variable[...].dtype, key)
         for key, array in cast.items():
             targets[key][...] = array
 
     def torch_state_dict(self) -> dict[str, np.ndarray]:
-        """The state as torch's module holds it (numpy arrays; ``torch.from_numpy`` them)."""
-        out = {"linear.weight": np.asarray(self.linear.kernel[...]).T.copy()}
+        """The state as torch's module holds it: writable numpy copies, for ``torch.from_numpy``
+        (bfloat16 parameters come as float32, exactly, which it takes: ``.bfloat16()`` them)."""
+
+        def host(array):
+            array = np.array(array)  # a copy, not a view of the module's buffer
+            return array.astype(np.float32) if array.dtype == jnp.bfloat16 else array
+
+        out = {"linear.weight": host(self.linear.kernel[...]).T.copy()}
         if self.linear.bias is not None:
-            out["linear.bias"] = np.asarray(self.linear.bias[...])
+            out["linear.bias"] = host(self.linear.bias[...])
         if self.weight is not None:
-            out = {"weight": np.asarray(self.weight[...]), **out}
+            out = {"weight": host(self.weight[...]), **out}
         return out

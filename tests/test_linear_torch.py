@@ -198,6 +198,47 @@ def test_nnx_module_state_dict_errors_name_the_key():
         )
 
 
+def test_nnx_module_state_is_its_own_in_and_out():
+    # Loading shared the torch tensors' memory (an optimizer step in torch moved the module's
+    # bias and class weights); the exported arrays were read-only views of the module's.
+    t = torch.nn.LinearCrossEntropyLoss(4, 3, bias=True, weight=torch.ones(3))
+    module = LinearCrossEntropyLoss(4, 3, bias=True, weight=np.ones(3), rngs=nnx.Rngs(0))
+    module.load_torch_state_dict(t.state_dict())
+    before = {k: np.array(v) for k, v in module.torch_state_dict().items()}
+    with torch.no_grad():
+        t.linear.bias.add_(100.0)
+        t.linear.weight.mul_(0.0)
+        t.weight.mul_(0.0)
+    exported = module.torch_state_dict()
+    for key, value in exported.items():
+        np.testing.assert_array_equal(value, before[key])
+        assert value.flags.writeable, key
+        torch.from_numpy(value).add_(1.0)  # writes its copy only
+    for key, value in module.torch_state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+def test_nnx_module_exports_bfloat16_parameters_torch_can_take():
+    module = LinearCrossEntropyLoss(
+        4, 3, bias=True, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0)
+    )  # fmt: skip
+    exported = module.torch_state_dict()
+    bias = torch.from_numpy(exported["linear.bias"]).bfloat16()  # raised TypeError (ml_dtypes)
+    np.testing.assert_array_equal(
+        bias.float().numpy(), np.asarray(module.linear.bias[...], np.float32)
+    )
+
+
+def test_nnx_module_with_out_features_needs_batched_input():
+    # torch refuses unbatched input for its K-dimensional loss; the module returned a value
+    module = LinearCrossEntropyLoss(4, 3, out_features=(2,), rngs=nnx.Rngs(0))
+    with pytest.raises(
+        ValueError, match=r"input must be batched, \(N, 4\), with out_features=\(2,\)"
+    ):
+        module(jnp.ones(4), jnp.array([0, 1]))
+    assert module(jnp.ones((1, 4)), jnp.array([[0, 1]])).shape == ()
+
+
 def test_core_package_does_not_import_flax():
     """The NNX module lives in jaxce.nnx; importing jaxce imports neither flax nor torch."""
     import subprocess
