@@ -298,3 +298,41 @@ def test_a_full_disk_at_the_lock_file_is_one_line_and_leaves_nothing(
         f"--out {out} is not writable (No space left on device); choose another --out"
     )
     assert not (tmp_path / "new").exists()
+
+
+def test_a_signal_during_a_checkpoint_write_waits_for_it():
+    with _interrupt.handling():
+        with pytest.raises(KeyboardInterrupt), _interrupt.deferred():
+            signal.raise_signal(signal.SIGTERM)
+            sum(range(100))  # the handler has run: the block goes on
+            finished = True
+        assert finished
+        _interrupt._received.clear()
+        # a second signal does not wait
+        with pytest.raises(KeyboardInterrupt), _interrupt.deferred():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            sum(range(100))
+            pytest.fail("the second signal was deferred too")
+
+
+def test_sigterm_during_a_checkpoint_write_ends_after_it_is_committed(
+    tiny, tmp_path, capsys, monkeypatch
+):
+    # An interrupted write printed Orbax's errors (or a write failure) instead of the line.
+    real = RunCheckpoints.save
+    monkeypatch.setattr(train_py, "_exit_now", _raise_exit)
+
+    def save(self, step, state, meta):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, step, state, meta)
+
+    monkeypatch.setattr(RunCheckpoints, "save", save)
+    out = tmp_path / "run"
+    status, _, err = run(["--data-dir", tiny, "--out", out, *RESUME], capsys)
+    assert status == 130 and "Traceback" not in err
+    assert error_line(err).startswith(f"interrupted; run directory {out}: its committed")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_00000004",
+        "step_00000004.commit.json",
+    ]

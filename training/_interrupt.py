@@ -6,7 +6,9 @@ default handler raises KeyboardInterrupt there; raised inside a garbage-collecti
 drops it, and the run went on to finish with exit status 0. `handling` installs a handler for
 SIGINT and SIGTERM that records the signal and raises KeyboardInterrupt unless it would be
 dropped there; `check`, called between the run's phases and after every training call, raises
-it for a signal that was recorded but not raised.
+it for a signal that was recorded but not raised. Inside `deferred` (a checkpoint write) the
+first signal waits for the block's end: an interrupted write left Orbax's own errors (or a
+partial checkpoint) in place of the one line.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from types import FrameType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)  # SIGTERM: docker stop, scancel, Kubernetes
 _received: list[int] = []
+_deferring: list[bool] = []  # inside `deferred` blocks
 
 
 def _dropped_in(frame: FrameType | None) -> bool:
@@ -34,8 +37,21 @@ def _dropped_in(frame: FrameType | None) -> bool:
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     _received.append(signum)
-    if not _dropped_in(frame):
+    waits = _deferring and len(_received) == 1  # a second signal does not wait
+    if not waits and not _dropped_in(frame):
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A signal in the block takes effect at its end (a checkpoint write finishes whole, and
+    the run stops with it committed); a second signal raises at once."""
+    _deferring.append(True)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+    check()
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from training import _checkpoint, _distributed
+from training import _interrupt as interrupt
 from training._checkpoint import RunCheckpoints
 from training._errors import NonFiniteLossError, ResumeError, WriteError, write_failure
 from training._rundir import RUN_FILES
@@ -255,7 +256,8 @@ class RunCheckpointing:
             "history": self.history,
         }
         try:
-            self.last_saved = str(self.store.save(step, state, meta))
+            with interrupt.deferred():  # Ctrl-C or SIGTERM: after this checkpoint is committed
+                self.last_saved = str(self.store.save(step, state, meta))
         except Exception as err:  # a full disk, a failing filesystem: Orbax's errors vary
             kept = (
                 f"the last good checkpoint is {self.last_saved}"
