@@ -1,9 +1,11 @@
 """An epoch's example order: a keyed random permutation of ``[0, n)`` in O(n), without sorting.
 
 `jax.random.permutation` sorts random keys, twice for 60000 examples (its rounds keep ties
-rare), and XLA:CPU's sort calls its comparator for every comparison: 22.6 ms per Fashion-MNIST
-epoch on a 2-core AMD EPYC, 13% of the epoch. `permutation` instead applies a keyed bijection
-to each index, as data loaders' index shuffles do (TensorFlow's `index_shuffle`, Grain's): a
+rare), and XLA:CPU's sort calls its comparator for every comparison: 21.6-22.6 ms per
+Fashion-MNIST epoch on a 2-core AMD EPYC (family 26), about a tenth of the epoch, against
+1.2-1.4 ms for this one (medians of 30 compiled calls). `permutation` instead applies a
+keyed bijection to each index, as data loaders' index shuffles do (TensorFlow's
+`index_shuffle`, Grain's): a
 Feistel network on the ``k = max(2, ceil(log2 n))`` bits of an index is a permutation of
 ``[0, 2^k)`` for any round functions, and "cycle walking" (applying it again while the result
 is ``>= n``) restricts it to a permutation of ``[0, n)``. Since ``2^k < 2n``, an index walks
@@ -11,9 +13,12 @@ twice on average; the loop runs until the longest walk ends (about ``log2 n`` pa
 
 Each round swaps the two parts of the index, which may differ in width by a bit (``k`` odd),
 and mixes one part into the other with a 32-bit hash of it and a round key drawn from ``key``:
-``x = (hi, lo) -> (lo, hi ^ F(lo))``, invertible whatever ``F``. Eight rounds of a full-avalanche
-hash (murmur3's finaliser) make the order look uniformly random for training; it is not a
-cryptographic or an exactly uniform permutation (no keyed shuffle of a fixed cost can be).
+``x = (hi, lo) -> (lo, hi ^ F(lo))``, invertible whatever ``F``. With 24 rounds of a
+full-avalanche hash (murmur3's finaliser) the orders pass the chi-square checks of
+``tests/test_shuffle.py`` (every index at every position alike, every permutation of 4 and 5
+items alike, no structure at 60000); 8 rounds did not on tiny domains (5 items: 146 against a
+bound of 39 for the positions). It is not a cryptographic or an exactly uniform permutation
+(no keyed shuffle of a fixed cost can be).
 """
 
 from __future__ import annotations
