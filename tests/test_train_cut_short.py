@@ -336,3 +336,26 @@ def test_sigterm_during_a_checkpoint_write_ends_after_it_is_committed(
         "step_00000004",
         "step_00000004.commit.json",
     ]
+
+
+def test_with_several_processes_a_signal_stops_them_all_at_a_check():
+    # One process stopping alone left the others in a collective until JAX aborted them.
+    asked = []
+
+    def any_process(flag):  # a peer was signalled: every process stops at this check
+        asked.append(flag)
+        return True
+
+    with _interrupt.handling():
+        _interrupt.coordinate(lambda flag: asked.append(flag) or flag)
+        signal.raise_signal(signal.SIGTERM)
+        sum(range(100))  # the handler recorded it and returned: no process stops alone
+        with pytest.raises(KeyboardInterrupt):
+            _interrupt.check()
+        assert asked == [True]
+        _interrupt._received.clear()
+        _interrupt.coordinate(any_process)
+        with pytest.raises(KeyboardInterrupt):
+            _interrupt.check()  # not signalled here, but a peer was
+        assert asked == [True, False]
+    _interrupt.check()  # after the block: one process again, nothing recorded

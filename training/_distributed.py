@@ -122,6 +122,28 @@ def barrier(name: str, *, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
         ocp_multihost.get_barrier_sync_fn()(key=key, timeout_ms=int(timeout_s * 1000))
 
 
+_votes = itertools.count()
+
+
+def any_process(flag: bool, *, timeout_s: float = BARRIER_TIMEOUT_S) -> bool:
+    """True on every process if ``flag`` is True on any; ``flag`` itself with one process.
+
+    Through jax.distributed's coordination service, as `barrier` (a device collective gives up
+    when a process is 30 s behind): each process posts its flag and reads every other's. Every
+    process must ask the same questions in the same order.
+    """
+    if jax.process_count() == 1:
+        return flag
+    client = ocp_multihost.get_jax_distributed_client()
+    vote = f"jaxce:any:{next(_votes)}"
+    client.key_value_set(f"{vote}:{jax.process_index()}", "1" if flag else "0")
+    timeout_ms = int(timeout_s * 1000)
+    return any(
+        client.blocking_key_value_get(f"{vote}:{i}", timeout_ms) == "1"
+        for i in range(jax.process_count())
+    )
+
+
 def broadcast_int(value: int) -> int:
     """Process 0's ``value``, on every process (unchanged with one process)."""
     if jax.process_count() == 1:

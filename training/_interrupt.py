@@ -9,6 +9,12 @@ dropped there; `check`, called between the run's phases and after every training
 it for a signal that was recorded but not raised. Inside `deferred` (a checkpoint write) the
 first signal waits for the block's end: an interrupted write left Orbax's own errors (or a
 partial checkpoint) in place of the one line.
+
+With several processes (`coordinate`), a process that stops alone leaves the others waiting in
+a collective until JAX aborts them (a C++ stack trace, exit status 134). There the first signal
+only records, and every `check`, which all processes reach at the same points of the run,
+asks them all: if any was signalled, all stop there together, each with its one line. A
+second signal raises at once.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)  # SIGTERM: docker stop, scancel, Kubernetes
 _received: list[int] = []
 _deferring: list[bool] = []  # inside `deferred` blocks
+_any_process: list[Callable[[bool], bool]] = []  # set by `coordinate`: several processes
 
 
 def _dropped_in(frame: FrameType | None) -> bool:
@@ -37,7 +44,7 @@ def _dropped_in(frame: FrameType | None) -> bool:
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     _received.append(signum)
-    waits = _deferring and len(_received) == 1  # a second signal does not wait
+    waits = (_deferring or _any_process) and len(_received) == 1  # a second one does not wait
     if not waits and not _dropped_in(frame):
         raise KeyboardInterrupt
 
@@ -66,9 +73,20 @@ def handling() -> Iterator[None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _received.clear()  # `check` outside the block (a later run in this process) is a no-op
+        _any_process.clear()
+
+
+def coordinate(any_process: Callable[[bool], bool]) -> None:
+    """From here on (to the end of `handling`'s block) signals stop every process together:
+    ``any_process(flag)`` is True on every process if ``flag`` is on any (a collective)."""
+    _any_process[:] = [any_process]
 
 
 def check() -> None:
-    """Raises KeyboardInterrupt if a signal arrived under `handling` (a no-op otherwise)."""
-    if _received:
+    """Raises KeyboardInterrupt if a signal arrived under `handling` (a no-op otherwise); with
+    several processes, on all of them if one arrived on any."""
+    stop = bool(_received)
+    if _any_process:
+        stop = _any_process[0](stop)
+    if stop:
         raise KeyboardInterrupt

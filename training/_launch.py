@@ -377,17 +377,33 @@ def join(
             (on_timeout or _exit_on_timeout)(_timeout_error(launch, timeout_s))
 
     threading.Thread(target=watchdog, name="jaxce-join-watchdog", daemon=True).start()
-    try:
-        jax.distributed.initialize(
-            coordinator_address=launch.coordinator_address,
-            num_processes=launch.num_processes,
-            process_id=launch.process_id,
-            local_device_ids=list(launch.local_device_ids) if launch.local_device_ids else None,
-            cluster_detection_method=launch.cluster_detection_method,
-            initialization_timeout=int(timeout_s) + _JAX_GRACE_S,
-        )
-    finally:
-        done.set()
+    failed: list[BaseException] = []
+
+    def initialize() -> None:
+        try:
+            # JAX's preemption service would take SIGTERM from train.py's handler (training.
+            # _interrupt): the run then went on to its end with exit status 0.
+            jax.config.update("jax_enable_preemption_service", False)
+            jax.distributed.initialize(
+                coordinator_address=launch.coordinator_address,
+                num_processes=launch.num_processes,
+                process_id=launch.process_id,
+                local_device_ids=list(launch.local_device_ids) if launch.local_device_ids else None,
+                cluster_detection_method=launch.cluster_detection_method,
+                initialization_timeout=int(timeout_s) + _JAX_GRACE_S,
+            )
+        except BaseException as err:  # raised again in the main thread
+            failed.append(err)
+        finally:
+            done.set()
+
+    # In a thread of its own: JAX waits for the other processes in C++, and a main thread
+    # blocked there never runs Python's signal handlers (Ctrl-C and SIGTERM did nothing).
+    threading.Thread(target=initialize, name="jaxce-join", daemon=True).start()
+    while not done.wait(0.1):
+        pass
+    if failed:
+        raise failed[0]
 
 
 def _exit_on_timeout(error: LaunchError) -> None:

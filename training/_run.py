@@ -19,13 +19,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
 from tqdm.auto import tqdm
 
 from training import _interrupt as interrupt
 from training._checkpoint import has_committed
 from training._config import Config
 from training._dataset import DATASETS, Dataset
-from training._distributed import barrier, is_primary, on_primary
+from training._distributed import any_process, barrier, is_primary, on_primary
 from training._errors import Interrupted, LaunchError, WriteError, write_failure
 from training._idx import ChecksumWarning, load_idx_dir
 from training._launch import join, resolve_launch
@@ -72,6 +73,8 @@ def train(
     """
     launch = resolve_launch(config.coordinator_address, config.num_processes, config.process_id)
     join(launch, timeout_s=config.coordinator_timeout, log=log, on_timeout=on_join_timeout)
+    if jax.process_count() > 1:  # a signal stops all processes together (training._interrupt)
+        interrupt.coordinate(any_process)
     log = log if is_primary() else _quiet
     with open_run_dir(config, log=log) as (out, start):
         try:
