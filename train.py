@@ -145,31 +145,38 @@ def main(argv: list[str] | None = None) -> None:
     """Parses the flags and trains. A setting that does not fit the launcher, the devices or
     the data exits 2; a run that cannot go on exits 1; each with one line saying why."""
     config = parse_args(argv)
-    try:
-        # SIGTERM (docker stop, scancel, Kubernetes) ends a run as Ctrl-C does
-        with interrupt.handling():
+    # SIGTERM (docker stop, scancel, Kubernetes) ends a run as Ctrl-C does; the handlers stay
+    # until the exit, so a signal while the one line is printed cannot kill it (status 143)
+    with interrupt.handling():
+        try:
             train(config, name=flag, on_join_timeout=_end_on_join_timeout)
-    except Interrupted as err:
-        _report(err)
-        _exit_now(130)
-    except ConfigError as err:
-        _fail(err, 2)
-    except WriteError as err:  # Orbax's writer threads may still be failing: do not wait
-        _report(err)
-        _exit_now(1)
-    except TrainingError as err:
-        _fail(err, 1)
-    except KeyboardInterrupt:  # before the run directory was opened (joining the processes)
-        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
-        _exit_now(130)
+        except Interrupted as err:
+            _report(err)
+            _exit_now(130, interrupted=True)
+        except ConfigError as err:
+            _fail(err, 2)
+        except WriteError as err:  # Orbax's writer threads may still be failing: do not wait
+            _report(err)
+            _exit_now(1)
+        except TrainingError as err:
+            _fail(err, 1)
+        except KeyboardInterrupt:  # before the run directory was opened (joining the processes)
+            print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+            _exit_now(130, interrupted=True)
 
 
-def _exit_now(status: int) -> NoReturn:
+def _exit_now(status: int, *, interrupted: bool = False) -> NoReturn:
     """Exits at once after an interruption or a failed write: compilation or a checkpoint write
     may still run in other threads, whose teardown would print their own errors (or crash)
-    after the one line."""
+    after the one line. An interrupted process leaves the others in order
+    (`training._distributed.leave`)."""
+    interrupt.ignore()  # what arrives now changes nothing
     sys.stdout.flush()
     sys.stderr.flush()
+    if interrupted and "jax" in sys.modules:
+        from training._distributed import leave
+
+        leave()
     os._exit(status)
 
 

@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import errno
 import gc
+import itertools
 import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
+import jax
 import pytest
 
 import train as train_py
 import training._run
 from tests import test_train_cli as cli
 from tests.test_train_cli import RESUME, TINY, _snapshot, error_line, run
-from training import _idx, _interrupt, _rundir
+from training import _distributed, _idx, _interrupt, _rundir
 from training._checkpoint import RunCheckpoints
+from training._errors import LaunchError
 
 # test_train_cli's fixtures: the tiny dataset, a finished run, no launcher, no data loading
 tiny, finished, no_launcher, no_data_loading = (
@@ -81,7 +85,7 @@ def test_an_overwrite_cut_short_while_compiling_keeps_the_earlier_run(
 # -- Ctrl-C: one line, and --resume continues ------------------------------------------------
 
 
-def _raise_exit(status):  # train.py's os._exit would end this test process
+def _raise_exit(status, **kw):  # train.py's os._exit would end this test process
     raise SystemExit(status)
 
 
@@ -125,10 +129,11 @@ def test_ctrl_c_before_any_checkpoint_says_start_again(tiny, tmp_path, capsys, m
     _interrupt_at_epoch(monkeypatch, 0)
     status, _, err = run(["--data-dir", tiny, "--out", out, *TINY], capsys)
     assert status == 130 and "Traceback" not in err
+    # not naming the directory, which the run made and removes on the way out
     assert error_line(err) == (
-        f"interrupted; run directory {out}: no checkpoint was committed: rerun the command to "
-        "start again"
+        "interrupted before any checkpoint was committed: rerun the command to start again"
     )
+    assert not out.exists()
 
 
 def _signal_in_a_gc_callback(sig: int):
@@ -359,3 +364,60 @@ def test_with_several_processes_a_signal_stops_them_all_at_a_check():
             _interrupt.check()  # not signalled here, but a peer was
         assert asked == [True, False]
     _interrupt.check()  # after the block: one process again, nothing recorded
+
+
+class _FakeClient:
+    """jax.distributed's key-value store, as `training._distributed` uses it."""
+
+    def __init__(self, **values):
+        self.values = dict(values)
+
+    def key_value_set(self, key, value):
+        if key in self.values:
+            raise jax.errors.JaxRuntimeError(f"ALREADY_EXISTS: {key}")
+        self.values[key] = value
+
+    def key_value_try_get(self, key):
+        if key not in self.values:
+            raise jax.errors.JaxRuntimeError(f"NOT_FOUND: {key}")
+        return self.values[key]
+
+
+def _two_processes(monkeypatch, client, index=0):
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: index)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(_distributed.ocp_multihost, "get_jax_distributed_client", lambda: client)
+    monkeypatch.setattr(_distributed, "_votes", itertools.count(7))
+
+
+def test_any_process_asks_every_process_and_ends_when_one_left(monkeypatch):
+    client = _FakeClient(**{"jaxce:any:7:1": "1", "jaxce:any:8:1": "0"})
+    _two_processes(monkeypatch, client)
+    assert _distributed.any_process(False)  # the other process was signalled
+    assert not _distributed.any_process(False)
+    assert client.values["jaxce:any:8:0"] == "0"
+    client.values[_distributed.ABANDONED] = "1"  # the other stopped alone: no vote will come
+    assert _distributed.any_process(False)
+    client.values.pop(_distributed.ABANDONED)
+    with pytest.raises(LaunchError) as error:  # one line in train.py, exit status 1
+        _distributed.any_process(False, timeout_s=0.05)
+    assert error.value.render(train_py.flag) == (
+        "processes [1] did not reach the same point of the run within 0.05 s; they may have "
+        "ended: see their output"
+    )
+
+
+def test_leaving_process_0_waits_for_the_others(monkeypatch):
+    client = _FakeClient()
+    _two_processes(monkeypatch, client, index=1)
+    _distributed.leave()  # process 1 says it is gone and leaves at once
+    assert client.values == {_distributed.ABANDONED: "1", "jaxce:left:1": "1"}
+    _two_processes(monkeypatch, client, index=0)
+    start = time.monotonic()
+    _distributed.leave(timeout_s=5.0)  # process 1 has left: no wait
+    assert time.monotonic() - start < 1.0 and client.values["jaxce:left:0"] == "1"
+    del client.values["jaxce:left:1"]
+    start = time.monotonic()
+    _distributed.leave(timeout_s=0.2)  # one still there: waits, at most the timeout
+    assert 0.2 <= time.monotonic() - start < 1.0

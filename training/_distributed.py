@@ -8,8 +8,10 @@ the processes is `training._launch`'s job.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -123,25 +125,73 @@ def barrier(name: str, *, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
 
 
 _votes = itertools.count()
+ABANDONED = "jaxce:abandoned"  # set by a process that stops alone (a second Ctrl-C)
 
 
 def any_process(flag: bool, *, timeout_s: float = BARRIER_TIMEOUT_S) -> bool:
     """True on every process if ``flag`` is True on any; ``flag`` itself with one process.
 
     Through jax.distributed's coordination service, as `barrier` (a device collective gives up
-    when a process is 30 s behind): each process posts its flag and reads every other's. Every
-    process must ask the same questions in the same order.
+    when a process is 30 s behind): each process posts its flag and reads every other's,
+    polling, so that the main thread stays in Python and Ctrl-C or SIGTERM still reach it. A
+    process that stopped alone (`abandon`) ends the wait as a flag set. Every process must ask
+    the same questions in the same order.
     """
     if jax.process_count() == 1:
         return flag
     client = ocp_multihost.get_jax_distributed_client()
     vote = f"jaxce:any:{next(_votes)}"
     client.key_value_set(f"{vote}:{jax.process_index()}", "1" if flag else "0")
-    timeout_ms = int(timeout_s * 1000)
-    return any(
-        client.blocking_key_value_get(f"{vote}:{i}", timeout_ms) == "1"
-        for i in range(jax.process_count())
-    )
+    waiting = set(range(jax.process_count()))
+    deadline, flags = time.monotonic() + timeout_s, []
+    while waiting:
+        for i in sorted(waiting):
+            try:
+                flags.append(client.key_value_try_get(f"{vote}:{i}") == "1")
+                waiting.discard(i)
+            except jax.errors.JaxRuntimeError:  # not posted yet (NOT_FOUND)
+                pass
+        if waiting:
+            if _try_get(client, ABANDONED) is not None:
+                return True
+            if time.monotonic() > deadline:
+                raise _errors.LaunchError(
+                    "processes {waiting} did not reach the same point of the run within "
+                    "{timeout:g} s; they may have ended: see their output",
+                    waiting=sorted(waiting),
+                    timeout=timeout_s,
+                )
+            time.sleep(0.005)
+    return any(flags)
+
+
+def _try_get(client, key: str) -> str | None:
+    try:
+        return client.key_value_try_get(key)
+    except jax.errors.JaxRuntimeError:  # NOT_FOUND
+        return None
+
+
+def leave(*, timeout_s: float = 10.0) -> None:
+    """Before this process exits on an interruption (several processes): the others, waiting in
+    `any_process`, are told it is gone (one that stops alone, at a second signal, would leave
+    them waiting), and process 0, whose exit takes the coordination service with it and makes
+    JAX abort any process still using it (a C++ stack trace), waits until they have left (at
+    most ``timeout_s``: one stuck in a collective is aborted all the same)."""
+    if jax.process_count() == 1 or not jax.distributed.is_initialized():
+        return
+    client = ocp_multihost.get_jax_distributed_client()
+    with contextlib.suppress(jax.errors.JaxRuntimeError):  # already set by another process
+        client.key_value_set(ABANDONED, "1")
+    with contextlib.suppress(jax.errors.JaxRuntimeError):
+        client.key_value_set(f"jaxce:left:{jax.process_index()}", "1")
+    if jax.process_index() != 0:
+        return
+    deadline = time.monotonic() + timeout_s
+    others = set(range(1, jax.process_count()))
+    while others and time.monotonic() < deadline:
+        others = {i for i in others if _try_get(client, f"jaxce:left:{i}") is None}
+        time.sleep(0.01)
 
 
 def broadcast_int(value: int) -> int:

@@ -82,6 +82,12 @@ def coordinate(any_process: Callable[[bool], bool]) -> None:
     _any_process[:] = [any_process]
 
 
+def ignore() -> None:
+    """SIGINT and SIGTERM are ignored from here on (a process about to exit)."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def check() -> None:
     """Raises KeyboardInterrupt if a signal arrived under `handling` (a no-op otherwise); with
     several processes, on all of them if one arrived on any."""

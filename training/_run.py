@@ -81,10 +81,15 @@ def train(
             return _steps(config, out, start, log=log, name=name)
         except KeyboardInterrupt:
             if has_committed(out):
-                kept = "its committed checkpoints are kept: rerun with {@resume} to continue"
-            else:
-                kept = "no checkpoint was committed: rerun the command to start again"
-            raise Interrupted("interrupted; run directory {out}: " + kept, out=out) from None
+                raise Interrupted(
+                    "interrupted; run directory {out}: its committed checkpoints are kept: "
+                    "rerun with {@resume} to continue",
+                    out=out,
+                ) from None
+            # a directory this run made is removed on the way out: not named
+            raise Interrupted(
+                "interrupted before any checkpoint was committed: rerun the command to start again"
+            ) from None
 
 
 def _steps(config: Config, out: Path, start: Callable[[], None], *, log: Log, name) -> dict:
@@ -121,7 +126,9 @@ def _steps(config: Config, out: Path, start: Callable[[], None], *, log: Log, na
             trainer, state, data, config, checkpointing, history, epoch, first_step, log
         )
         first_step = 0
-    return write_report(out, config, dataset, trainer, history, compile_seconds, log=log)
+    metrics = write_report(out, config, dataset, trainer, history, compile_seconds, log=log)
+    interrupt.check()  # with several processes, a signal while reporting stops them all too
+    return metrics
 
 
 def _quiet(message: str) -> None:
