@@ -421,3 +421,19 @@ def test_leaving_process_0_waits_for_the_others(monkeypatch):
     start = time.monotonic()
     _distributed.leave(timeout_s=0.2)  # one still there: waits, at most the timeout
     assert 0.2 <= time.monotonic() - start < 1.0
+
+
+def test_ctrl_c_right_after_the_directory_is_made_leaves_none(tiny, tmp_path, capsys, monkeypatch):
+    # The window between making the run directory and the block that removes an unused one
+    real = training._run.on_primary
+    monkeypatch.setattr(train_py, "_exit_now", _raise_exit)
+
+    def then_ctrl_c(fn):
+        real(fn)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training._run, "on_primary", then_ctrl_c)
+    out = tmp_path / "new" / "run"
+    status, _, err = run(["--data-dir", tiny, "--out", out, *TINY], capsys)
+    assert status == 130 and "Traceback" not in err
+    assert not (tmp_path / "new").exists()

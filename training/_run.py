@@ -151,14 +151,13 @@ def open_run_dir(config: Config, *, log: Log) -> Iterator[tuple[Path, Callable[[
         )
         return str(opened[0].path)
 
-    path = Path(on_primary(on_process_0))
-
     def start() -> None:
         for run_dir in opened:
             run_dir.clear_earlier_run(log)
         barrier("run directory ready")
 
-    try:
+    try:  # opened inside: a Ctrl-C right after the directory was made removes it too
+        path = Path(on_primary(on_process_0))
         yield path, start
     except BaseException:
         for run_dir in opened:  # a run that failed before writing anything leaves no trace
