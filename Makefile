@@ -65,7 +65,7 @@ lock:
 	rm -rf .venv-lock
 	$(MAKE) test VENV=.venv-lock CONSTRAINTS= JAX=cpu
 	{ sed -n '/^#/p' constraints.txt; \
-	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^#' | sed -E 's/\+[A-Za-z0-9.]+$$//'; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude-editable | grep -v -e '^#' -e '^pip==' | sed -E 's/\+[A-Za-z0-9.]+$$//'; \
 	  .venv-lock/bin/python -m pip --version | sed -E 's/^pip ([^ ]+).*/pip==\1/'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 	rm -rf .venv-lock

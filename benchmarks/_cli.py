@@ -44,6 +44,12 @@ def check_output_file(p: argparse.ArgumentParser, path: str | None, name: str = 
         problem = "an empty path"
     elif os.path.isdir(path):
         problem = "a directory"
+    elif os.path.islink(path):  # the rename would replace the link, not write its target
+        problem = f"a symbolic link; pass its target, {os.path.realpath(path)}"
+    elif os.path.exists(path) and not os.path.isfile(path):  # /dev/null, a FIFO: replaced
+        problem = "not a regular file (a device or a pipe), which the write would replace"
+    elif os.path.lexists(f"{path}.tmp"):
+        problem = f"{path}.tmp, its temporary file, exists; remove it"
     elif not os.path.isdir(parent):
         what = "is not a directory" if os.path.exists(parent) else "does not exist; create it"
         problem = f"{parent} {what}"

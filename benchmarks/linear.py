@@ -85,7 +85,19 @@ def parse_args(argv: list[str] | None = None) -> Config:
                       chunk_size=1, row_chunk_size=1, warmup=0)  # fmt: skip
     _cli.check_output_file(p, chosen.get("json_path"))
     _cli.check_threads(p, chosen)
-    return Config(**{**asdict(base), **chosen})
+    _cli.check_no_repeats(p, chosen, "classes", "dtypes", "variants")
+    cfg = Config(**{**asdict(base), **chosen})
+    available = h.available_mib()
+    for classes in cfg.classes:  # the unfused variants' float32 logits, the kernel
+        need = max(cfg.rows, cfg.features) * classes * 4 / 2**20
+        if available is not None and need > available:
+            p.error(
+                f"--rows/--features/--classes must fit in memory, got {cfg.rows} x "
+                f"{cfg.features} x {classes} (a {max(cfg.rows, cfg.features)} x {classes} "
+                f"float32 array alone takes {need / 1024:.1f} GiB, {available / 1024:.1f} GiB "
+                "available): lower them"
+            )
+    return cfg
 
 
 def _measure(spec: dict) -> dict:

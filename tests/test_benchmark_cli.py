@@ -307,3 +307,38 @@ def test_threads_beyond_the_cpus_available_are_refused(capsys, monkeypatch, modu
         "--threads must be at most the 2 CPUs this process may use, got 64; pass --threads 2 "
         "or less"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--classes", "512", "512"], "--classes lists 512 twice; name each once"),
+        (["--dtypes", "float32", "float32"], "--dtypes lists float32 twice; name each once"),
+        (
+            ["--rows", "99999999999999999999"],
+            "--rows/--features/--classes must fit in memory, got 99999999999999999999 x 512 x ",
+        ),
+    ],
+    ids=["classes-twice", "dtypes-twice", "beyond-memory"],
+)
+def test_linear_refuses_repeats_and_sizes_beyond_memory(capsys, argv, message):
+    assert usage_error(capsys, "linear", argv).startswith(message)
+
+
+@pytest.mark.parametrize("module", ["loss", "linear"])
+def test_json_must_be_a_regular_file_or_a_new_path(capsys, tmp_path, module):
+    # --json /dev/null replaced the device with a regular file (the write renames over it)
+    assert "(not a regular file (a device or a pipe)" in usage_error(
+        capsys, module, ["--json", "/dev/null"]
+    )
+    target = tmp_path / "target.json"
+    target.write_text("mine")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    assert f"(a symbolic link; pass its target, {target})" in usage_error(
+        capsys, module, ["--json", str(link)]
+    )
+    (tmp_path / "x.json.tmp").mkdir()
+    assert "x.json.tmp, its temporary file, exists; remove it" in usage_error(
+        capsys, module, ["--json", str(tmp_path / "x.json")]
+    )
