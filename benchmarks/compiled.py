@@ -17,17 +17,19 @@ about 5.5 GB installed with its CUDA libraries) and libtpu for ``v5e`` (``jax[tp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import os
 import sys
 import time
 from collections.abc import Callable
+from importlib import metadata
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks import _hlo
+from benchmarks import _cli, _hlo, _machine
 from benchmarks._harness import write_json
 
 # An H100 80GB HBM3 (SXM5): 132 SMs, compute capability 9.0, 3.35 TB/s, 50 MiB of L2 (NVIDIA's
@@ -251,20 +253,33 @@ HEADER = (
 )
 
 
+FLOATS = ("bfloat16", "float16", "float32", "float64")
+
+
+def _plugin_versions() -> dict[str, str]:
+    """The accelerator plugins' versions (they decide the compiled programs), where installed."""
+    found = {}
+    for name in ("jax-cuda12-plugin", "jax-cuda13-plugin", "libtpu", "jax-cuda12-pjrt"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compiled", description=__doc__)
     p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     p.add_argument("--shape", default="4096x32768", metavar="NxC")
-    p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
+    p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=FLOATS)
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--x64", action="store_true", help="with jax_enable_x64 (inputs keep --dtypes)")
     p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
     args = p.parse_args(argv)
+    ((n, c),) = _cli.check_shapes(p, [args.shape], None, name="shape")  # compiled, not run
+    _cli.check_no_repeats(p, vars(args), "targets", "dtypes", "cases")
+    if "float64" in args.dtypes and not args.x64:
+        p.error("--dtypes float64 needs --x64 (without it JAX makes the inputs float32)")
+    _cli.check_output_file(p, args.json)
     jax.config.update("jax_enable_x64", args.x64)
-    try:
-        n, c = (int(v) for v in args.shape.lower().split("x"))
-    except ValueError:
-        p.error(f"--shape must be NxC, e.g. 4096x32768; got {args.shape!r}")
     if not jax.config.jax_platforms:
         jax.config.update("jax_platforms", "cpu")  # run on the host, compile for the targets
     absent = [f"{t}: {missing(t)}" for t in args.targets if missing(t)]
@@ -283,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         doc = {
             "command": "python -m benchmarks.compiled " + " ".join(argv or sys.argv[1:]),
             "jax": jax.__version__,
+            "machine": _machine.describe(),  # the host that compiled, and jaxlib's version
+            "plugins": _plugin_versions(),
             "targets": {t: TARGETS[t].device for t in args.targets},
             "results": [
                 {**dataclasses.asdict(m), "x_bound": m.x_bound, "temp_x_logits": m.temp_x_logits}

@@ -342,3 +342,31 @@ def test_json_must_be_a_regular_file_or_a_new_path(capsys, tmp_path, module):
     assert "x.json.tmp, its temporary file, exists; remove it" in usage_error(
         capsys, module, ["--json", str(tmp_path / "x.json")]
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--shape", "0x16"], "--shape must be NxC with N >= 1 and C >= 1, e.g. 4096x32768"),
+        (["--dtypes", "float64"], "--dtypes float64 needs --x64 (without it JAX makes the inputs"),
+        (["--cases", "plain", "plain"], "--cases lists plain twice; name each once"),
+        (["--json", "/dev/null"], "--json must be a file in a writable directory, got /dev/null"),
+    ],
+    ids=["zero-rows", "float64-without-x64", "case-twice", "json-device"],
+)
+def test_compiled_checks_its_flags_before_compiling(capsys, monkeypatch, argv, message):
+    # They raised ZeroDivisionError or TypeError after compiling, or measured a float32
+    # program labelled float64 (halving its traffic), or replaced /dev/null at the end.
+    from benchmarks import compiled
+
+    monkeypatch.setattr(compiled, "measure", lambda *a: pytest.fail("compiled"))
+    with pytest.raises(SystemExit) as exit:
+        compiled.main(argv)
+    assert exit.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .split(": error: ", 1)[1]
+        .startswith(message)
+    )
