@@ -7,6 +7,7 @@ hold the other cases.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -186,16 +187,21 @@ def write_reports(out: Path, texts: dict[str, str]) -> None:
     """Writes ``texts`` (file name -> text) into ``out`` as one set: every file to a temporary
     name first, then each renamed over its earlier version, so a write that fails (a full disk)
     leaves the earlier reports as they were and no temporary file behind."""
+    for name in texts:  # what a rename could not replace: refused before any is replaced
+        target = out / name
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise IsADirectoryError(
+                errno.EISDIR, "not a regular file, which the report would replace", str(target)
+            )
     temporary = {name: out / f".{name}.tmp" for name in texts}
     try:
         for name, text in texts.items():
             temporary[name].write_text(text)
-    except BaseException:
-        for path in temporary.values():
+        for name, path in temporary.items():
+            os.replace(path, out / name)
+    finally:
+        for path in temporary.values():  # none left behind, whatever failed
             path.unlink(missing_ok=True)
-        raise
-    for name, path in temporary.items():
-        os.replace(path, out / name)
 
 
 def fmt(x) -> str:

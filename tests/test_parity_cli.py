@@ -252,6 +252,20 @@ def test_a_failed_report_write_keeps_the_earlier_reports_whole(tmp_path, monkeyp
     assert (tmp_path / "report.json").read_text() == "old json"
 
 
+def test_a_report_path_that_is_not_a_file_replaces_none_of_them(tmp_path):
+    # A directory at report.md: report.json was replaced, the temporary files were left, and
+    # the message said nothing was written.
+    from parity._report import write_reports
+
+    write_reports(tmp_path, {"report.json": "old json", "report.html": "old html"})
+    (tmp_path / "report.md").mkdir()
+    with pytest.raises(OSError, match="not a regular file, which the report would replace"):
+        texts = {"report.json": "new", "report.md": "new", "report.html": "new"}
+        write_reports(tmp_path, texts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.json", "report.md"]
+    assert (tmp_path / "report.json").read_text() == "old json"
+
+
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     def interrupted(config, impl_fn, cases):
         raise KeyboardInterrupt
