@@ -241,7 +241,14 @@ def _document(results: dict, cfg: Config) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
+    if argv[:1] == ["--child"]:  # the parent's own call: one variant's spec as JSON
+        if len(argv) != 2:  # a usage error: exit status 2
+            print(
+                "python -m benchmarks.linear: error: --child is internal (one measurement's "
+                "spec as JSON, from the parent process); run it without --child",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
         return _child(argv[1])
     cfg = parse_args(argv)
     started, machine = time.time(), _machine.describe()

@@ -76,14 +76,15 @@ class ChecksumWarning(UserWarning):
     """A data file's SHA-256 differs from the one tensorflow-datasets registers for it.
 
     Attributes:
+      finding: what differs, without the setting that would refuse it (for tools without it).
       path: the file.
       actual: its SHA-256.
       expected: the SHA-256 tensorflow-datasets registers for a file of that name.
     """
 
-    def __init__(self, message: str, *, path: Path, actual: str, expected: str):
-        super().__init__(message)
-        self.path, self.actual, self.expected = path, actual, expected
+    def __init__(self, finding: str, remedy: str, *, path: Path, actual: str, expected: str):
+        super().__init__(f"{finding} {remedy}")
+        self.finding, self.path, self.actual, self.expected = finding, path, actual, expected
 
 
 def load_idx_dir(
@@ -221,7 +222,8 @@ def _check_sha256(path: Path, raw: bytes, dataset: str, *, strict: bool) -> None
         raise DataError("{message} Rejected because of {@strict_checksums}.", message=message)
     warnings.warn(
         ChecksumWarning(
-            message + " strict_checksums=True makes this an error.",
+            message,
+            "strict_checksums=True makes this an error.",
             path=path,
             actual=actual,
             expected=expected,
