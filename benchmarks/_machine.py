@@ -12,7 +12,9 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("jax", "jaxlib", "optax", "torch", "numpy")
+# the accelerator plugins too, where installed: they decide the programs XLA compiles
+PACKAGES = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "libtpu", "optax", "torch",
+            "numpy")  # fmt: skip
 _CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")
 _ISA = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "asimd", "sve")
 
@@ -55,16 +57,22 @@ def caches() -> list[dict]:
     return out
 
 
-def describe() -> dict:
-    """The machine as a JSON-ready dict (see ``summary_line`` for its one-line form)."""
-    info = _cpuinfo()
-    siblings = _read(Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list"))
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
+def installed(names) -> dict[str, str]:
+    """The versions of the packages among ``names`` that are installed."""
+    versions = {}
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+    return versions
+
+
+def describe() -> dict:
+    """The machine as a JSON-ready dict (see ``summary_line`` for its one-line form)."""
+    info = _cpuinfo()
+    siblings = _read(Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list"))
+    versions = {"python": platform.python_version(), **installed(PACKAGES)}
     flags = set(info.get("flags", info.get("Features", "")).split())
     return {
         "cpu": info.get("model name") or platform.processor() or platform.machine(),

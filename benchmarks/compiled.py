@@ -17,14 +17,12 @@ about 5.5 GB installed with its CUDA libraries) and libtpu for ``v5e`` (``jax[tp
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib.util
 import os
 import sys
 import time
 from collections.abc import Callable
-from importlib import metadata
 
 import jax
 import jax.numpy as jnp
@@ -256,15 +254,6 @@ HEADER = (
 FLOATS = ("bfloat16", "float16", "float32", "float64")
 
 
-def _plugin_versions() -> dict[str, str]:
-    """The accelerator plugins' versions (they decide the compiled programs), where installed."""
-    found = {}
-    for name in ("jax-cuda12-plugin", "jax-cuda13-plugin", "libtpu", "jax-cuda12-pjrt"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            found[name] = metadata.version(name)
-    return found
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compiled", description=__doc__)
     p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
@@ -298,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         doc = {
             "command": "python -m benchmarks.compiled " + " ".join(argv or sys.argv[1:]),
             "jax": jax.__version__,
-            "machine": _machine.describe(),  # the host that compiled, and jaxlib's version
-            "plugins": _plugin_versions(),
+            # the host that compiled, jaxlib's and the accelerator plugins' versions
+            "machine": _machine.describe(),
             "targets": {t: TARGETS[t].device for t in args.targets},
             "results": [
                 {**dataclasses.asdict(m), "x_bound": m.x_bound, "temp_x_logits": m.temp_x_logits}

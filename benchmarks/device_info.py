@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from importlib import metadata
 
 import jax
+
+from benchmarks._machine import installed
 
 PACKAGES = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "libtpu", "torch")
 
@@ -18,12 +19,7 @@ PACKAGES = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "libtpu",
 def describe() -> dict:
     """JAX's default backend, its devices' kinds and the installed versions of PACKAGES."""
     devices = jax.devices()
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
+    versions = installed(PACKAGES)
     info = {
         "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,
