@@ -130,7 +130,7 @@ def _fail(error: TrainingError, status: int) -> NoReturn:
 
 def _end_on_join_timeout(error: LaunchError) -> None:
     _report(error)
-    os._exit(1)  # from the watchdog thread: the main thread is stuck in jax's C++ wait
+    os._exit(1)  # the join's own thread is stuck in jax's C++ wait
 
 
 def train(config: Config, **kwargs: Any) -> None:
@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> None:
             _fail(err, 1)
         except KeyboardInterrupt:  # before the run directory was opened (joining the processes)
             print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
-            _exit_now(130, interrupted=True)
+            # not `leave`: while joining, the coordination service may not answer yet, and a
+            # request to it then aborts the process (status 134)
+            _exit_now(130)
 
 
 def _exit_now(status: int, *, interrupted: bool = False) -> NoReturn:

@@ -339,7 +339,7 @@ def test_busy_coordinator_port_is_named_before_jax_starts(calls):
     )
 
 
-def test_watchdog_reports_when_the_deadline_passes(monkeypatch):
+def test_join_reports_when_the_deadline_passes(monkeypatch):
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: time.sleep(1.5))
     reported: list[LaunchError] = []
     port = _closed_port()

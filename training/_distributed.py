@@ -146,11 +146,10 @@ def any_process(flag: bool, *, timeout_s: float = BARRIER_TIMEOUT_S) -> bool:
     deadline, flags = time.monotonic() + timeout_s, []
     while waiting:
         for i in sorted(waiting):
-            try:
-                flags.append(client.key_value_try_get(f"{vote}:{i}") == "1")
+            posted = _try_get(client, f"{vote}:{i}")
+            if posted is not None:
+                flags.append(posted == "1")
                 waiting.discard(i)
-            except jax.errors.JaxRuntimeError:  # not posted yet (NOT_FOUND)
-                pass
         if waiting:
             if _try_get(client, ABANDONED) is not None:
                 return True
@@ -166,6 +165,7 @@ def any_process(flag: bool, *, timeout_s: float = BARRIER_TIMEOUT_S) -> bool:
 
 
 def _try_get(client, key: str) -> str | None:
+    """The value posted under ``key``, or None if none is yet."""
     try:
         return client.key_value_try_get(key)
     except jax.errors.JaxRuntimeError:  # NOT_FOUND

@@ -25,8 +25,8 @@ without the metadata server, runs as one process without calling ``jax.distribut
 
 `join` starts ``jax.distributed`` within a deadline. jax's own time-outs end in a C++ abort that
 never names the address (and a coordinator port already in use crashes the process), so `join`
-checks the port first, and a watchdog thread reports and ends the process when the deadline
-passes, naming the coordinator and what a connection attempt found.
+checks the port first, waits for jax in a thread of its own, and reports and ends the process
+when the deadline passes, naming the coordinator and what a connection attempt found.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Mapping
 
@@ -47,7 +48,7 @@ from training._config import check_host_port
 from training._errors import ConfigError, LaunchError
 
 METADATA_TIMEOUT_S = 2.0
-_JAX_GRACE_S = 30  # jax's own deadline comes after the watchdog's
+_JAX_GRACE_S = 30  # jax's own deadline comes after join's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,9 +359,9 @@ def join(
       launch: from `resolve_launch`.
       timeout_s: seconds for every process to join.
       log: where to say what this process is waiting for.
-      on_timeout: called from a watchdog thread with the error when the deadline passes; it must
-        end the process, since the runtime's C++ wait cannot be interrupted. Default: print the
-        error to stderr and exit with status 1.
+      on_timeout: called with the error when the deadline passes; it must end the process,
+        since the runtime's C++ wait (in a thread of its own) cannot be interrupted. Default:
+        print the error to stderr and exit with status 1.
 
     Raises:
       LaunchError: process 0 cannot listen on the coordinator's port.
@@ -371,12 +372,6 @@ def join(
         _check_port_free(launch.coordinator_address)
     log(f"joining the run as {launch.describe()}; waiting up to {timeout_s:g} s for all processes")
     done = threading.Event()
-
-    def watchdog() -> None:
-        if not done.wait(timeout_s):
-            (on_timeout or _exit_on_timeout)(_timeout_error(launch, timeout_s))
-
-    threading.Thread(target=watchdog, name="jaxce-join-watchdog", daemon=True).start()
     failed: list[BaseException] = []
 
     def initialize() -> None:
@@ -397,11 +392,15 @@ def join(
         finally:
             done.set()
 
-    # In a thread of its own: JAX waits for the other processes in C++, and a main thread
-    # blocked there never runs Python's signal handlers (Ctrl-C and SIGTERM did nothing).
+    # In a thread of its own: JAX waits for the other processes in C++, where neither Python's
+    # signal handlers (Ctrl-C and SIGTERM did nothing) nor a deadline can reach it; the main
+    # thread keeps both.
     threading.Thread(target=initialize, name="jaxce-join", daemon=True).start()
+    deadline, reported = time.monotonic() + timeout_s, False
     while not done.wait(0.1):
-        pass
+        if not reported and time.monotonic() > deadline:
+            reported = True
+            (on_timeout or _exit_on_timeout)(_timeout_error(launch, timeout_s))
     if failed:
         raise failed[0]
 
