@@ -127,10 +127,6 @@ class Config:
     json_path: str | None = None
 
 
-def _shapes(p: argparse.ArgumentParser, texts: list[str]) -> tuple[tuple[int, int], ...]:
-    return _cli.check_shapes(p, texts, h.available_mib())
-
-
 def parse_args(argv: list[str] | None = None) -> Config:
     argv = sys.argv[1:] if argv is None else argv
     doc = __doc__.split("\n")[0]
@@ -161,7 +157,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     _cli.check_output_file(p, chosen.get("json_path"))
     _cli.check_threads(p, chosen)
     if "shapes" in chosen:
-        chosen["shapes"] = _shapes(p, chosen["shapes"])
+        chosen["shapes"] = _cli.check_shapes(p, chosen["shapes"], h.available_mib())
     _cli.check_no_repeats(p, chosen, "shapes", "settings", "variants", "targets")
     cfg = Config(**{**asdict(base), **chosen})
     for variant in chosen.get("variants", ()):  # the defaults run in the settings they can
