@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from tqdm.auto import tqdm
 
 from training import _interrupt as interrupt
@@ -286,7 +287,10 @@ def run_epoch(
     order = trainer.epoch_order(seed, epoch)
     for begin, num_steps in chunk_bounds(start_step, trainer.steps_per_epoch, chunks, cuts):
         state = trainer.run_steps(state, data, order, begin, num_steps)
-        loss = float(state.step_losses[begin + num_steps - 1])  # waits for the call to finish
+        # Waits for the call to finish. Read from this process's copy of the replicated record,
+        # indexed in NumPy (indexing the jax.Array would dispatch a computation); the view is
+        # gone before the next call donates the state.
+        loss = float(np.asarray(state.step_losses.addressable_data(0))[begin + num_steps - 1])
         interrupt.check()  # a signal that landed in a finaliser during the call
         if bar is not None:
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
