@@ -8,8 +8,7 @@ device can gather any shuffled row, the test split sharded). An epoch is:
   (`training._shuffle`: O(N), no sort);
 - `Trainer.run_steps` (compiled once, whatever the range): steps ``[start_step, start_step +
   num_steps)`` of that epoch in one `lax.fori_loop`: gather the batch, scale the pixels to
-  [0, 1], forward, loss, backward, Adam, record the step's loss (each step gathers the next
-  step's batch, so that the gather overlaps the step's work). Running an epoch in one call or
+  [0, 1], forward, loss, backward, Adam, record the step's loss. Running an epoch in one call or
   in several chunks gives bit-identical results (the checkpoint hook relies on it).
 
 The batch dimension is sharded over the mesh's ``"data"`` axis and everything else is
@@ -84,22 +83,21 @@ class DeviceData(NamedTuple):
 def compiler_options() -> dict[str, Any]:
     """XLA options for the compiled functions on the current backend (none off CPU).
 
-    On CPU, two changes to XLA's defaults, each measured on this project's 2-core machine:
+    On CPU, ``xla_cpu_prefer_vector_width=512``: XLA emits 256-bit vectors by default (avoiding
+    AVX-512 clock drops on old Intel parts); 512-bit ones make the Adam update, bound by its
+    square roots and divisions, cheaper (an epoch ~8% faster on this project's 2-core AMD
+    machine). CPUs without AVX-512 ignore it.
 
-    - ``xla_cpu_prefer_vector_width=512``: XLA emits 256-bit vectors by default (avoiding
-      AVX-512 clock drops on old Intel parts); 512-bit ones make the Adam update, bound by its
-      square roots and divisions, ~10% cheaper per epoch. CPUs without AVX-512 ignore it.
-    - ``xla_disable_hlo_passes=cpu-parallel-task-assigner``: elementwise kernels (Adam's
-      updates, the batch gather) are otherwise split over the intra-op threads, and at this
-      model's size (~100k parameters) each split costs more in cross-thread hand-offs than it
-      saves, the more so on a busy machine. The matrix products keep their own threading.
+    XLA's other CPU defaults stay, the splitting of elementwise kernels over the intra-op
+    threads (pass ``cpu-parallel-task-assigner``) included. Disabling it once made this
+    project's epoch faster; with jax 0.10's CPU matrix products it makes the epoch 1.6-1.8x
+    slower (Fashion-MNIST, batch 64: 0.11 s against 0.19 s; XLA's profile puts most of the
+    difference in the first layer's forward product, 46 against 83 ms per epoch), and the
+    benchmark's matrix products alone 1.5x slower.
     """
     if jax.default_backend() != "cpu":
         return {}
-    return {
-        "xla_cpu_prefer_vector_width": 512,
-        "xla_disable_hlo_passes": "cpu-parallel-task-assigner",
-    }
+    return {"xla_cpu_prefer_vector_width": 512}
 
 
 def make_loss(name: str, label_smoothing: float = 0.0) -> Callable[..., jax.Array]:
@@ -317,14 +315,7 @@ class Trainer:
         return jnp.resize(order, self.steps_per_epoch * self.batch_size)
 
     def _run_steps(self, state: TrainState, data: DeviceData, order, start_step, num_steps):
-        """Steps ``[start_step, start_step + num_steps)`` of the epoch whose order is ``order``.
-
-        Each step gathers the next step's batch as well as training on its own (the loop
-        carries it): the gather depends on nothing the step computes, so XLA's CPU runtime runs
-        it on another core alongside the matrix products instead of before them (measured on
-        Fashion-MNIST, batch 64: 205 -> 177 ms per epoch). The batches, and so the results, are
-        the same as gathering each one in its own step.
-        """
+        """Steps ``[start_step, start_step + num_steps)`` of the epoch whose order is ``order``."""
         batch = self.batch_size
         positions = jnp.arange(batch, dtype=jnp.int32)
 
@@ -332,19 +323,11 @@ class Trainer:
             logits = nnx.merge(self.graphdef, params)(images)
             return self.loss_fn(logits, labels, mask, reduction="sum") / count
 
-        def fetch(i):
-            # Clamped: the last step of a call fetches a batch past the epoch it never uses.
-            i = jnp.minimum(i, self.steps_per_epoch - 1)
+        def step(i, state: TrainState) -> TrainState:
             rows = jax.lax.dynamic_slice_in_dim(order, i * batch, batch)
             rows = jax.lax.with_sharding_constraint(rows, self._rows)
             images = data.train_images[rows].astype(jnp.float32) / 255.0
             images = jax.lax.with_sharding_constraint(images, self._batch)
-            labels = jax.lax.with_sharding_constraint(data.train_labels[rows], self._rows)
-            return images, labels
-
-        def step(i, carry):
-            state, (images, labels) = carry
-            upcoming = fetch(i + 1)
             mask = jax.lax.with_sharding_constraint(
                 i * batch + positions < self.num_train, self._rows
             )
@@ -353,14 +336,14 @@ class Trainer:
             # Dividing the loss, not each gradient, scales the (batch, 10) logits' gradient
             # instead of making one more pass over every parameter's.
             count = jnp.minimum(batch, self.num_train - i * batch).astype(jnp.float32)
-            loss, grads = jax.value_and_grad(loss_of)(state.params, images, labels, mask, count)
+            loss, grads = jax.value_and_grad(loss_of)(
+                state.params, images, data.train_labels[rows], mask, count
+            )
             updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-            state = TrainState(params, opt_state, state.step_losses.at[i].set(loss))
-            return state, upcoming
+            return TrainState(params, opt_state, state.step_losses.at[i].set(loss))
 
-        end = start_step + num_steps
-        return jax.lax.fori_loop(start_step, end, step, (state, fetch(start_step)))[0]
+        return jax.lax.fori_loop(start_step, start_step + num_steps, step, state)
 
     def _evaluate(self, params, data: DeviceData) -> tuple[jax.Array, jax.Array]:
         """Mean test loss and test accuracy (float32 scalars) over the real test examples."""
