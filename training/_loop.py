@@ -89,11 +89,10 @@ def compiler_options() -> dict[str, Any]:
     machine). CPUs without AVX-512 ignore it.
 
     XLA's other CPU defaults stay, the splitting of elementwise kernels over the intra-op
-    threads (pass ``cpu-parallel-task-assigner``) included. Disabling it once made this
-    project's epoch faster; with jax 0.10's CPU matrix products it makes the epoch 1.6-1.8x
-    slower (Fashion-MNIST, batch 64: 0.11 s against 0.19 s; XLA's profile puts most of the
-    difference in the first layer's forward product, 46 against 83 ms per epoch), and the
-    benchmark's matrix products alone 1.5x slower.
+    threads (pass ``cpu-parallel-task-assigner``) included. Disabling it was once measured as
+    faster; with jax 0.10.2 it makes the epoch 1.6-1.8x slower (Fashion-MNIST, batch 64: 0.11 s
+    against 0.19 s; XLA's profile puts most of the difference in the first layer's forward
+    product, 46 against 83 ms per epoch), and the benchmark's matrix products alone 1.5x slower.
     """
     if jax.default_backend() != "cpu":
         return {}
