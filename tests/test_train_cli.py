@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ from tests.conftest import main_in_fresh_process
 from tests.test_data_idx import STEMS, idx_bytes, make_arrays, refuse_to_read, write_dir
 from tests.test_resume import cpu_env
 from training import RunDirError, _rundir
-from training._checkpoint import RunCheckpoints, latest_good
+from training._checkpoint import KeepNewest, RunCheckpoints, latest_good
 from training._rundir import RunDir, default_out
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -830,3 +831,128 @@ def test_two_runs_started_together_into_one_out(tiny, tmp_path):
     assert "is in use by another run (process " in last or "already holds a run" in last
     assert "Traceback" not in refused
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["epochs"] == 1
+
+
+# --out names the checkpoint library cannot use, directories it must not delete or cannot
+# change, and a run that starts over beside an earlier run's leftovers.
+
+NAMES = [
+    ("exp[lr=1e-3]", "contains a bracketed [...] part, which the checkpoint library reads as a"),
+    ("a\\b", "contains a backslash, which the checkpoint library reads as a file pattern"),
+]
+
+
+@pytest.mark.parametrize("name, message", NAMES, ids=["brackets", "backslash"])
+def test_out_the_checkpoint_library_reads_as_a_pattern_is_refused(
+    tmp_path, capsys, no_data_loading, name, message
+):
+    status, _, err = run(["--out", tmp_path / name], capsys)
+    assert status == 1
+    assert error_line(err) == (
+        f"--out {tmp_path / name} {message} file pattern (its checkpoints could not be found "
+        "again); choose another --out"
+        if "bracketed" in message
+        else f"--out {tmp_path / name} {message} (its checkpoints could not be found again); "
+        "choose another --out"
+    )
+    assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("name", ["a*b", "a?b", "a{b}", "a[b", "réglages"])
+def test_names_the_checkpoint_library_reads_back_are_accepted(tiny, tmp_path, capsys, name):
+    status, _, err = run(["--data-dir", tiny, "--out", tmp_path / name, *TINY], capsys)
+    assert status == 0, err
+    status, stdout, err = run(
+        ["--data-dir", tiny, "--out", tmp_path / name, "--resume", *TINY, "--epochs", "2"], capsys
+    )
+    assert status == 0, err
+    assert f"resuming from {tmp_path / name / 'checkpoints' / 'step_00000008'}" in stdout
+
+
+def test_out_that_is_not_utf8_is_refused(tmp_path, capsys, no_data_loading):
+    out = os.fsdecode(os.fsencode(str(tmp_path)) + b"/bad\xffname")
+    status, _, err = run(["--out", out], capsys)
+    assert status == 1
+    assert error_line(err) == (
+        f"--out {tmp_path}/bad\\xffname is not valid UTF-8, which the checkpoint library needs; "
+        "choose another --out"
+    )
+
+
+def test_out_with_a_name_too_long_is_one_line(tmp_path, capsys, no_data_loading):
+    out = tmp_path / ("a" * 300) / "run"
+    status, _, err = run(["--out", out], capsys)
+    assert status == 1
+    assert error_line(err) == (
+        f"--out {out} cannot be checked (File name too long); choose another --out"
+    )
+
+
+def test_default_out_that_cannot_be_made_is_one_line(
+    tmp_path, capsys, no_data_loading, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("a file where the default parent would be")
+    status, _, err = run([], capsys)
+    assert status == 1
+    message = error_line(err)
+    assert message.startswith("--out was not given and its default, a new runs/")
+    assert message.endswith(f" in {tmp_path}, cannot be created (Not a directory); pass --out")
+
+
+def test_a_checkpoints_directory_of_other_files_is_kept(tmp_path, capsys, no_data_loading):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "model_best.pt").write_text("weights")
+    status, _, err = run(["--out", tmp_path], capsys)
+    assert status == 1
+    assert error_line(err).startswith(
+        f"--out {tmp_path} already holds other files (checkpoints) and no run."
+    )
+    assert (tmp_path / "checkpoints" / "model_best.pt").read_text() == "weights"
+
+
+def test_a_checkpoint_directory_that_cannot_be_changed_is_refused_first(
+    tmp_path, capsys, no_data_loading, monkeypatch
+):
+    # Simulated (root may change anything whose mode bits say otherwise): an immutable or
+    # foreign-owned checkpoint, found by os.access, before the data is even loaded.
+    locked = tmp_path / "checkpoints" / "step_00000008"
+    locked.mkdir(parents=True)
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and access(p, mode))
+    status, _, err = run(["--out", tmp_path, "--resume"], capsys)
+    assert status == 1
+    assert error_line(err) == (
+        f"--out: {locked} cannot be changed (no write permission, or immutable), and the run "
+        "writes and deletes checkpoints there; fix its permissions or choose another --out"
+    )
+
+
+def test_a_run_starting_over_beside_higher_leftovers_keeps_its_checkpoints(tiny, tmp_path, capsys):
+    # A killed earlier run left step 99 renamed into place but never committed. The new run
+    # starts over (nothing usable); its step-8 checkpoint was deleted as soon as it was written
+    # when the preservation policy took the highest step on disk for the one being saved.
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step_00000099" / "state").mkdir(parents=True)
+    status, stdout, err = run(["--data-dir", tiny, "--out", out, "--resume", *TINY], capsys)
+    assert status == 0, err
+    assert "starting from scratch" in stdout
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_00000008",
+        "step_00000008.commit.json",
+    ]
+    status, stdout, err = run(
+        ["--data-dir", tiny, "--out", out, "--resume", *TINY, "--epochs", "2"], capsys
+    )
+    assert status == 0, err
+    assert f"resuming from {out / 'checkpoints' / 'step_00000008'}" in stdout
+
+
+def test_the_preservation_policy_keeps_the_checkpoint_being_saved():
+    dropped = []
+    policy = KeepNewest(
+        1, committed=lambda step: step == 3, on_drop=dropped.append, saving=lambda: 5
+    )
+    steps = [SimpleNamespace(step=s) for s in (3, 5, 9)]  # 9: an uncommitted leftover
+    assert policy.should_preserve(steps, context=None) == [True, True, False]
+    assert dropped == [9]

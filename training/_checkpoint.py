@@ -151,6 +151,14 @@ def _entries(root: Path) -> dict[int, list[Path]]:
     return entries
 
 
+def foreign_entries(root: Path) -> list[str]:
+    """The names under ``root`` that belong to no checkpoint (files this project did not write)."""
+    if not root.is_dir():
+        return []
+    ours = {path.name for paths in _entries(root).values() for path in paths}
+    return sorted(path.name for path in root.iterdir() if path.name not in ours)
+
+
 def scan(out_dir: str | os.PathLike) -> list[Found]:
     """Every checkpoint of a run, newest first, each verified (`verify`)."""
     root = Path(out_dir) / CHECKPOINT_DIR
@@ -216,15 +224,21 @@ class KeepNewest(ocp.checkpoint_managers.PreservationPolicy):
     Checkpoints without a commit file, other than the one being saved, are leftovers of killed
     writes and are not kept. Orbax deletes what is not kept right after asking; ``on_drop`` is
     called first with each such step, so that its commit file goes before its files do.
+    ``saving()`` names the checkpoint being saved: not always the highest step, since a run
+    that starts over may find an earlier run's leftovers of higher steps (taking the highest
+    deleted each new checkpoint as soon as it was written).
     """
 
     keep: int
     committed: Callable[[int], bool]
     on_drop: Callable[[int], None]
+    saving: Callable[[], int | None]
 
     def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
         steps = [info.step for info in checkpoints]
-        newest = max(steps, default=None)
+        newest = self.saving()
+        if newest not in steps:
+            newest = max(steps, default=None)
         good = sorted((s for s in steps if s != newest and self.committed(s)), reverse=True)
         kept = {newest, *good[: max(self.keep - 1, 1)]}
         for step in steps:
@@ -255,6 +269,7 @@ class RunCheckpoints:
         self.keep = keep
         self._log = log if _distributed.is_primary() else lambda message: None
         self._manager: ocp.CheckpointManager | None = None
+        self._saving: int | None = None  # the step `save` is writing
 
     @property
     def manager(self) -> ocp.CheckpointManager:
@@ -265,7 +280,9 @@ class RunCheckpoints:
                 step_prefix="step",
                 step_format_fixed_length=_DIGITS,
                 enable_async_checkpointing=False,
-                preservation_policy=KeepNewest(self.keep, self._committed, self._uncommit),
+                preservation_policy=KeepNewest(
+                    self.keep, self._committed, self._uncommit, lambda: self._saving
+                ),
                 cleanup_tmp_directories=False,  # `_discard` removes leftovers
                 save_root_metadata=False,
             )
@@ -294,7 +311,11 @@ class RunCheckpoints:
         manager = self.manager
         self._discard([step])
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        manager.save(step, args=args, force=True)
+        self._saving = step
+        try:
+            manager.save(step, args=args, force=True)
+        finally:
+            self._saving = None
         directory = self.directory(step)
         if _distributed.is_primary():
             self.commit(step, directory)
@@ -309,6 +330,11 @@ class RunCheckpoints:
                     _remove(paths)
         _distributed.barrier("jaxce_checkpoints_discarded")
         self.manager.reload()
+
+    def discard_all(self) -> None:
+        """Deletes every checkpoint entry (a run starting over: an earlier run's leftovers of
+        killed writes; every process calls it)."""
+        self._discard(list(_entries(self.root)))
 
     def commit(self, step: int, directory: Path) -> None:
         """Writes the commit file of a checkpoint Orbax has finished (process 0)."""

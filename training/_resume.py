@@ -100,7 +100,8 @@ class RunCheckpointing:
         if not self.config.resume:
             return state, 0, 0, None
         step = _distributed.on_primary(self._choose)
-        if step < 0:
+        if step < 0:  # starting over: no earlier write may outlive or outrank the new ones
+            self.store.discard_all()
             return state, 0, 0, None
         step, state, meta = self.store.restore(state, check=self._check_compatible, step=step)
         directory = self.store.directory(step)

@@ -16,13 +16,14 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from training._checkpoint import CHECKPOINT_DIR, has_committed
+from training._checkpoint import CHECKPOINT_DIR, foreign_entries, has_committed
 from training._errors import RunDirError
 
 LOCK_FILE = ".lock"
@@ -35,9 +36,19 @@ def default_out(now: float | None = None) -> Path:
     base = Path(DEFAULT_PARENT) / time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     for attempt in range(1, 1000):
         path = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
-        with contextlib.suppress(FileExistsError):
+        try:
             path.mkdir(parents=True)
             return path
+        except FileExistsError:
+            continue
+        except OSError as err:  # not writable, or runs/ is a file
+            raise RunDirError(
+                "{@out} was not given and its default, a new {path} in {cwd}, cannot be created "
+                "({reason}); pass {@out}",
+                path=path,
+                cwd=Path.cwd(),
+                reason=err.strerror or err,
+            ) from None
     raise RunDirError("cannot find a free name for a new run under {parent}", parent=base.parent)
 
 
@@ -103,6 +114,7 @@ class RunDir:
             raise
         try:
             run_dir._guard(resume=resume, overwrite=overwrite, log=log)
+            _check_changeable(path / CHECKPOINT_DIR)
         except BaseException:
             run_dir.discard_if_unused()
             raise
@@ -137,9 +149,10 @@ class RunDir:
             )
         if resume or not entries:
             return
-        if entries == [CHECKPOINT_DIR] and not committed:
+        checkpoints = self.path / CHECKPOINT_DIR
+        if entries == [CHECKPOINT_DIR] and not committed and not foreign_entries(checkpoints):
             # Only unfinished checkpoint writes of a run killed before its first commit.
-            _delete(self.path / CHECKPOINT_DIR)
+            _delete(checkpoints)
             log(
                 f"removed {self.path / CHECKPOINT_DIR}: it held only unfinished checkpoint "
                 "writes of an interrupted run"
@@ -195,22 +208,57 @@ class RunDir:
 
 
 def _resolve(out: str | os.PathLike) -> Path:
-    """``out`` as an absolute path, ``~`` expanded, symbolic links followed."""
+    """``out`` as an absolute path, ``~`` expanded, symbolic links followed, checked to be a
+    path the checkpoint library can write to and read back (see `_check_name`)."""
     try:
-        return Path(out).expanduser().resolve()
+        path = Path(out).expanduser().resolve()
     except (OSError, RuntimeError) as err:  # a symlink loop (RuntimeError before Python 3.13)
         raise RunDirError(
             "{@out} {path} cannot be resolved ({reason}); choose another {@out}",
             path=out,
             reason=getattr(err, "strerror", None) or err,
         ) from None
+    _check_name(path)
+    return path
+
+
+def _check_name(path: Path) -> None:
+    """Refuses a path Orbax (the checkpoint library) mishandles: it must be UTF-8 (a name with
+    other bytes failed only at the first checkpoint, after an epoch), and Orbax reads it as a
+    file pattern, so ``[...]`` (a character class) and ``\\`` (an escape) wrote checkpoints it
+    could not find again (``--resume`` failed inside it). ``*``, ``?``, ``{}`` and a lone
+    bracket are read back fine."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RunDirError(
+            "{@out} {path} is not valid UTF-8, which the checkpoint library needs; choose "
+            "another {@out}",
+            path=os.fsencode(text).decode("ascii", "backslashreplace"),
+        ) from None
+    if "\\" in text or re.search(r"\[[^/]*\]", text):
+        raise RunDirError(
+            "{@out} {path} contains {chars}, which the checkpoint library reads as a file "
+            "pattern (its checkpoints could not be found again); choose another {@out}",
+            path=path,
+            chars="a backslash" if "\\" in text else "a bracketed [...] part",
+        )
 
 
 def _missing_top(path: Path) -> Path | None:
     """The highest of ``path`` and its parents that does not exist (None if ``path`` does)."""
     top = None
     for directory in (path, *path.parents):
-        if directory.exists():
+        try:
+            exists = directory.exists()
+        except OSError as err:  # a name too long, a parent that cannot be searched
+            raise RunDirError(
+                "{@out} {path} cannot be checked ({reason}); choose another {@out}",
+                path=path,
+                reason=err.strerror or err,
+            ) from None
+        if exists:
             break
         top = directory
     return top
@@ -237,6 +285,30 @@ def _make_dir(path: Path) -> Path:
     except OSError as err:
         raise _not_writable(path, err) from None
     return path
+
+
+def _check_changeable(root: Path) -> None:
+    """Refuses a checkpoint directory in which the run could not write or delete: it writes
+    each checkpoint there and deletes old ones, and found out only at its first checkpoint,
+    after an epoch of training (`os.access` sees permissions and the immutable flag)."""
+    if not root.is_dir():
+        return
+    for directory, _, _ in os.walk(root, onerror=_raise):
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise RunDirError(
+                "{@out}: {directory} cannot be changed (no write permission, or immutable), "
+                "and the run writes and deletes checkpoints there; fix its permissions or "
+                "choose another {@out}",
+                directory=directory,
+            )
+
+
+def _raise(err: OSError) -> None:
+    raise RunDirError(
+        "{@out}: {path} cannot be read ({reason}); fix its permissions or choose another {@out}",
+        path=err.filename,
+        reason=err.strerror or err,
+    )
 
 
 def _lock(path: Path) -> int | None:
