@@ -136,7 +136,12 @@ def row_loss(opts: Options, num_classes: int, t: RowTerms, m, lse0, smooth, keep
     smoothing); ``keep`` (bool) zeroes rows; a kept row whose label is out of range is NaN.
     """
     eps = opts.label_smoothing
-    loss = jnp.where(t.w_y == 0, 0, t.w_y * t.nll) if weighted else t.nll
+    # A zero label weight removes the row's label term, an infinite -log p included: 0 * inf
+    # would be NaN. Only that case is selected away: a NaN stays NaN (NaN logits give a NaN
+    # loss, as they give a NaN gradient), and plain autodiff's gradient of 0 * nll carries a
+    # NaN cotangent (a mean over no weight) as the custom VJP's does.
+    removed = (t.w_y == 0) & jnp.isinf(t.nll)
+    loss = jnp.where(removed, 0, t.w_y * t.nll) if weighted else t.nll
     if eps == 1:  # the label term is absent, not 0 * inf (a -inf label logit)
         loss = smooth / num_classes
     elif eps:
@@ -174,7 +179,9 @@ def row_grad(
     dx = jnp.where(keep, jnp.where(t.in_range, dx, jnp.nan), 0)
     dw = None
     if weight is not None:
-        row = g * opts.z_loss * jnp.square(lse0 + m)
+        row = 0.0  # only terms present: z_loss = 0 times an overflowed square is NaN
+        if opts.z_loss:
+            row = g * opts.z_loss * jnp.square(lse0 + m)
         if eps != 1:  # at eps = 1 the label term is absent, not 0 * inf
             row = row + g * (1 - eps) * t.nll
         per_class = jnp.where(t.onehot, row, 0)
@@ -208,13 +215,20 @@ def reduce_rows(
 def divide(total: jax.Array, divisor: jax.Array) -> jax.Array:
     """``total / divisor``, whose derivative w.r.t. the divisor is ``-(total / divisor) /
     divisor``: autodiff's ``-total / divisor**2`` overflows or flushes to 0 for divisors
-    beyond about 1.8e19 or below 5e-20 in float32."""
-    return total / divisor
+    beyond about 1.8e19 or below 5e-20 in float32. A mean over no weight (divisor 0) is NaN,
+    as torch's, even where the total is not 0 (label smoothing's term): not inf."""
+    return _quotient(total, divisor)
+
+
+def _quotient(total, divisor):
+    return jnp.where(divisor == 0, jnp.nan, total / divisor)
 
 
 @divide.defjvp
 def _divide_jvp(primals, tangents):
     total, divisor = primals
     d_total, d_divisor = tangents
-    quotient = total / divisor
-    return quotient, (d_total - quotient * d_divisor) / divisor
+    quotient = _quotient(total, divisor)
+    # NaN at divisor 0 (not inf, or NaN only where the total's tangent is 0); times 1 elsewhere
+    nan_at_zero = jnp.where(divisor == 0, jnp.nan, 1).astype(quotient.dtype)
+    return quotient, (d_total - quotient * d_divisor) * nan_at_zero / divisor

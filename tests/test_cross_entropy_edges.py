@@ -317,3 +317,60 @@ def test_full_smoothing_with_a_masked_class_has_no_nan_gradient(custom_vjp, targ
     assert all(np.isfinite(g).all() for g in grads)
     if target == "probs":
         assert np.all(np.asarray(grads[1]) == 0), "the loss does not depend on the labels"
+
+
+ZERO_WEIGHT_CASES = {
+    # name: (logits, labels, class weight, label smoothing): torch's value and gradients are NaN
+    "nan-logit-zero-weight-label": ([[np.nan, 1.0, 2.0], [1.0, 2.0, 3.0]], [0, 1], [0, 1, 1], 0.0),
+    "inf-logit-zero-weight-label": ([[np.inf, 1.0, 2.0], [1.0, 2.0, 3.0]], [0, 1], [0, 1, 1], 0.0),
+    "no-weight-to-divide-by": ([[1.0, 2.0, 3.0], [0.5, 0.1, -1.0]], [0, 0], [0, 1, 1], 0.0),
+    "no-weight-to-divide-by-smoothing": (
+        [[1.0, 2.0, 3.0], [0.5, 0.1, -1.0]],
+        [0, 0],
+        [0, 1, 1],
+        0.2,
+    ),
+}
+
+
+@pytest.mark.parametrize("custom_vjp", [True, False], ids=["custom-vjp", "plain-autodiff"])
+@pytest.mark.parametrize("case", list(ZERO_WEIGHT_CASES), ids=list(ZERO_WEIGHT_CASES))
+def test_zero_label_weights_hide_no_nan_and_divide_nothing_as_torch(case, custom_vjp):
+    """A zero label weight drops an infinite -log p but not a NaN (the loss was finite while its
+    gradient was NaN); a mean over zero weight is NaN, with label smoothing too (it was inf)."""
+    logits, labels, weight, smoothing = ZERO_WEIGHT_CASES[case]
+    logits, labels, weight = np.array(logits), np.array(labels), np.array(weight, float)
+    expected = torch_cross_entropy(
+        logits, labels, dtype="float32", weight=weight, label_smoothing=smoothing
+    )
+    assert np.isnan(expected.value) and np.isnan(expected.grad_logits[0]).all()
+    out, grad = _value_and_grad(
+        jnp.asarray(logits, jnp.float32),
+        jnp.asarray(labels),
+        weight=jnp.asarray(weight, jnp.float32),
+        label_smoothing=smoothing,
+        custom_vjp=custom_vjp,
+    )
+    assert_close(out, expected.value, dtype="float32", quantity="loss")
+    assert_close(grad[0], expected.grad_logits[0], dtype="float32", quantity="grad")
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_weight_gradient_without_z_loss_survives_huge_logits(dtype, smoothing):
+    """The z-loss term of the weight gradient is absent at z_loss = 0: 0 times its overflowed
+    square made the custom VJP's weight gradient NaN where plain autodiff's is finite."""
+    scale = {"float32": 1e20, "float64": 1e160}[dtype]
+    with x64_scope(dtype):
+        x = jnp.asarray([[0.1, 1.0, -0.5], [0.3, -0.2, 0.0]], dtype) * scale
+        y, w = jnp.asarray([1, 0]), jnp.asarray([1.0, 2.0, 0.5], dtype)
+        grads = [
+            jax.grad(
+                lambda w, c=custom: loss.cross_entropy(
+                    x, y, weight=w, label_smoothing=smoothing, custom_vjp=c
+                )
+            )(w)
+            for custom in (True, False)
+        ]
+    assert np.isfinite(grads[0]).all()
+    assert_close(grads[0], grads[1], dtype=dtype, quantity="grad")
