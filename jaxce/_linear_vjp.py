@@ -151,25 +151,26 @@ def per_example(static, hidden, kernel, bias, labels, weight, keep):
     return sweep(static, hidden, kernel, bias, labels, weight, keep)[0]
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["arrays"], meta_fields=["needs"])
-@dataclasses.dataclass(frozen=True)
-class _Saved:
-    """The forward rule's residuals: the inputs, and which gradients to form (static)."""
-
-    arrays: tuple
-    needs: Needs
+# Which gradients to form travels as data, in the shapes of empty marks ((1,): form it), not
+# as static metadata of the residuals: after eager gradients for two different sets of inputs,
+# JAX (0.10) ran `grad(jit(f))` with residuals whose static fields came from an earlier
+# trace, and the gradients asked for were silently never formed (all zeros).
+def _marks(needs: Needs) -> tuple:
+    return tuple(jnp.zeros((int(n),), jnp.bool_) for n in needs)
 
 
 def _per_example_fwd(static, *args):
     values = _values(args)
     losses = sweep(static, *values)[0]
-    return losses, _Saved(tuple(values), _needs(static, *args[:5]))
+    return losses, (tuple(values), _marks(_needs(static, *args[:5])))
 
 
 def _per_example_bwd(static, saved, g):
-    (*arrays, g), axes = all_varying((*saved.arrays, g))  # per-device, as in _reduced_fwd
+    arrays, marks = saved
+    needs = Needs(*(m.shape[0] == 1 for m in marks))
+    (*arrays, g), axes = all_varying((*arrays, g))  # per-device, as in _reduced_fwd
     hidden, kernel, bias, labels, weight, keep = arrays
-    grads = sweep(static, hidden, kernel, bias, labels, weight, keep, g, saved.needs)[1]
+    grads = sweep(static, hidden, kernel, bias, labels, weight, keep, g, needs)[1]
     d_kernel = None if grads.kernel is None else grads.kernel.astype(kernel.dtype)
     out = (grads.hidden, d_kernel, grads.bias, grads.labels, grads.weight)
     typed = (None if d is None else sum_to_axes(d, a) for d, a in zip(out, axes[:5], strict=True))

@@ -393,3 +393,31 @@ def test_gradients_for_other_inputs_after_remat(reduction):
         want = jax.grad(dense, argnums=argnums)(x, k, b, w)
         for g, v in zip(got, want, strict=True):
             assert_close(g, v, dtype="float32", quantity="grad")
+
+
+@pytest.mark.parametrize("target", ["index", "probs"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gradients_through_jit_after_eager_gradients_of_other_inputs(reduction, target):
+    # With reduction="none", after eager gradients w.r.t. two different inputs, a gradient
+    # through jax.jit(f) came back all zeros: the forward rule's residuals kept, as static
+    # metadata, which gradients an earlier trace had asked for.
+    rng = seeded_rng(f"jit-after-eager-{reduction}-{target}")
+    x, k = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((4, 8), (8, 5)))
+    if target == "index":
+        y = jnp.asarray([0, 1, 2, 4])
+    else:
+        y = jax.nn.softmax(jnp.asarray(rng.standard_normal((4, 5)), jnp.float32))
+
+    def fused(x, k, y):
+        return jnp.sum(loss.linear_cross_entropy(x, k, y, reduction=reduction))
+
+    def dense(x, k, y):
+        return jnp.sum(loss.cross_entropy(x @ k, y, reduction=reduction))
+
+    argnum_sets = [(0,), (1,)] + ([(2,)] if target == "probs" else [])
+    for fn in (fused, jax.jit(fused)):
+        for argnums in argnum_sets + argnum_sets[::-1]:
+            got = jax.grad(fn, argnums=argnums)(x, k, y)
+            want = jax.grad(dense, argnums=argnums)(x, k, y)
+            for g, v in zip(got, want, strict=True):
+                assert_close(g, v, dtype="float32", quantity="grad")
