@@ -69,7 +69,9 @@ def sharded_cross_entropy(
         goes with ``mesh_axis=("a", "b")``): that order says which device holds which classes,
         and JAX does not record it in the shard's type, so it cannot be checked.
       weight: optional floating (C_l,) class weights of THIS device's classes, i.e. the global
-        (k * C_l,) weights sharded like the logits (``in_specs=P(mesh_axis)``).
+        (k * C_l,) weights sharded like the logits (``in_specs=P(mesh_axis)``); a vector made
+        inside the function must be marked per device, ``lax.pcast(w, mesh_axis,
+        to="varying")`` (one the same on every device is refused).
       ignore_index: class index whose rows are skipped; one the labels' dtype cannot hold
         matches no label.
       reduction: ``"none"``, ``"mean"`` or ``"sum"`` over the rows this device holds; ``"mean"``
@@ -94,10 +96,11 @@ def sharded_cross_entropy(
       TypeError: non-floating logits, non-integer labels (probabilities are not supported),
         non-floating weight, non-boolean ``where``, a ``mesh_axis`` that is not a name or a
         tuple of names, options of the wrong type, or forward-mode autodiff.
-      ValueError: a call outside ``shard_map`` over ``mesh_axis``, logits that do not vary
-        over ``mesh_axis`` (replicated, or ``shard_map(..., check_vma=False)``), labels not of
-        the rows' shape, weight not (C_l,), an unknown reduction, an option out of range, or
-        ``num_classes`` outside [0, k * C_l].
+      ValueError: a call outside ``shard_map`` over ``mesh_axis``, a ``mesh_axis`` naming an
+        axis twice, logits or a weight that do not vary over ``mesh_axis`` (replicated, or
+        ``shard_map(..., check_vma=False)``), labels not of the rows' shape, weight not
+        (C_l,), an unknown reduction, an option out of range, or ``num_classes`` outside
+        [0, k * C_l].
 
     Numerics:
       float16/bfloat16 accumulate in float32. Labels outside [0, C) give NaN (no value check is
@@ -129,7 +132,9 @@ def sharded_cross_entropy(
     """
     logits = _validation.as_array(logits_shard, "logits_shard")
     labels = _validation.as_unconverted(labels, "labels")
-    spec = _validation.check_logits_labels(logits, labels, -1)
+    spec = _validation.check_logits_labels(
+        logits, labels, -1, ("logits_shard", "labels"), axis_option=False
+    )
     if spec.soft_labels:
         raise TypeError(
             f"labels must be integer class indices; got dtype {labels.dtype}. "
@@ -142,6 +147,7 @@ def sharded_cross_entropy(
         f"axis, in_specs=P({mesh_axis!r})), not the global ones."
     )
     weight = _validation.check_class_vector(weight, "weight", spec.num_classes, hint)
+    _check_varying(weight, mesh_axis)
     ignore_index = _validation.check_ignore_index(ignore_index)
     ct = rm.compute_dtype(logits.dtype)
     opts = rm.Options(ol.BLOCK_AXIS, *_options.check_options(label_smoothing, z_loss, softcap, ct))
@@ -170,6 +176,11 @@ def _check_mesh_axis(mesh_axis, logits) -> int:
             f"mesh_axis must be a mesh axis name (str) or a non-empty tuple of names; got "
             f"{mesh_axis!r}."
         )
+    if len(set(names)) < len(names):
+        raise ValueError(
+            f"mesh_axis must name each mesh axis once; got {mesh_axis!r}. Pass "
+            f"{tuple(dict.fromkeys(names))!r}."
+        )
     try:
         size = lax.axis_size(mesh_axis)
     except NameError as err:
@@ -189,6 +200,23 @@ def _check_mesh_axis(mesh_axis, logits) -> int:
             f"the gradient would come out {size} times too small."
         )
     return size
+
+
+def _check_varying(weight, mesh_axis) -> None:
+    """A ValueError if ``weight`` is the same on every device of ``mesh_axis``: each device's
+    weights are those of its own classes, so one replicated vector would weigh every shard's
+    classes alike (a wrong loss, silently)."""
+    names = mesh_axis if isinstance(mesh_axis, tuple) else (mesh_axis,)
+    aval = jax.typeof(weight) if isinstance(weight, jax.Array) else None
+    tracked = aval is not None and (hasattr(aval, "mat") or hasattr(aval, "vma"))
+    if tracked and not set(names) <= varying_axes(weight):
+        raise ValueError(
+            f"weight must vary over mesh_axis={mesh_axis!r}: each device passes the weights of "
+            f"its own classes; got a value of type {aval}, the same on every device. Shard the "
+            f"class weights like the logits' class axis (in_specs=P({mesh_axis!r})), or, for a "
+            f"vector made inside the function that is meant per shard, mark it with "
+            f"jax.lax.pcast(weight, {mesh_axis!r}, to='varying')."
+        )
 
 
 def _check_replicated(array, name: str, mesh_axis) -> None:
@@ -265,6 +293,8 @@ def _sharded_rows_bwd(static, res, cotangents):
     t = rm.RowTerms(in_range, hot, w_y, nll)
     g = g[:, None].astype(ct)
     dx, dw = rm.row_grad(opts, count, w_sum, xs - m, m, lse0, t, w, g, keep[:, None])
+    if real is not None:  # padding classes: 0, even in a row whose lse0 is NaN
+        dx = jnp.where(real, dx, 0)
     if weight is None:
         dw = None
     else:  # plus the label weight's own output (the mean's divisor)

@@ -122,11 +122,14 @@ def check_num_classes(num_classes, available: int, where: str) -> int:
     return count
 
 
-def check_logits_labels(logits: jax.Array, labels, axis, names=("logits", "labels")) -> Spec:
+def check_logits_labels(
+    logits: jax.Array, labels, axis, names=("logits", "labels"), *, axis_option: bool = True
+) -> Spec:
     """Checks dtypes, the class axis and the labels' shape; says which label kind they are.
 
     ``names`` are the two arrays' names in the caller's signature (torch's module: input and
-    target), for the messages.
+    target), for the messages; ``axis_option``: whether the caller has an ``axis`` option
+    (else the messages say the classes are last).
     """
     x, y = names
     if not jnp.issubdtype(logits.dtype, jnp.floating):
@@ -158,7 +161,7 @@ def check_logits_labels(logits: jax.Array, labels, axis, names=("logits", "label
         labels, y, indices=batch_shape, probs=logits.shape,
         indices_as=f"the shape of {x} without the class axis, {batch_shape}",
         probs_as=f"the shape of {x}, {logits.shape}",
-        note=f" ({x} {logits.shape}, axis={axis})",
+        note=f" ({x} {logits.shape}, " + (f"axis={axis})" if axis_option else "classes last)"),
     )  # fmt: skip
     return Spec(axis, logits.shape[axis], soft, batch_shape)
 

@@ -576,3 +576,63 @@ def test_hessian_through_the_sharded_loss_matches_the_unsharded(sharded_results,
     result = sharded_results["hessian"][name]
     assert "error" not in result, result.get("error")
     assert_close(result["got"], result["want"], dtype="float64", quantity="second_order")
+
+
+def test_padding_classes_get_zero_gradient_in_rows_without_a_finite_lse():
+    """A NaN logit or a row of -inf made the padding columns' gradient NaN (promised 0)."""
+    fn = jax.shard_map(
+        lambda x, y: loss.sharded_cross_entropy(
+            x, y, mesh_axis="model", num_classes=3, reduction="sum"
+        ),
+        mesh=_one_device_mesh(), in_specs=(P(None, "model"), P()), out_specs=P(),
+    )  # fmt: skip
+    x = jnp.array([[jnp.nan, 0.0, 1.0, 5.0], [-jnp.inf, -jnp.inf, -jnp.inf, 5.0], [0, 1, 2, 5.0]])
+    y = jnp.array([1, 1, 1])
+    grad = jax.grad(fn)(x, y)
+    np.testing.assert_array_equal(grad[:, 3], 0.0)
+    dense = jax.grad(lambda x: loss.cross_entropy(x, y, reduction="sum"))(x[:, :3])
+    assert_close(grad[:, :3], dense, dtype="float32", quantity="grad")
+
+
+def _run_one_device(body, *args, in_specs):
+    fn = jax.shard_map(body, mesh=_one_device_mesh(), in_specs=in_specs, out_specs=P())
+    return fn(*args)
+
+
+def test_a_mesh_axis_named_twice_is_refused():
+    body = lambda x, y: loss.sharded_cross_entropy(x, y, mesh_axis=("model", "model"))
+    with pytest.raises(ValueError, match=r"mesh_axis must name each mesh axis once; got \("):
+        args = (jnp.zeros((3, 4)), jnp.array([0, 1, 2]))
+        _run_one_device(body, *args, in_specs=(P(None, "model"), P()))
+
+
+def test_a_weight_the_same_on_every_device_is_refused():
+    """Each device's weight is its own classes': one replicated vector would weigh every
+    shard's classes alike, a wrong loss without an error."""
+    body = lambda x, y, w: loss.sharded_cross_entropy(x, y, mesh_axis="model", weight=w)
+    args = (jnp.zeros((3, 4)), jnp.array([0, 1, 2]), jnp.ones(4))
+    with pytest.raises(ValueError, match=r"weight must vary over mesh_axis='model'.*pcast"):
+        _run_one_device(body, *args, in_specs=(P(None, "model"), P(), P()))
+    marked = lambda x, y, w: body(x, y, lax.pcast(w, "model", to="varying"))
+    got = _run_one_device(marked, *args, in_specs=(P(None, "model"), P(), P()))
+    assert_close(got, loss.cross_entropy(args[0], args[1]), dtype="float32", quantity="loss")
+
+
+@pytest.mark.parametrize(
+    "logits, labels, message",
+    [
+        pytest.param(
+            jnp.zeros((2, 4), jnp.int32), jnp.array([0, 1]),
+            "logits_shard must have a floating dtype", id="dtype",
+        ),
+        pytest.param(
+            jnp.zeros((2, 4)), jnp.array([0, 1, 2]),
+            r"shape of logits_shard without the class axis, \(2,\); got \(3,\) \(logits_shard "
+            r"\(2, 4\), classes last\)", id="labels",
+        ),
+    ],
+)  # fmt: skip
+def test_errors_name_logits_shard(logits, labels, message):
+    body = lambda x, y: loss.sharded_cross_entropy(x, y, mesh_axis="model")
+    with pytest.raises((TypeError, ValueError), match=message):
+        _run_one_device(body, logits, labels, in_specs=(P(None, "model"), P()))
