@@ -293,7 +293,7 @@ def _check_changeable(root: Path) -> None:
     after an epoch of training (`os.access` sees permissions and the immutable flag)."""
     if not root.is_dir():
         return
-    for directory, _, _ in os.walk(root, onerror=_raise):
+    for directory, _, _ in os.walk(root, onerror=_unreadable):
         if not os.access(directory, os.W_OK | os.X_OK):
             raise RunDirError(
                 "{@out}: {directory} cannot be changed (no write permission, or immutable), "
@@ -303,7 +303,7 @@ def _check_changeable(root: Path) -> None:
             )
 
 
-def _raise(err: OSError) -> None:
+def _unreadable(err: OSError) -> None:
     raise RunDirError(
         "{@out}: {path} cannot be read ({reason}); fix its permissions or choose another {@out}",
         path=err.filename,
