@@ -170,7 +170,7 @@ def sharded_cross_entropy(
 
 
 def _check_mesh_axis(mesh_axis, logits) -> int:
-    names = mesh_axis if isinstance(mesh_axis, tuple) else (mesh_axis,)
+    names = _names(mesh_axis)
     if not names or not all(isinstance(n, str) for n in names):
         raise TypeError(
             f"mesh_axis must be a mesh axis name (str) or a non-empty tuple of names; got "
@@ -189,13 +189,11 @@ def _check_mesh_axis(mesh_axis, logits) -> int:
             f"over a mesh with axis {mesh_axis!r}, with the logits' class axis split over it "
             f"({err}). Outside shard_map, use cross_entropy."
         ) from None
-    aval = jax.typeof(logits)
-    tracked = hasattr(aval, "mat") or hasattr(aval, "vma")  # JAX tracks varying axes
-    if tracked and not set(names) <= varying_axes(logits):
+    if _not_varying(logits, names):
         raise ValueError(
             f"logits_shard must vary over mesh_axis={mesh_axis!r} (its class axis split "
             f"over it, e.g. in_specs=P(None, {mesh_axis!r})), and jax.shard_map must keep "
-            f"check_vma=True (the default); got a value of type {aval}. With "
+            f"check_vma=True (the default); got a value of type {jax.typeof(logits)}. With "
             f"check_vma=False, JAX splits the loss's cotangent over the {size} devices and "
             f"the gradient would come out {size} times too small."
         )
@@ -206,23 +204,32 @@ def _check_varying(weight, mesh_axis) -> None:
     """A ValueError if ``weight`` is the same on every device of ``mesh_axis``: each device's
     weights are those of its own classes, so one replicated vector would weigh every shard's
     classes alike (a wrong loss, silently)."""
-    names = mesh_axis if isinstance(mesh_axis, tuple) else (mesh_axis,)
-    aval = jax.typeof(weight) if isinstance(weight, jax.Array) else None
-    tracked = aval is not None and (hasattr(aval, "mat") or hasattr(aval, "vma"))
-    if tracked and not set(names) <= varying_axes(weight):
+    if isinstance(weight, jax.Array) and _not_varying(weight, _names(mesh_axis)):
         raise ValueError(
             f"weight must vary over mesh_axis={mesh_axis!r}: each device passes the weights of "
-            f"its own classes; got a value of type {aval}, the same on every device. Shard the "
-            f"class weights like the logits' class axis (in_specs=P({mesh_axis!r})), or, for a "
-            f"vector made inside the function that is meant per shard, mark it with "
-            f"jax.lax.pcast(weight, {mesh_axis!r}, to='varying')."
+            f"its own classes; got a value of type {jax.typeof(weight)}, the same on every "
+            f"device. Shard the class weights like the logits' class axis "
+            f"(in_specs=P({mesh_axis!r})), or, for a vector made inside the function that is "
+            f"meant per shard, mark it with jax.lax.pcast(weight, {mesh_axis!r}, to='varying')."
         )
+
+
+def _names(mesh_axis) -> tuple:
+    return mesh_axis if isinstance(mesh_axis, tuple) else (mesh_axis,)
+
+
+def _not_varying(array, names: tuple) -> bool:
+    """Whether JAX tracks ``array``'s varying axes (``check_vma``) and they miss some of
+    ``names``."""
+    aval = jax.typeof(array)
+    tracked = hasattr(aval, "mat") or hasattr(aval, "vma")
+    return tracked and not set(names) <= varying_axes(array)
 
 
 def _check_replicated(array, name: str, mesh_axis) -> None:
     """A ValueError if ``array`` varies over ``mesh_axis`` (JAX tracks it with check_vma)."""
-    names = mesh_axis if isinstance(mesh_axis, tuple) else (mesh_axis,)
-    varying = set(names) & varying_axes(array) if isinstance(array, jax.Array) else set()
+    tracked = isinstance(array, jax.Array)
+    varying = set(_names(mesh_axis)) & varying_axes(array) if tracked else set()
     if varying:
         raise ValueError(
             f"{name} must be the same on every device of mesh_axis={mesh_axis!r} (each device "
