@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from jaxce import _explicit, _labels, _options, _validation, _weighting
+from jaxce import _linear_classes as lc
 from jaxce import _linear_sweep as ls
 from jaxce import _row_math as rm
 from jaxce._linear_vjp import per_example, reduced
@@ -124,6 +125,9 @@ def linear_loss(hidden, kernel, labels, *, torch_layout: bool, names=("hidden", 
     class_chunk = check_chunk(chunk_size, "chunk_size", max(count, 1), "classes per matmul")
     rows, positions = math.prod(shapes.batch), math.prod(shapes.out_features)
     row_chunk = check_chunk(row_chunk_size, "row_chunk_size", max(rows, 1), "rows per chunk")
+    class_sweep = 0
+    if lc.applies(shapes.soft, rows, positions, count):
+        class_sweep = class_chunk or lc.default_class_chunk(rows, count)
     static = ls.Static(
         rm.Options(ls.CLASS_AXIS, smoothing, z, cap),
         count,
@@ -131,6 +135,7 @@ def linear_loss(hidden, kernel, labels, *, torch_layout: bool, names=("hidden", 
         class_chunk or ls.default_class_chunk(count),
         shapes.soft,
         torch_layout,
+        class_sweep,
     )
     if shapes.soft:
         labels = jnp.asarray(labels)

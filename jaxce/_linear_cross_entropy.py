@@ -36,20 +36,38 @@ def linear_cross_entropy(
 
     Equals ``cross_entropy(x, labels, axis=hidden.ndim - 1, ...)`` for the logits
     ``x = einsum("...d,dc...->...c...", hidden, kernel) + bias`` (with a 2-D kernel, simply
-    ``hidden @ kernel + bias``), but never holds all of them or their gradient. The rows of
-    ``hidden`` are processed ``row_chunk_size`` at a time; a chunk's logits cover every class,
-    so its log-sum-exp is exact and its gradient immediate:
+    ``hidden @ kernel + bias``), but never holds all of them or their gradient. An
+    undifferentiated call takes the rows of ``hidden`` ``row_chunk_size`` at a time; a chunk's
+    logits cover every class, so its log-sum-exp is exact (one matmul). The gradients come
+    from one of two sweeps:
 
-    .. math::
+    - over class chunks, for class indices without ``out_features`` and no more rows than
+      classes (a language-model head): ``chunk_size`` classes of every row at a time, first
+      for each row's maximum, sum of exponentials and label logit (online, rescaled as the
+      maximum grows), then again for the gradient ``g_B`` of the chunk's logits:
 
-        x_B = h_B K + b, \quad \ell_B, \nabla_{x_B} = \text{cross\_entropy's VJP}(x_B), \quad
-        \nabla h_B = \nabla_{x_B} K^\top, \quad \nabla K \mathrel{+}= h_B^\top \nabla_{x_B}.
+      .. math::
+
+          \nabla K_B = h^\top g_B \ \text{(written once)}, \quad
+          \nabla h \mathrel{+}= g_B K_B^\top,
+
+      four matmuls, each over all N rows; besides the gradients only ``d hidden`` (N, D) is
+      accumulated;
+    - over row chunks otherwise (probabilities, K-dimensional logits, more rows than
+      classes): each chunk's losses and logits gradient at once,
+
+      .. math::
+
+          x_B = h_B K + b, \quad \ell_B, \nabla_{x_B} = \text{cross\_entropy's VJP}(x_B),
+          \quad \nabla h_B = \nabla_{x_B} K^\top, \quad
+          \nabla K \mathrel{+}= h_B^\top \nabla_{x_B},
+
+      three matmuls, the kernel's gradient accumulated over the chunks.
 
     With ``reduction="mean"`` or ``"sum"`` the loss is a scalar, so a differentiated call
-    computes the loss and the finished gradients in that one sweep (three matmuls, as the
-    unfused path) and the backward pass only scales them by the cotangent; an undifferentiated
-    call computes the logits once (one matmul). ``reduction="none"`` recomputes each chunk's
-    logits in the backward pass (four matmuls).
+    computes the loss and the finished gradients in that one sweep and the backward pass only
+    scales them by the cotangent. ``reduction="none"`` keeps its inputs and runs the gradient
+    sweep in the backward pass (after the forward's matmul).
 
     Per example (a row of ``hidden``, at each of the ``out_features`` positions), the loss is
     cross_entropy's: with ``p = softmax(softcap(x))``, ``eps = label_smoothing`` and C classes,
@@ -85,8 +103,10 @@ def linear_cross_entropy(
       num_classes: the true class count of a kernel padded to C columns (a vocabulary rounded
         up to a multiple of 128): columns >= ``num_classes`` are never computed and their
         kernel, bias and weight gradients are 0. Default: all C columns are classes.
-      chunk_size: kernel columns per matmul, an int >= 1 (default 2048): the matmuls' operand
-        copies are (D, chunk_size).
+      chunk_size: kernel columns per matmul, an int >= 1 (over row chunks, default 2048):
+        the matmuls' operand copies are (D, chunk_size). Over class chunks it is the chunk:
+        memory O(N * chunk_size) besides the inputs and the gradients (by default about 2M
+        logits, a multiple of 128 in [128, 2048]).
       row_chunk_size: rows per chunk, an int >= 1. The default keeps a chunk's logits near 4M
         (16 MiB in float32) with at least 64 rows: memory O(row_chunk_size * C) besides the
         inputs and the gradients; fewer, larger chunks read the kernel fewer times.
@@ -114,8 +134,11 @@ def linear_cross_entropy(
     Numerics:
       Logits are accumulated in float32 (float64 for float64 inputs) through
       ``preferred_element_type``, also for float16/bfloat16 inputs, and never rounded to the
-      input dtype; the kernel gradient is accumulated over the row chunks in float32 and
-      rounded once; the gradient matmuls take the logits gradient in the input dtype. Matmuls
+      input dtype; the kernel gradient is accumulated in float32 and rounded once (over class
+      chunks each class's is one matmul over every row; over row chunks, a float32 sum across
+      them); the gradient matmuls take the logits gradient in the input dtype. The two sweeps
+      add the exponentials in different orders, so a differentiated call's value can differ
+      from an undifferentiated one's in the last bits. Matmuls
       use JAX's default precision (full float32 on CPU; possibly TF32 or bfloat16 passes on
       GPU/TPU unless ``jax.default_matmul_precision("highest")``). The log-sum-exp of a row is
       cross_entropy's, so values match the unfused path to rounding. Out-of-range labels under

@@ -27,13 +27,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxce import _chunks as ch
 from jaxce import _row_math as rm
 from jaxce._dense_vjp import index_rows, index_value, soft_rows, soft_value
 from jaxce._vma import vary_over, varying_axes
 
 CLASS_AXIS = 1  # of a chunk's logits (rows, C[, P]), the probabilities and a (D, C[, P]) kernel
-_ALIGN = 128  # default class chunks are multiples of this
-_CLASS_CHUNK = 2048  # default kernel columns per matmul
+ALIGN = 128  # default class chunks are multiples of this
+CLASS_CHUNK = 2048  # default kernel columns per matmul
 # The default row chunk holds about 4M logits (16 MiB in float32), but at least 64 rows. Each
 # chunk streams the whole kernel and its float32 gradient accumulator once, whatever its rows,
 # so fewer chunks are faster: at N=4096, D=512, C=32768 on a 2-core AMD EPYC (family 26),
@@ -52,6 +53,9 @@ class Static(NamedTuple):
     class_chunk: int  # kernel columns per matmul
     soft: bool  # labels are class probabilities (else int32 indices, -1 out of range)
     torch_layout: bool = False  # kernel (C[, P], D) as torch's linear_weight, else (D, C[, P])
+    # classes per chunk when a differentiated call sweeps class chunks (_linear_classes);
+    # 0: it sweeps row chunks
+    class_sweep_chunk: int = 0
 
 
 class Needs(NamedTuple):
@@ -82,58 +86,15 @@ def default_row_chunk(num_rows: int, num_classes: int, positions: int) -> int:
 
 
 def default_class_chunk(num_classes: int) -> int:
-    return max(1, min(num_classes, _CLASS_CHUNK))
-
-
-def for_chunks(total: int, chunk: int, step, carry):
-    """Runs ``step(carry, offset, size, new)`` over windows of ``size = min(chunk, total)``
-    entries covering [0, total).
-
-    Every window has the same size, so one traced body serves them all (a scan; a ragged
-    remainder would need a second copy of the body, and twice the compile time). When
-    ``chunk`` does not divide ``total``, the last window ends at ``total`` and so starts inside
-    its predecessor; ``new`` (bool, (size,)) then marks the entries of each window not covered
-    before, which ``step`` must count once. ``new`` is None when no window overlaps.
-    """
-    if total == 0:
-        return carry
-    size = min(chunk, total)
-    count, rest = -(-total // size), total % size
-    if count == 1:
-        return step(carry, 0, size, None)
-    starts = jnp.arange(count, dtype=jnp.int32) * size
-    if not rest:
-        body = lambda c, start: (step(c, start, size, None), None)
-        carry, _ = lax.scan(body, carry, starts)
-        return carry
-    offsets = jnp.minimum(starts, total - size)
-    window = jnp.arange(size, dtype=jnp.int32)
-
-    def body(c, xs):
-        offset, start = xs
-        return step(c, offset, size, window >= start - offset), None
-
-    carry, _ = lax.scan(body, carry, (offsets, starts))
-    return carry
-
-
-def _along(mask, axis: int, ndim: int):
-    """A (size,) mask shaped to broadcast along ``axis`` of an ``ndim``-axis array."""
-    shape = [1] * ndim
-    shape[axis] = mask.shape[0]
-    return mask.reshape(shape)
+    return max(1, min(num_classes, CLASS_CHUNK))
 
 
 def _merge_rows(new, block, old):
     """The rows of ``block`` that are ``new``, the already written ``old`` elsewhere."""
-    return jnp.where(_along(new, 0, block.ndim), block, old)
+    return jnp.where(ch.along(new, 0, block.ndim), block, old)
 
 
-def _cols(array, offset, size, axis=CLASS_AXIS):
-    return lax.dynamic_slice_in_dim(array, offset, size, axis=axis)
-
-
-def _kernel_axes(static, kernel) -> tuple[int, int]:
+def kernel_axes(static, kernel) -> tuple[int, int]:
     """(class axis, feature axis) of the kernel."""
     return (0, kernel.ndim - 1) if static.torch_layout else (1, 0)
 
@@ -146,24 +107,20 @@ def _positions(array) -> tuple[int, ...]:
     return tuple(range(2, array.ndim))
 
 
-def _dot(a, b, contract_a, contract_b, ct):
-    dims = ((tuple(contract_a), tuple(contract_b)), ((), ()))
-    return lax.dot_general(a, b, dims, preferred_element_type=ct)
-
-
 def _logits(static, h, kernel, bias, ct):
     """(rows, C[, P]) logits of rows ``h``, ``class_chunk`` kernel columns per matmul."""
     c, pos = static.num_classes, kernel.shape[1:-1] if static.torch_layout else kernel.shape[2:]
-    classes, features = _kernel_axes(static, kernel)
+    classes, features = kernel_axes(static, kernel)
 
-    def fill(logits, offset, size, new):
+    def fill(logits, kernel, offset, size, new):
         del new  # columns seen before are computed again, to the same numbers
-        x = _dot(h, _cols(kernel, offset, size, classes), [1], [features], ct)
+        x = ch.dot(h, ch.cols(kernel, offset, size, classes), [1], [features], ct)
         if bias is not None:
-            x = x + _cols(bias, offset, size, 0).astype(ct)[None]
+            x = x + ch.cols(bias, offset, size, 0).astype(ct)[None]
         return lax.dynamic_update_slice_in_dim(logits, x, offset, CLASS_AXIS)
 
-    return for_chunks(c, static.class_chunk, fill, jnp.zeros((h.shape[0], c, *pos), ct))
+    init = jnp.zeros((h.shape[0], c, *pos), ct)
+    return ch.for_kernel_chunks(c, static.class_chunk, fill, init, kernel)
 
 
 def _chunk_vjp(static, logits, labels, weight, keep, g, needs):
@@ -215,7 +172,7 @@ def sweep(static: Static, hidden, kernel, bias, labels, weight, keep, g=None, ne
     need_dw = grads and needs.weight and weight is not None
     need_dl = grads and needs.labels and static.soft
 
-    def step(carry, start, size, new):
+    def step(carry, kernel, start, size, new):
         losses, dh, dk, db, dw, dl = carry
         h = _rows(hidden, start, size)
         y = _rows(labels, start, size)
@@ -223,7 +180,7 @@ def sweep(static: Static, hidden, kernel, bias, labels, weight, keep, g=None, ne
             y = lax.slice_in_dim(y, 0, c, axis=CLASS_AXIS)
         keep_rows = _rows(keep, start, size)
         if new is not None:  # rows seen before count as ignored: their gradients are exactly 0
-            keep_rows = keep_rows & _along(new, 0, keep_rows.ndim)
+            keep_rows = keep_rows & ch.along(new, 0, keep_rows.ndim)
         logits = _logits(static, h, kernel, bias, ct)
         g_rows = None if g is None else _rows(g, start, size)
         out, cot = _chunk_vjp(static, logits, y, weight_c, keep_rows, g_rows, needs)
@@ -262,7 +219,7 @@ def sweep(static: Static, hidden, kernel, bias, labels, weight, keep, g=None, ne
         zeros(None if weight is None else weight.shape, ct, need_dw),
         zeros(labels.shape, labels.dtype, need_dl),
     )
-    losses, dh, dk, db, dw, dl = for_chunks(n, static.row_chunk, step, init)
+    losses, dh, dk, db, dw, dl = ch.for_kernel_chunks(n, static.row_chunk, step, init, kernel)
     if not grads:
         return losses, None
     db = None if db is None else db.astype(bias.dtype)
@@ -280,26 +237,24 @@ def _pad(block, shape):
 
 def _contract(static, h, kernel, dx, dk, need_dh: bool, ct):
     """``dx @ kernel^T`` (rows, D) and ``dk += h^T dx``, ``class_chunk`` columns at a time."""
-    classes, features = _kernel_axes(static, kernel)
+    classes, features = kernel_axes(static, kernel)
     pos = _positions(dx)
     # the kernel's class and position axes, matched with dx's (1, *pos)
     k_axes = [classes, *(classes + 1 + i for i in range(len(pos)))]
     dh0 = jnp.zeros((h.shape[0], kernel.shape[features]), ct) if need_dh else None
 
-    def step(carry, offset, size, new):
+    def step(carry, kernel, offset, size, new):
         dh, dk = carry
-        part = _cols(dx, offset, size)
+        part = ch.cols(dx, offset, size, CLASS_AXIS)
         if new is not None:  # columns seen before add nothing again
-            part = jnp.where(_along(new, CLASS_AXIS, part.ndim), part, 0)
+            part = jnp.where(ch.along(new, CLASS_AXIS, part.ndim), part, 0)
         if dh is not None:
-            dh = dh + _dot(part, _cols(kernel, offset, size, classes), [1, *pos], k_axes, ct)
+            dh = dh + ch.dot(part, ch.cols(kernel, offset, size, classes), [1, *pos], k_axes, ct)
         if dk is not None:
-            if static.torch_layout:  # (size[, P], D)
-                new = _dot(part, h, [0], [0], ct)
-            else:  # (D, size[, P])
-                new = _dot(h, part, [0], [0], ct)
-            update = _cols(dk, offset, size, classes) + new
+            # (size[, P], D) in torch's layout, else (D, size[, P])
+            a, b = (part, h) if static.torch_layout else (h, part)
+            update = ch.cols(dk, offset, size, classes) + ch.dot(a, b, [0], [0], ct)
             dk = lax.dynamic_update_slice_in_dim(dk, update.astype(dk.dtype), offset, classes)
         return dh, dk
 
-    return for_chunks(static.num_classes, static.class_chunk, step, (dh0, dk))
+    return ch.for_kernel_chunks(static.num_classes, static.class_chunk, step, (dh0, dk), kernel)

@@ -24,9 +24,18 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxce import _linear_classes, _linear_sweep
 from jaxce import _row_math as rm
 from jaxce._linear_sweep import Needs, compute_dtype, sweep
 from jaxce._vma import all_varying, sum_to_axes, sum_to_type
+
+
+def _gradients(static, *arrays_and_g, needs):
+    """The sweep that forms gradients: over class chunks where the call was found to suit it
+    (``static.class_sweep_chunk``), else over row chunks."""
+    if static.class_sweep_chunk:
+        return _linear_classes.sweep(static, *arrays_and_g, needs)
+    return _linear_sweep.sweep(static, *arrays_and_g, needs)
 
 
 def _values(args):
@@ -88,7 +97,9 @@ def _reduced_fwd(static, mean, *args):
 
     div, div_vjp = jax.vjp(divisor_of, weight, sample_weight, divisor)
     s = jnp.ones(keep.shape, ct) if sample_weight is None else sample_weight.astype(ct)
-    losses, grads = sweep(static, hidden, kernel, bias, labels, weight, keep, s / div, needs)
+    losses, grads = _gradients(
+        static, hidden, kernel, bias, labels, weight, keep, s / div, needs=needs
+    )
     loss = jnp.sum(losses * s) / div
     # through the divisor (typed as it: a divisor that varies over no axis is a constant)
     d_weight, d_sample, d_divisor = div_vjp(sum_to_type(-loss / div, div))
@@ -170,7 +181,7 @@ def _per_example_bwd(static, saved, g):
     needs = Needs(*(m.shape[0] == 1 for m in marks))
     (*arrays, g), axes = all_varying((*arrays, g))  # per-device, as in _reduced_fwd
     hidden, kernel, bias, labels, weight, keep = arrays
-    grads = sweep(static, hidden, kernel, bias, labels, weight, keep, g, needs)[1]
+    grads = _gradients(static, hidden, kernel, bias, labels, weight, keep, g, needs=needs)[1]
     d_kernel = None if grads.kernel is None else grads.kernel.astype(kernel.dtype)
     out = (grads.hidden, d_kernel, grads.bias, grads.labels, grads.weight)
     typed = (None if d is None else sum_to_axes(d, a) for d, a in zip(out, axes[:5], strict=True))

@@ -34,8 +34,9 @@ LINEAR_NOTES = (
     "to the reference path; the parity run turns that warning into an error, so every "
     "chunked case ran the chunked op).",
     f"jaxce runs with row_chunk_size={ROW_CHUNK} and chunk_size={CLASS_CHUNK}, so its row and "
-    "class chunks are ragged; torch's chunked path picks 4 (float64, float32) or 8 "
-    "(bfloat16) rows per chunk here.",
+    "class chunks are ragged: class-index cases without out_features (fewer rows than "
+    "classes) form their gradients over class chunks, the others over row chunks; torch's "
+    "chunked path picks 4 (float64, float32) or 8 (bfloat16) rows per chunk here.",
     "Quantities: value and the gradients w.r.t. input, linear weight, linear bias (when "
     "present) and probability targets (when the targets are probabilities). The class "
     "`weight` is not compared: torch 2.13 does not differentiate it (its reference path "

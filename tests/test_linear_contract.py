@@ -161,12 +161,22 @@ CASES = {
         make=dict(padding=5, weight=True, where=True, ignored=True, sample_weight=True),
         options=dict(num_classes=7, label_smoothing=0.1, z_loss=1e-3, softcap=5.0),
     ),
+    # no more rows than classes: the gradients sweep class chunks (ragged: 7 = 3 + 3 + 1)
+    "few-rows-index-padded-everything": dict(
+        make=dict(batch=(6,), padding=5, weight=True, where=True, ignored=True, sample_weight=True),
+        options=dict(num_classes=7, label_smoothing=0.1, z_loss=1e-3, softcap=5.0),
+    ),
 }
 # Every case with "mean" (whose divisor depends on every weight and mask); "sum" and "none"
 # (the per-example custom VJP) on the cases that exercise the most options at once.
 FLOAT64_CASES = [(name, "mean") for name in CASES] + [
     (name, reduction)
-    for name in ("probs-everything", "kdim-two-axes-weight-ignored", "index-padded-everything")
+    for name in (
+        "probs-everything",
+        "kdim-two-axes-weight-ignored",
+        "index-padded-everything",
+        "few-rows-index-padded-everything",
+    )
     for reduction in ("sum", "none")
 ]
 
@@ -207,15 +217,17 @@ def test_matches_reference_float32(name):
 
 
 @pytest.mark.parametrize(
-    "probs, reduction",
-    [(False, "mean"), (True, "sum"), (True, "none")],
-    ids=["indices-mean", "probs-sum", "probs-none"],
+    "probs, reduction, out",
+    [(False, "mean", (2,)), (True, "sum", (2,)), (True, "none", (2,)), (False, "none", ())],
+    ids=["indices-mean", "probs-sum", "probs-none", "indices-none-class-chunks"],
 )
-def test_check_grads_float64(probs, reduction):
-    """Numerical derivatives of every differentiable argument, through the custom VJP."""
+def test_check_grads_float64(probs, reduction, out):
+    """Numerical derivatives of every differentiable argument, through the custom VJP (class
+    indices without out_features and fewer rows than classes: the class sweep)."""
     with x64_scope("float64"):
-        arrays, _ = make(("check_grads", probs), probs=probs, out=(2,), weight=True,
-                         sample_weight=True, where=True)  # fmt: skip
+        batch = (ROWS,) if out else (5,)
+        arrays, _ = make(("check_grads", probs, out), probs=probs, out=out, batch=batch,
+                         weight=True, sample_weight=True, where=True)  # fmt: skip
         labels, where = arrays["labels"], arrays["where"]
         kw = dict(reduction=reduction, label_smoothing=0.2, z_loss=1e-2, softcap=3.0, where=where)
 
@@ -241,10 +253,12 @@ def test_check_grads_divisor_float64():
                     modes=["rev"])  # fmt: skip
 
 
-def test_reverse_over_reverse_matches_reference():
-    """Hessian-vector products (grad of grad) go through the custom VJP's rules."""
+@pytest.mark.parametrize("rows", [ROWS, 5], ids=["row_chunks", "class_chunks"])
+def test_reverse_over_reverse_matches_reference(rows):
+    """Hessian-vector products (grad of grad) go through the custom VJP's rules, over either
+    sweep (no more rows than classes: class chunks)."""
     with x64_scope("float64"):
-        arrays, _ = make("hvp", weight=True, sample_weight=True)
+        arrays, _ = make(("hvp", rows), batch=(rows,), weight=True, sample_weight=True)
         options = dict(label_smoothing=0.1, z_loss=1e-2)
         v = jnp.asarray(seeded_rng("hvp-v").normal(size=arrays["hidden"].shape))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -284,23 +286,54 @@ def test_low_precision_accumulates_in_float32(dtype):
         assert_close(got[1][name], expected[1][name], dtype=dtype, quantity="grad")
 
 
-def test_compiled_temporaries_stay_below_the_full_logits():
-    """The whole point: no (N, C) buffer in the compiled forward+backward (rows in chunks)."""
-    rows, classes, chunk = 256, 8192, 16
+@pytest.mark.parametrize(
+    "rows, classes, chunks",
+    [
+        pytest.param(256, 8192, dict(chunk_size=256), id="class_chunks"),
+        pytest.param(8192, 256, dict(row_chunk_size=16), id="row_chunks"),
+    ],
+)
+def test_compiled_temporaries_stay_below_the_full_logits(rows, classes, chunks):
+    """The whole point: no (N, C) buffer in the compiled forward+backward, whether the sweep
+    holds chunks of classes (no more rows than classes) or of rows."""
     h = jax.ShapeDtypeStruct((rows, 16), jnp.float32)
     k = jax.ShapeDtypeStruct((16, classes), jnp.float32)
     y = jax.ShapeDtypeStruct((rows,), jnp.int32)
     step = jax.jit(
-        jax.grad(
-            lambda h, k, y: loss.linear_cross_entropy(h, k, y, row_chunk_size=chunk),
-            argnums=(0, 1),
-        )
+        jax.grad(lambda h, k, y: loss.linear_cross_entropy(h, k, y, **chunks), argnums=(0, 1))
     )
     analysis = step.lower(h, k, y).compile().memory_analysis()
     if analysis is None:
         pytest.skip("this backend reports no memory analysis")
     full_logits = rows * classes * 4
     assert analysis.temp_size_in_bytes < full_logits / 4, analysis
+
+
+@pytest.mark.parametrize(
+    "rows, out_features, limit",
+    [
+        # the class sweep writes each class's gradient once, in the kernel's dtype: the kernel
+        # gradient's bits plus small chunks, less than one float32 copy of the kernel
+        pytest.param(32, (), 1.0, id="class_chunks"),
+        # the row sweep accumulates a float32 kernel gradient, but converts no whole kernel
+        pytest.param(32, (2,), 1.5, id="row_chunks"),
+    ],
+)
+def test_bfloat16_kernel_has_no_float32_copy(rows, out_features, limit):
+    """XLA:CPU slices a 16-bit array in float32 and would hoist the conversion of the whole
+    kernel out of the sweep's loop (a float32 copy of it alive throughout)."""
+    features, classes = 64, 8192
+    h = jax.ShapeDtypeStruct((rows, features), jnp.bfloat16)
+    k = jax.ShapeDtypeStruct((features, classes, *out_features), jnp.bfloat16)
+    y = jax.ShapeDtypeStruct((rows, *out_features), jnp.int32)
+    step = jax.jit(
+        jax.grad(lambda h, k, y: loss.linear_cross_entropy(h, k, y, chunk_size=256), argnums=1)
+    )
+    analysis = step.lower(h, k, y).compile().memory_analysis()
+    if analysis is None:
+        pytest.skip("this backend reports no memory analysis")
+    float32_kernel = features * classes * max(1, math.prod(out_features)) * 4
+    assert analysis.temp_size_in_bytes < limit * float32_kernel, analysis.temp_size_in_bytes
 
 
 def _base(**extra):
