@@ -29,12 +29,13 @@ from jaxce import _chunks as ch
 from jaxce import _linear_sweep as ls
 from jaxce import _online_lse as ol
 from jaxce import _row_math as rm
-from jaxce._reductions import row_max
+from jaxce._reductions import _by_backend, row_max
 
-# The default class chunk holds about 2M logits (8 MiB in float32) of all rows: at N=4096,
-# D=512, C=32768 on a 2-core AMD EPYC (family 26), 512 classes took 1.45-1.55 s and 95 MiB
-# (float32), 256 classes 1.50-1.58 s and 90 MiB, 1024 classes 1.53-1.56 s and 112 MiB.
-_CHUNK_LOGITS = 1 << 21
+# The default class chunk holds about 1M logits (4 MiB in float32) of all rows: at N=4096,
+# D=512, C=32768 on a 2-core AMD EPYC (family 26), 256 classes took 1.50-1.58 s and 90-91 MiB
+# (float32), 512 classes 1.45-1.55 s and 95-98 MiB, 1024 classes 1.53-1.56 s and 112 MiB
+# (python -m benchmarks.linear --chunk-size): the memory target is 1.5x the 64 MiB gradient.
+_CHUNK_LOGITS = 1 << 20
 
 
 def applies(soft: bool, rows: int, positions: int, num_classes: int) -> bool:
@@ -43,7 +44,7 @@ def applies(soft: bool, rows: int, positions: int, num_classes: int) -> bool:
 
 
 def default_class_chunk(rows: int, num_classes: int) -> int:
-    """Classes per chunk: ~2M logits of all rows, a multiple of 128 within [128, 2048]."""
+    """Classes per chunk: ~1M logits of all rows, a multiple of 128 within [128, 2048]."""
     chunk = (_CHUNK_LOGITS // max(rows, 1)) // ls.ALIGN * ls.ALIGN
     return max(1, min(num_classes, max(ls.ALIGN, min(chunk, ls.CLASS_CHUNK))))
 
@@ -60,11 +61,11 @@ def sweep(static: ls.Static, hidden, kernel, bias, labels, weight, keep, g, need
     m, sums = _row_sums(static, hidden, kernel, bias, labels, weight_c, ct)
     lse0, smooth, t = ol.row_terms(sums, w_sum, in_range, w_y)
     loss = rm.row_loss(opts, c, t, m, lse0, smooth, rows(keep), weighted=weight is not None)
-    grads = _gradients(
-        static, hidden, kernel, bias, labels, weight, (m, lse0, t, w_sum), rows(keep),
-        rows(g).astype(ct), needs, ct,
-    )  # fmt: skip
-    return loss[:, 0], grads
+    arrays = (hidden, kernel, bias, labels, weight, (m, lse0, t, w_sum), rows(keep))
+    gradients = lambda bits: _gradients(static, *arrays, rows(g).astype(ct), needs, ct, bits)
+    if needs.kernel and ch.is_16bit(kernel.dtype):  # XLA:CPU: the gradient's bits (store)
+        return loss[:, 0], _by_backend(lambda: gradients(True), lambda: gradients(False))
+    return loss[:, 0], gradients(False)
 
 
 def _block(static, h, kernel, bias, offset, size, ct):
@@ -111,8 +112,9 @@ def _row_sums(static, hidden, kernel, bias, labels, weight, ct):
     return m, ol.BlockSums(se, x_y - m, -sw if smoothing else None)
 
 
-def _gradients(static, hidden, kernel, bias, labels, weight, terms, keep, g, needs, ct):
-    """Pass 2: ``ls.Grads`` from the row terms, the blocks' gradients written once each."""
+def _gradients(static, hidden, kernel, bias, labels, weight, terms, keep, g, needs, ct, bits):
+    """Pass 2: ``ls.Grads`` from the row terms, the blocks' gradients written once each
+    (``bits``: a 16-bit kernel's as uint16, see ``store``)."""
     m, lse0, t, w_sum = terms
     c, opts = static.num_classes, static.opts
     classes = ls.kernel_axes(static, kernel)[0]
@@ -132,7 +134,7 @@ def _gradients(static, hidden, kernel, bias, labels, weight, terms, keep, g, nee
         block_t = t._replace(onehot=ol.onehot(labels, offset, size))
         w = None if weight_c is None else ch.cols(weight_c, offset, size, 0)
         dx, dw_block = rm.row_grad(opts, c, w_sum, s, m, lse0, block_t, w, g, keep)
-        if need_dk:  # a class's gradient is the same numbers in whichever chunk computes it
+        if need_dk:  # an overlapping last chunk writes its classes seen before once more
             part = dx.astype(mm)
             if plain_products:  # (D, N) x (N, size), or (size, N) x (N, D)
                 a, b = (part.T, hidden) if static.torch_layout else (hidden_t, part)
@@ -153,12 +155,11 @@ def _gradients(static, hidden, kernel, bias, labels, weight, terms, keep, g, nee
             dh = dh + ch.dot(dx.astype(mm), k, [1], [classes], ct)
         return dh, dk, db, dw
 
-    zeros = lambda a, dtype, needed: zeros_like_stored(a, dtype) if needed else None
     init = (
         jnp.zeros((hidden.shape[0], hidden.shape[1]), ct) if need_dh else None,
-        zeros(kernel, kernel.dtype, need_dk),
-        zeros(bias, ct, need_db),
-        zeros(weight, ct, need_dw),
+        jnp.zeros(kernel.shape, jnp.uint16 if bits else kernel.dtype) if need_dk else None,
+        jnp.zeros(bias.shape, ct) if need_db else None,
+        jnp.zeros(weight.shape, ct) if need_dw else None,
     )
     dh, dk, db, dw = for_kernel_chunks(static, kernel, step, init)
     return ls.Grads(
@@ -175,15 +176,13 @@ def for_kernel_chunks(static, kernel, step, carry):
     return ch.for_kernel_chunks(static.num_classes, chunk, step, carry, kernel)
 
 
-# XLA:CPU has no 16-bit float dynamic-update-slice either: it would convert the whole gradient
-# to float32 and back for each chunk written. Their bits, as uint16, are written instead.
-def zeros_like_stored(array, dtype):
-    return jnp.zeros(array.shape, jnp.uint16 if ch.is_16bit(dtype) else dtype)
-
-
 def store(buffer, block, offset, axis, dtype):
-    """``block`` rounded to ``dtype``, written at ``offset`` along ``axis`` of a buffer from
-    ``zeros_like_stored(..., dtype)``."""
+    """``block`` rounded to ``dtype``, written at ``offset`` along ``axis`` of ``buffer``.
+
+    A uint16 buffer holds the bits of a 16-bit ``dtype``: XLA:CPU has no float16/bfloat16
+    dynamic-update-slice, and would convert the whole buffer to float32 and back for each
+    chunk written (time quadratic in C). Its bits cost one copy when the sweep ends.
+    """
     block = block.astype(dtype)
     if buffer.dtype != dtype:
         block = lax.bitcast_convert_type(block, buffer.dtype)

@@ -105,7 +105,7 @@ def linear_cross_entropy(
         kernel, bias and weight gradients are 0. Default: all C columns are classes.
       chunk_size: kernel columns per matmul, an int >= 1 (over row chunks, default 2048):
         the matmuls' operand copies are (D, chunk_size). Over class chunks it is the chunk:
-        memory O(N * chunk_size) besides the inputs and the gradients (by default about 2M
+        memory O(N * chunk_size) besides the inputs and the gradients (by default about 1M
         logits, a multiple of 128 in [128, 2048]).
       row_chunk_size: rows per chunk, an int >= 1. The default keeps a chunk's logits near 4M
         (16 MiB in float32) with at least 64 rows: memory O(row_chunk_size * C) besides the
