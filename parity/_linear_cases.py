@@ -14,8 +14,9 @@ Each case compares one jaxce entry point with one path of torch 2.13's
 jaxce runs with ``row_chunk_size=ROW_CHUNK`` and ``chunk_size=CLASS_CHUNK``, which split the
 rows and the classes into ragged chunks (class-index cases without ``out_features`` have fewer
 rows than classes, so their gradients sweep class chunks; the others sweep row chunks);
-torch's chunked path picks its own chunks (4 or 8 rows here). Inputs are drawn in float64 from a seed derived from the case id and rounded to the
-case's dtype, so every side sees the same numbers.
+torch's chunked path picks its own chunks (4 or 8 rows here). Inputs are drawn in float64 from
+a seed derived from the case id and rounded to the case's dtype, so every side sees the same
+numbers.
 """
 
 from __future__ import annotations
