@@ -7,13 +7,19 @@ to the compute dtype.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxce._vma import vary_over
 
-def for_chunks(total: int, chunk: int, step, carry):
+
+def for_chunks(total: int, chunk: int, step, carry, *, vary: frozenset):
     """Runs ``step(carry, offset, size, new)`` over windows of ``size = min(chunk, total)``
     entries covering [0, total).
+
+    ``vary``: the mesh axes (inside ``jax.shard_map``) the step's inputs vary over, which its
+    carry then varies over too, from the first window on (a scan's carry keeps one type).
 
     Every window has the same size, so one traced body serves them all (a scan; a ragged
     remainder would need a second copy of the body, and twice the compile time). When
@@ -23,6 +29,10 @@ def for_chunks(total: int, chunk: int, step, carry):
     """
     if total == 0:
         return carry
+    if vary:
+        typed = lambda tree: jax.tree.map(lambda x: vary_over(x, vary), tree)
+        carry, inner = typed(carry), step
+        step = lambda c, *window: typed(inner(c, *window))
     size = min(chunk, total)
     count, rest = -(-total // size), total % size
     if count == 1:
@@ -47,7 +57,7 @@ def is_16bit(dtype) -> bool:
     return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize == 2
 
 
-def for_kernel_chunks(total: int, chunk: int, step, carry, kernel):
+def for_kernel_chunks(total: int, chunk: int, step, carry, kernel, *, vary: frozenset):
     """``for_chunks`` with ``step(carry, kernel, offset, size, new)``, for loops that slice
     the kernel.
 
@@ -57,13 +67,13 @@ def for_kernel_chunks(total: int, chunk: int, step, carry, kernel):
     an optimization barrier, so that each step converts only the columns it slices.
     """
     if not is_16bit(kernel.dtype):
-        return for_chunks(total, chunk, lambda c, *w: step(c, kernel, *w), carry)
+        return for_chunks(total, chunk, lambda c, *w: step(c, kernel, *w), carry, vary=vary)
 
     def body(c, offset, size, new):
         pinned = lax.optimization_barrier(c[1])
         return step(c[0], pinned, offset, size, new), pinned
 
-    return for_chunks(total, chunk, body, (carry, kernel))[0]
+    return for_chunks(total, chunk, body, (carry, kernel), vary=vary)[0]
 
 
 def along(mask, axis: int, ndim: int):

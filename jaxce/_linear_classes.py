@@ -22,6 +22,9 @@ and no kernel-sized accumulator: faster and smaller where N <= C (``applies``).
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -30,6 +33,7 @@ from jaxce import _linear_sweep as ls
 from jaxce import _online_lse as ol
 from jaxce import _row_math as rm
 from jaxce._reductions import _by_backend, row_max
+from jaxce._vma import axes_of
 
 # The default class chunk holds about 1M logits (4 MiB in float32) of all rows: at N=4096,
 # D=512, C=32768 on a 2-core AMD EPYC (family 26), 256 classes took 1.50-1.58 s and 90-91 MiB
@@ -57,15 +61,17 @@ def sweep(static: ls.Static, hidden, kernel, bias, labels, weight, keep, g, need
     rows = lambda v: v[:, None]  # (N,) -> (N, 1): row terms keep the class axis
     in_range = rows(labels >= 0)
     w_y = rows(rm.label_weight(weight_c, labels, labels >= 0, ct))
-    w_sum = c if weight is None else jnp.sum(weight_c)
-    m, sums = _row_sums(static, hidden, kernel, bias, labels, weight_c, ct)
+    w_sum = jnp.asarray(c, ct) if weight is None else jnp.sum(weight_c)
+    vary = axes_of(hidden, kernel, bias, labels, weight, keep, g)  # inside shard_map
+    m, sums = _row_sums(static, hidden, kernel, bias, labels, weight_c, ct, vary)
     lse0, smooth, t = ol.row_terms(sums, w_sum, in_range, w_y)
     loss = rm.row_loss(opts, c, t, m, lse0, smooth, rows(keep), weighted=weight is not None)
     arrays = (hidden, kernel, bias, labels, weight, (m, lse0, t, w_sum), rows(keep))
-    gradients = lambda bits: _gradients(static, *arrays, rows(g).astype(ct), needs, ct, bits)
+    arrays = (*arrays, rows(g).astype(ct))
     if needs.kernel and ch.is_16bit(kernel.dtype):  # XLA:CPU: the gradient's bits (store)
-        return loss[:, 0], _by_backend(lambda: gradients(True), lambda: gradients(False))
-    return loss[:, 0], gradients(False)
+        bits = lambda: _bit_gradients(static, needs, vary, arrays)
+        return loss[:, 0], _by_backend(bits, lambda: _gradients(static, needs, vary, arrays))
+    return loss[:, 0], _gradients(static, needs, vary, arrays)
 
 
 def _block(static, h, kernel, bias, offset, size, ct):
@@ -77,7 +83,7 @@ def _block(static, h, kernel, bias, offset, size, ct):
     return rm.softcap(static.opts, x, ct)
 
 
-def _row_sums(static, hidden, kernel, bias, labels, weight, ct):
+def _row_sums(static, hidden, kernel, bias, labels, weight, ct, vary):
     """Pass 1: the row maximum ``m`` and the rows' ``BlockSums`` over every class, shifted by
     ``m``."""
     n, smoothing = hidden.shape[0], bool(static.opts.label_smoothing)
@@ -108,14 +114,28 @@ def _row_sums(static, hidden, kernel, bias, labels, weight, ct):
         return m_new, se, x_y, sw, w_seen
 
     init = (row(jnp.finfo(ct).min), row(0), row(0), row(0), jnp.zeros((), ct))
-    m, se, x_y, sw, _ = for_kernel_chunks(static, kernel, step, init)
+    m, se, x_y, sw, _ = for_kernel_chunks(static, kernel, step, init, vary)
     return m, ol.BlockSums(se, x_y - m, -sw if smoothing else None)
 
 
-def _gradients(static, hidden, kernel, bias, labels, weight, terms, keep, g, needs, ct, bits):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _bit_gradients(static, needs, vary, arrays):
+    """``_gradients`` with a 16-bit kernel's gradient written as uint16 bits (see ``store``),
+    differentiated (second order) as the plain form: bits carry no derivative."""
+    return _gradients(static, needs, vary, arrays, bits=True)
+
+
+@_bit_gradients.defjvp
+def _bit_gradients_jvp(static, needs, vary, primals, tangents):
+    plain = lambda arrays: _gradients(static, needs, vary, arrays)
+    return _bit_gradients(static, needs, vary, *primals), jax.jvp(plain, primals, tangents)[1]
+
+
+def _gradients(static, needs, vary, arrays, bits=False):
     """Pass 2: ``ls.Grads`` from the row terms, the blocks' gradients written once each
     (``bits``: a 16-bit kernel's as uint16, see ``store``)."""
-    m, lse0, t, w_sum = terms
+    hidden, kernel, bias, labels, weight, (m, lse0, t, w_sum), keep, g = arrays
+    ct = g.dtype
     c, opts = static.num_classes, static.opts
     classes = ls.kernel_axes(static, kernel)[0]
     mm = jnp.result_type(hidden.dtype, kernel.dtype)
@@ -161,7 +181,7 @@ def _gradients(static, hidden, kernel, bias, labels, weight, terms, keep, g, nee
         jnp.zeros(bias.shape, ct) if need_db else None,
         jnp.zeros(weight.shape, ct) if need_dw else None,
     )
-    dh, dk, db, dw = for_kernel_chunks(static, kernel, step, init)
+    dh, dk, db, dw = for_kernel_chunks(static, kernel, step, init, vary)
     return ls.Grads(
         None if dh is None else dh.astype(hidden.dtype),
         None if dk is None else loaded(dk, kernel.dtype),
@@ -171,9 +191,9 @@ def _gradients(static, hidden, kernel, bias, labels, weight, terms, keep, g, nee
     )
 
 
-def for_kernel_chunks(static, kernel, step, carry):
+def for_kernel_chunks(static, kernel, step, carry, vary):
     chunk = static.class_sweep_chunk
-    return ch.for_kernel_chunks(static.num_classes, chunk, step, carry, kernel)
+    return ch.for_kernel_chunks(static.num_classes, chunk, step, carry, kernel, vary=vary)
 
 
 def store(buffer, block, offset, axis, dtype):

@@ -30,7 +30,7 @@ from jax import lax
 from jaxce import _chunks as ch
 from jaxce import _row_math as rm
 from jaxce._dense_vjp import index_rows, index_value, soft_rows, soft_value
-from jaxce._vma import vary_over, varying_axes
+from jaxce._vma import axes_of, vary_over, varying_axes
 
 CLASS_AXIS = 1  # of a chunk's logits (rows, C[, P]), the probabilities and a (D, C[, P]) kernel
 ALIGN = 128  # default class chunks are multiples of this
@@ -107,7 +107,7 @@ def _positions(array) -> tuple[int, ...]:
     return tuple(range(2, array.ndim))
 
 
-def _logits(static, h, kernel, bias, ct):
+def _logits(static, h, kernel, bias, ct, vary):
     """(rows, C[, P]) logits of rows ``h``, ``class_chunk`` kernel columns per matmul."""
     c, pos = static.num_classes, kernel.shape[1:-1] if static.torch_layout else kernel.shape[2:]
     classes, features = kernel_axes(static, kernel)
@@ -120,7 +120,7 @@ def _logits(static, h, kernel, bias, ct):
         return lax.dynamic_update_slice_in_dim(logits, x, offset, CLASS_AXIS)
 
     init = jnp.zeros((h.shape[0], c, *pos), ct)
-    return ch.for_kernel_chunks(c, static.class_chunk, fill, init, kernel)
+    return ch.for_kernel_chunks(c, static.class_chunk, fill, init, kernel, vary=vary)
 
 
 def _chunk_vjp(static, logits, labels, weight, keep, g, needs):
@@ -163,6 +163,7 @@ def sweep(static: Static, hidden, kernel, bias, labels, weight, keep, g=None, ne
     """
     n, c = hidden.shape[0], static.num_classes
     ct = compute_dtype(static, hidden, kernel, bias, labels)
+    vary = axes_of(hidden, kernel, bias, labels, weight, keep, g)  # inside shard_map
     mm = jnp.result_type(hidden.dtype, kernel.dtype)  # operand dtype of the gradient matmuls
     weight_c = None if weight is None else weight[:c]
     example_shape = keep.shape
@@ -181,7 +182,7 @@ def sweep(static: Static, hidden, kernel, bias, labels, weight, keep, g=None, ne
         keep_rows = _rows(keep, start, size)
         if new is not None:  # rows seen before count as ignored: their gradients are exactly 0
             keep_rows = keep_rows & ch.along(new, 0, keep_rows.ndim)
-        logits = _logits(static, h, kernel, bias, ct)
+        logits = _logits(static, h, kernel, bias, ct, vary)
         g_rows = None if g is None else _rows(g, start, size)
         out, cot = _chunk_vjp(static, logits, y, weight_c, keep_rows, g_rows, needs)
         out = out.astype(ct)
@@ -202,7 +203,7 @@ def sweep(static: Static, hidden, kernel, bias, labels, weight, keep, g=None, ne
                 block = _merge_rows(new, block, lax.dynamic_slice(dl, index, block.shape))
             dl = lax.dynamic_update_slice(dl, block, index)
         if need_dh or need_dk:
-            dh_rows, dk = _contract(static, h, kernel, dx.astype(mm), dk, need_dh, ct)
+            dh_rows, dk = _contract(static, h, kernel, dx.astype(mm), dk, need_dh, ct, vary)
             if need_dh:
                 dh_rows = dh_rows.astype(dh.dtype)
                 if new is not None:
@@ -219,7 +220,9 @@ def sweep(static: Static, hidden, kernel, bias, labels, weight, keep, g=None, ne
         zeros(None if weight is None else weight.shape, ct, need_dw),
         zeros(labels.shape, labels.dtype, need_dl),
     )
-    losses, dh, dk, db, dw, dl = ch.for_kernel_chunks(n, static.row_chunk, step, init, kernel)
+    losses, dh, dk, db, dw, dl = ch.for_kernel_chunks(
+        n, static.row_chunk, step, init, kernel, vary=vary
+    )
     if not grads:
         return losses, None
     db = None if db is None else db.astype(bias.dtype)
@@ -235,7 +238,7 @@ def _pad(block, shape):
     return lax.pad(block, jnp.zeros((), block.dtype), widths)
 
 
-def _contract(static, h, kernel, dx, dk, need_dh: bool, ct):
+def _contract(static, h, kernel, dx, dk, need_dh: bool, ct, vary):
     """``dx @ kernel^T`` (rows, D) and ``dk += h^T dx``, ``class_chunk`` columns at a time."""
     classes, features = kernel_axes(static, kernel)
     pos = _positions(dx)
@@ -257,4 +260,7 @@ def _contract(static, h, kernel, dx, dk, need_dh: bool, ct):
             dk = lax.dynamic_update_slice_in_dim(dk, update.astype(dk.dtype), offset, classes)
         return dh, dk
 
-    return ch.for_kernel_chunks(static.num_classes, static.class_chunk, step, (dh0, dk), kernel)
+    carry = (dh0, dk)
+    return ch.for_kernel_chunks(
+        static.num_classes, static.class_chunk, step, carry, kernel, vary=vary
+    )

@@ -97,10 +97,12 @@ def _reduced_fwd(static, mean, *args):
 
     div, div_vjp = jax.vjp(divisor_of, weight, sample_weight, divisor)
     s = jnp.ones(keep.shape, ct) if sample_weight is None else sample_weight.astype(ct)
+    # a mean over no weight is NaN, its gradients too (1 / 0 would make some of them inf)
+    per_div = rm.nan_at_zero(div) / div
     losses, grads = _gradients(
-        static, hidden, kernel, bias, labels, weight, keep, s / div, needs=needs
+        static, hidden, kernel, bias, labels, weight, keep, s * per_div, needs=needs
     )
-    loss = jnp.sum(losses * s) / div
+    loss = jnp.sum(losses * s) * per_div
     # through the divisor (typed as it: a divisor that varies over no axis is a constant)
     d_weight, d_sample, d_divisor = div_vjp(sum_to_type(-loss / div, div))
     if grads.weight is not None:

@@ -217,10 +217,10 @@ def divide(total: jax.Array, divisor: jax.Array) -> jax.Array:
     divisor``: autodiff's ``-total / divisor**2`` overflows or flushes to 0 for divisors
     beyond about 1.8e19 or below 5e-20 in float32. A mean over no weight (divisor 0) is NaN,
     as torch's, even where the total is not 0 (label smoothing's term): not inf."""
-    return total / divisor * _nan_at_zero(divisor)
+    return total / divisor * nan_at_zero(divisor)
 
 
-def _nan_at_zero(divisor):
+def nan_at_zero(divisor):
     """NaN where ``divisor`` is 0, else exactly 1 (a factor that changes no other quotient)."""
     return jnp.where(divisor == 0, jnp.nan, 1).astype(divisor.dtype)
 
@@ -230,6 +230,6 @@ def _divide_jvp(primals, tangents):
     total, divisor = primals
     d_total, d_divisor = tangents
     # the tangent is NaN at divisor 0 too (not inf, or NaN only where the total's tangent is 0)
-    nan_at_zero = _nan_at_zero(divisor)
-    quotient = total / divisor * nan_at_zero
-    return quotient, (d_total - quotient * d_divisor) * nan_at_zero / divisor
+    nan = nan_at_zero(divisor)
+    quotient = total / divisor * nan
+    return quotient, (d_total - quotient * d_divisor) * nan / divisor

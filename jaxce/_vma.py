@@ -19,6 +19,11 @@ def varying_axes(x) -> frozenset:
     return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
 
 
+def axes_of(*arrays) -> frozenset:
+    """The mesh axes any of ``arrays`` (None skipped) varies over."""
+    return frozenset().union(*(varying_axes(a) for a in arrays if a is not None))
+
+
 def sum_to_type(cotangent, primal):
     """``cotangent`` summed over the mesh axes it varies over and ``primal`` does not (the
     transpose of the implicit broadcast); unchanged outside shard_map. None stays None."""

@@ -270,6 +270,23 @@ def test_all_ignored_mean_is_nan_like_unfused():
         assert_close(got[1][name], expected[1][name], dtype="float32", quantity="grad")
 
 
+@pytest.mark.parametrize("rows", [ROWS, 40], ids=["class_chunks", "row_chunks"])
+def test_mean_over_zero_class_weights_is_nan_with_nan_gradients(rows):
+    """All class weights 0 with label smoothing: the mean divides by 0, so the loss and every
+    gradient are NaN, as the unfused loss's (the weight gradient was inf for the classes no
+    label named: the smoothing term times 1 / 0)."""
+    options = dict(reduction="mean", label_smoothing=0.3)
+    arrays, cotangent = make_inputs(("zero_weights", rows), {"weight": True}, batch=(rows,),
+                                    dtype="float32")  # fmt: skip
+    arrays["weight"] = jnp.zeros_like(arrays["weight"])
+    got = value_and_grads(lambda a: fused(a, options, 4), arrays, cotangent)
+    expected = value_and_grads(lambda a: unfused(a, options), arrays, cotangent)
+    assert np.isnan(got[0]) and np.isnan(expected[0])
+    for name in ("hidden", "kernel", "weight"):
+        assert np.isnan(np.asarray(got[1][name])).all(), name
+        assert_close(got[1][name], expected[1][name], dtype="float32", quantity="grad")
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_low_precision_accumulates_in_float32(dtype):
     """Inputs in bf16/fp16: the loss equals the float32 computation on the same rounded values,
@@ -284,6 +301,29 @@ def test_low_precision_accumulates_in_float32(dtype):
     for name in ("hidden", "kernel", "bias"):
         assert got[1][name].dtype == dtype
         assert_close(got[1][name], expected[1][name], dtype=dtype, quantity="grad")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_second_order_through_a_half_precision_kernel_gradient(dtype):
+    """On CPU the class sweep writes a 16-bit kernel's gradient as its bits; a derivative of
+    that gradient (grad of grad) must still see it: it was silently 0. Judged against the
+    unfused loss in float32 on the same rounded inputs, to the gradient's dtype."""
+    rng = seeded_rng("second-order-half", dtype)
+    rows, classes = 4, 16  # fewer rows than classes: the class sweep
+    h = jnp.asarray(rng.normal(size=(rows, FEATURES)), dtype)
+    k = jnp.asarray(rng.normal(size=(FEATURES, classes)) / 3, dtype)
+    y = jnp.asarray(rng.integers(0, classes, rows))
+    v = jnp.asarray(rng.normal(size=(FEATURES, classes)), jnp.float32)
+
+    def second(fn, h, k):  # d/dh <d loss/d kernel, v>
+        inner = lambda h: jnp.vdot(jax.grad(fn, argnums=1)(h, k).astype(jnp.float32), v)
+        return jax.jit(jax.grad(inner))(h)
+
+    got = second(lambda h, k: loss.linear_cross_entropy(h, k, y, chunk_size=5), h, k)
+    as32 = lambda a: a.astype(jnp.float32)
+    want = second(lambda h, k: loss.cross_entropy(h @ k, y), as32(h), as32(k))
+    assert got.dtype == jnp.dtype(dtype)
+    assert_close(got, want, dtype=dtype, quantity="grad")
 
 
 @pytest.mark.parametrize(

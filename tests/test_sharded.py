@@ -407,6 +407,18 @@ DATA_PARALLEL = {
         jnp.sum(loss.linear_cross_entropy(h, k, y, weight=w, reduction="none", label_smoothing=0.1))
         / d
     ),
+    # several ragged chunks of rows and of classes: every loop's carry varies over "data"
+    "linear_cross_entropy_chunks": lambda h, k, y, w, d: loss.linear_cross_entropy(
+        h, k, y, weight=w, divisor=d, label_smoothing=0.1, chunk_size=3, row_chunk_size=1
+    ),
+    "linear_cross_entropy_none_chunks": lambda h, k, y, w, d: (
+        jnp.sum(
+            loss.linear_cross_entropy(
+                h, k, y, weight=w, reduction="none", chunk_size=3, row_chunk_size=1
+            )
+        )
+        / d
+    ),
 }
 
 
