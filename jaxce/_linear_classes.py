@@ -7,7 +7,7 @@ cheaper the other way round: hold a chunk of classes with all the rows, and read
 and update its gradient per chunk, (N, D) arrays smaller than the (D, C) kernel. Class
 indices only, without ``out_features``:
 
-1. for each chunk of ``class_chunk`` classes, the logits of every row: an online row maximum
+1. for each chunk of ``class_sweep_chunk`` classes, the logits of every row: an online row maximum
    ``m`` and sum of ``exp(s)``, the label's logit and (label smoothing) the weighted sum of
    ``s``, each rescaled when ``m`` grows. Their totals are the row terms of
    ``jaxce._row_math``, whose ``row_loss`` gives the losses (as the sharded loss's shards do);
@@ -15,6 +15,10 @@ indices only, without ``out_features``:
    then ``d kernel[chunk] = h^T dx`` written once in the kernel's own dtype (no float32 copy
    of the kernel gradient for 16-bit kernels), ``d bias`` and ``d weight`` of the block
    written once, and ``d hidden += dx kernel[chunk]^T`` accumulated in the compute dtype.
+
+Inside ``jax.shard_map`` the loops' carries vary over the mesh axes the inputs vary over; a
+16-bit kernel gradient is written as its bits on XLA:CPU (``store``), differentiated (second
+order) as the plain form.
 
 Four matmuls (the logits twice) against the row sweep's three, but every one with all N rows
 and no kernel-sized accumulator: faster and smaller where N <= C (``applies``).
