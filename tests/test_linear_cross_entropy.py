@@ -355,8 +355,9 @@ def test_compiled_temporaries_stay_below_the_full_logits(rows, classes, chunks):
         # the class sweep writes each class's gradient once, in the kernel's dtype: the kernel
         # gradient's bits plus small chunks, less than one float32 copy of the kernel
         pytest.param(32, (), 1.0, id="class_chunks"),
-        # the row sweep accumulates a float32 kernel gradient, but converts no whole kernel
-        pytest.param(32, (2,), 1.5, id="row_chunks"),
+        # the row sweep accumulates a float32 kernel gradient (1.04 copies; 1.50 with
+        # JAXCE_XLA_CPU_FORMS=0), but converts no whole kernel (one more copy)
+        pytest.param(32, (2,), 1.75, id="row_chunks"),
     ],
 )
 def test_bfloat16_kernel_has_no_float32_copy(rows, out_features, limit):
