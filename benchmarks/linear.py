@@ -69,12 +69,21 @@ def parse_args(argv: list[str] | None = None) -> Config:
     )
     p.add_argument("--quick", action="store_true", help="N=1024, C=32768, float32, 2 repeats")
     p.add_argument("--json", dest="json_path", metavar="FILE", help="write everything here")
-    p.add_argument("--classes", type=int, nargs="+", metavar="C")
-    p.add_argument("--dtypes", nargs="+", choices=DTYPES)
-    p.add_argument("--variants", nargs="+", choices=lv.VARIANTS)
-    for name in ("rows", "features", "chunk_size", "row_chunk_size", "repeats", "warmup",
-                 "threads"):  # fmt: skip
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, metavar="INT")
+    p.add_argument("--classes", type=int, nargs="+", metavar="C", help="default: 32768 131072")
+    p.add_argument("--dtypes", nargs="+", choices=DTYPES, help="default: both")
+    p.add_argument("--variants", nargs="+", choices=lv.VARIANTS, help="default: all four")
+    helps = {
+        "rows": "N, the hidden states' rows (default 4096)",
+        "features": "D (default 512)",
+        "chunk_size": "linear_cross_entropy's chunk_size: classes per chunk where the gradients "
+        "sweep class chunks (N <= C), else kernel columns per matmul (default: its own)",
+        "row_chunk_size": "linear_cross_entropy's row_chunk_size (default: its own)",
+        "repeats": "timed calls per variant (default 5)",
+        "warmup": "untimed calls before them (default 1)",
+        "threads": "CPUs each variant's process is pinned to (default 2)",
+    }
+    for name, text in helps.items():
+        p.add_argument(_cli.flag(name), dest=name, type=int, metavar="INT", help=text)
     args = vars(p.parse_args(argv))
     quick = args.pop("quick")
     base = Config()
