@@ -80,11 +80,7 @@ def sweep(static: ls.Static, hidden, kernel, bias, labels, weight, keep, g, need
 
 def _block(static, h, kernel, bias, offset, size, ct):
     """The capped logits (N, size) of classes [offset, offset + size)."""
-    classes, features = ls.kernel_axes(static, kernel)
-    x = ch.dot(h, ch.cols(kernel, offset, size, classes), [1], [features], ct)
-    if bias is not None:
-        x = x + ch.cols(bias, offset, size, 0).astype(ct)[None]
-    return rm.softcap(static.opts, x, ct)
+    return rm.softcap(static.opts, ls.column_logits(static, h, kernel, bias, offset, size, ct), ct)
 
 
 def _row_sums(static, hidden, kernel, bias, labels, weight, ct, vary):
@@ -160,13 +156,13 @@ def _gradients(static, needs, vary, arrays, bits=False):
         dx, dw_block = rm.row_grad(opts, c, w_sum, s, m, lse0, block_t, w, g, keep)
         if need_dk:  # an overlapping last chunk writes its classes seen before once more
             part = dx.astype(mm)
-            if plain_products:  # (D, N) x (N, size), or (size, N) x (N, D)
+            # (size, D) in torch's layout, else (D, size)
+            if plain_products:  # (size, N) x (N, D), or (D, N) x (N, size)
                 a, b = (part.T, hidden) if static.torch_layout else (hidden_t, part)
                 block = ch.dot(a, b, [1], [0], ct)
-            elif static.torch_layout:  # (size, D)
-                block = ch.dot(part, hidden, [0], [0], ct)
-            else:  # (D, size)
-                block = ch.dot(hidden, part, [0], [0], ct)
+            else:  # the rows contracted in place, as the row sweep's _contract
+                a, b = (part, hidden) if static.torch_layout else (hidden, part)
+                block = ch.dot(a, b, [0], [0], ct)
             dk = store(dk, block, offset, classes, kernel.dtype)
         if need_db:
             db = store(db, jnp.sum(dx, axis=0), offset, 0, ct)

@@ -107,16 +107,22 @@ def _positions(array) -> tuple[int, ...]:
     return tuple(range(2, array.ndim))
 
 
+def column_logits(static, h, kernel, bias, offset, size, ct):
+    """The logits (rows, size[, P]) of rows ``h`` for classes [offset, offset + size)."""
+    classes, features = kernel_axes(static, kernel)
+    x = ch.dot(h, ch.cols(kernel, offset, size, classes), [1], [features], ct)
+    if bias is not None:
+        x = x + ch.cols(bias, offset, size, 0).astype(ct)[None]
+    return x
+
+
 def _logits(static, h, kernel, bias, ct, vary):
     """(rows, C[, P]) logits of rows ``h``, ``class_chunk`` kernel columns per matmul."""
     c, pos = static.num_classes, kernel.shape[1:-1] if static.torch_layout else kernel.shape[2:]
-    classes, features = kernel_axes(static, kernel)
 
     def fill(logits, kernel, offset, size, new):
         del new  # columns seen before are computed again, to the same numbers
-        x = ch.dot(h, ch.cols(kernel, offset, size, classes), [1], [features], ct)
-        if bias is not None:
-            x = x + ch.cols(bias, offset, size, 0).astype(ct)[None]
+        x = column_logits(static, h, kernel, bias, offset, size, ct)
         return lax.dynamic_update_slice_in_dim(logits, x, offset, CLASS_AXIS)
 
     init = jnp.zeros((h.shape[0], c, *pos), ct)
