@@ -9,12 +9,12 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxce import _labels, _options, _validation
+from jaxce import _labels, _mesh_axis, _options, _validation
 from jaxce import _online_lse as ol
 from jaxce import _row_math as rm
 from jaxce._reductions import row_max
 from jaxce._validation import Reduction
-from jaxce._vma import sum_to_type, varying_axes
+from jaxce._vma import sum_to_type
 
 
 def sharded_cross_entropy(
@@ -140,21 +140,21 @@ def sharded_cross_entropy(
             f"labels must be integer class indices; got dtype {labels.dtype}. "
             f"sharded_cross_entropy does not take class probabilities."
         )
-    total = _check_mesh_axis(mesh_axis, logits) * spec.num_classes
+    total = _mesh_axis.check_mesh_axis(mesh_axis, logits) * spec.num_classes
     count = _validation.check_num_classes(num_classes, total, "class axis over all shards")
     hint = (
         f"Pass this device's shard of the class weights (shard them like the logits' class "
         f"axis, in_specs=P({mesh_axis!r})), not the global ones."
     )
     weight = _validation.check_class_vector(weight, "weight", spec.num_classes, hint)
-    _check_varying(weight, mesh_axis)
+    _mesh_axis.check_varying_weight(weight, mesh_axis)
     ignore_index = _validation.check_ignore_index(ignore_index)
     ct = rm.compute_dtype(logits.dtype)
     opts = rm.Options(ol.BLOCK_AXIS, *_options.check_options(label_smoothing, z_loss, softcap, ct))
     reduction = _validation.check_reduction(reduction)
     where = _validation.check_where(where, spec.batch_shape)
-    _check_replicated(labels, "labels", mesh_axis)
-    _check_replicated(where, "where", mesh_axis)
+    _mesh_axis.check_replicated(labels, "labels", mesh_axis)
+    _mesh_axis.check_replicated(where, "where", mesh_axis)
     labels, ignore_index = _labels.prepare(labels, count, ignore_index, check_traced=False)
     index, ignored = _labels.normalize(labels.reshape(-1), count, ignore_index)
     keep = ~ignored if where is None else ~ignored & where.reshape(-1)
@@ -167,76 +167,6 @@ def sharded_cross_entropy(
             rows, w_y = sharded_rows((opts, mesh_axis, total, count), flat, index, weight, keep)
     row_weight = jnp.where(keep, w_y, 0)
     return rm.reduce_rows(rows.reshape(labels.shape), row_weight, reduction, logits.dtype)
-
-
-def _check_mesh_axis(mesh_axis, logits) -> int:
-    names = _names(mesh_axis)
-    if not names or not all(isinstance(n, str) for n in names):
-        raise TypeError(
-            f"mesh_axis must be a mesh axis name (str) or a non-empty tuple of names; got "
-            f"{mesh_axis!r}."
-        )
-    if len(set(names)) < len(names):
-        raise ValueError(
-            f"mesh_axis must name each mesh axis once; got {mesh_axis!r}. Pass "
-            f"{tuple(dict.fromkeys(names))!r}."
-        )
-    try:
-        size = lax.axis_size(mesh_axis)
-    except NameError as err:
-        raise ValueError(
-            f"sharded_cross_entropy(mesh_axis={mesh_axis!r}) must run inside jax.shard_map "
-            f"over a mesh with axis {mesh_axis!r}, with the logits' class axis split over it "
-            f"({err}). Outside shard_map, use cross_entropy."
-        ) from None
-    if _not_varying(logits, names):
-        raise ValueError(
-            f"logits_shard must vary over mesh_axis={mesh_axis!r} (its class axis split "
-            f"over it, e.g. in_specs=P(None, {mesh_axis!r})), and jax.shard_map must keep "
-            f"check_vma=True (the default); got a value of type {jax.typeof(logits)}. With "
-            f"check_vma=False, JAX splits the loss's cotangent over the {size} devices and "
-            f"the gradient would come out {size} times too small."
-        )
-    return size
-
-
-def _check_varying(weight, mesh_axis) -> None:
-    """A ValueError if ``weight`` is the same on every device of ``mesh_axis``: each device's
-    weights are those of its own classes, so one replicated vector would weigh every shard's
-    classes alike (a wrong loss, silently)."""
-    if isinstance(weight, jax.Array) and _not_varying(weight, _names(mesh_axis)):
-        raise ValueError(
-            f"weight must vary over mesh_axis={mesh_axis!r}: each device passes the weights of "
-            f"its own classes; got a value of type {jax.typeof(weight)}, the same on every "
-            f"device. Shard the class weights like the logits' class axis "
-            f"(in_specs=P({mesh_axis!r})), or, for a vector made inside the function that is "
-            f"meant per shard, mark it with jax.lax.pcast(weight, {mesh_axis!r}, to='varying')."
-        )
-
-
-def _names(mesh_axis) -> tuple:
-    return mesh_axis if isinstance(mesh_axis, tuple) else (mesh_axis,)
-
-
-def _not_varying(array, names: tuple) -> bool:
-    """Whether JAX tracks ``array``'s varying axes (``check_vma``) and they miss some of
-    ``names``."""
-    aval = jax.typeof(array)
-    tracked = hasattr(aval, "mat") or hasattr(aval, "vma")
-    return tracked and not set(names) <= varying_axes(array)
-
-
-def _check_replicated(array, name: str, mesh_axis) -> None:
-    """A ValueError if ``array`` varies over ``mesh_axis`` (JAX tracks it with check_vma)."""
-    tracked = isinstance(array, jax.Array)
-    varying = set(_names(mesh_axis)) & varying_axes(array) if tracked else set()
-    if varying:
-        raise ValueError(
-            f"{name} must be the same on every device of mesh_axis={mesh_axis!r} (each device "
-            f"holds some classes of the same examples); got a value of type "
-            f"{jax.typeof(array)}, varying over {sorted(varying)}. Leave {sorted(varying)} out "
-            f"of {name}'s in_specs entry (e.g. P() or P('data'))."
-        )
 
 
 def _block(static, logits, weight, ct):
