@@ -391,6 +391,22 @@ def test_the_flag_table_lists_every_flag_of_train_py():
     assert sorted(listed) == sorted(flags)
 
 
+def test_the_tree_names_every_module_of_the_library():
+    """The README's tree of the repository (its ```text block under "Development") names each
+    module of ``jaxce/``, by name or by a glob such as ``_linear_*.py``, and no module that is
+    not there."""
+    text = README.read_text().split("## Development", 1)[1]
+    tree = text.split("```text", 1)[1].split("```", 1)[0]
+    library = tree.split("jaxce/", 1)[1].split("\nparity/", 1)[0]
+    names = [re.split(r"\s{2,}", line.strip())[0] for line in library.splitlines()]
+    named = [n for column in names for n in re.findall(r"[\w*]+\.py", column)]
+    modules = {p.name for p in (ROOT / "jaxce").glob("*.py")}
+    unnamed = {m for m in modules if not any(Path(m).match(n) for n in named)}
+    stale = {n for n in named if not any(Path(m).match(n) for m in modules)}
+    assert not unnamed, f"modules missing from the README's tree: {sorted(unnamed)}"
+    assert not stale, f"the README's tree names modules that do not exist: {sorted(stale)}"
+
+
 def test_the_data_parallel_check_refuses_another_training(tmp_path):
     """assert_same_training fails on a loss off by more than rounding, or the wrong devices."""
     one = {"train_loss": [1.0, 0.5], "test_loss": [0.9, 0.4], "test_accuracy": [0.8, 0.9]}
