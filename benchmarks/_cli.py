@@ -13,6 +13,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 
+from training import _interrupt as interrupt
+
 
 def flag(name: str) -> str:
     """The flag of a config field: ``row_chunk_size`` -> ``--row-chunk-size``."""
@@ -32,10 +34,13 @@ def check_counts(p: argparse.ArgumentParser, values: dict, **at_least: int) -> N
             p.error(f"{flag(name)} must {'all ' if several else ''}be >= {low}, got {got}")
 
 
-def check_output_file(p: argparse.ArgumentParser, path: str | None, name: str = "json") -> None:
+def check_output_file(
+    p: argparse.ArgumentParser, path: str | None, name: str = "json", *, partial: bool = False
+) -> None:
     """Refuses an output path the run could not write at its end: a directory, or a file in
     a directory that does not exist or is not writable (``_harness.write_json`` writes a
-    temporary file beside it, then renames it). None: no output asked for."""
+    temporary file beside it, then renames it). None: no output asked for. ``partial``: the
+    run also keeps its results so far in ``path + ".partial"``, checked the same way."""
     if path is None:
         return
     parent = os.path.dirname(path) or "."
@@ -62,17 +67,25 @@ def check_output_file(p: argparse.ArgumentParser, path: str | None, name: str = 
     if problem:
         got = path or "''"
         p.error(f"{flag(name)} must be a file in a writable directory, got {got} ({problem})")
+    if partial:
+        check_output_file(p, f"{path}.partial", name)
 
 
-def check_threads(p: argparse.ArgumentParser, values: dict) -> None:
-    """Refuses ``--threads`` beyond the CPUs this process may use: each measurement pins its
-    process to that many CPUs, so the rest would not run (torch would oversubscribe them)."""
+def usable_cpus() -> int | None:
+    """The CPUs this process may run on (None where the platform does not say)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+def check_threads(p: argparse.ArgumentParser, values: dict, name: str = "threads") -> None:
+    """Refuses ``--threads`` (or the flag of ``name``) beyond the CPUs this process may use:
+    each measurement pins its process to that many CPUs, so the rest would not run (torch
+    would oversubscribe them)."""
     threads = values.get("threads")
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    available = usable_cpus()
     if threads is not None and available is not None and threads > available:
         p.error(
-            f"--threads must be at most the {available} CPUs this process may use, got "
-            f"{threads}; pass --threads {available} or less"
+            f"{flag(name)} must be at most the {available} CPUs this process may use, got "
+            f"{threads}; pass {flag(name)} {available} or less"
         )
 
 
@@ -110,13 +123,20 @@ def check_shapes(
     return tuple(shapes)
 
 
-PARTIAL = "the measurements finished so far are printed above and, with --json, in its file"
+PARTIAL = (
+    "the measurements finished so far are printed above and, with --json FILE, in FILE.partial "
+    "(an earlier FILE is kept)"
+)
 
 
 def run_main(main: Callable[[], None], prog: str, kept: str = PARTIAL) -> None:
-    """``main()``; Ctrl-C ends it with one line saying what was ``kept``, and exit status 130."""
+    """``main()``; Ctrl-C or SIGTERM ends it with one line saying what was ``kept``, and exit
+    status 130. A signal that lands where Python drops the KeyboardInterrupt (a garbage-
+    collection callback) is recorded, and the next JSON write or measurement raises it
+    (``interrupt.check``): such a run never ends as if complete."""
     try:
-        main()
+        with interrupt.handling():
+            main()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; {kept}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None

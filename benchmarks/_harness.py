@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from training import _interrupt as interrupt
+
 RESULT_MARKER = "@@benchmark-result@@ "
 TARGETS = ("index", "smoothed", "probs")  # the kinds of target (see benchmarks._jax_variants)
 _MIB = 1024 * 1024
@@ -202,8 +204,10 @@ def write_json(path: str | None, doc: dict, *, quiet: bool = False) -> None:
     """Writes a benchmark's JSON document to ``path`` (nothing when None) and says so.
 
     Atomically (a temporary file beside it, then a rename): an interrupted write never leaves a
-    truncated document in place of the last complete one.
+    truncated document in place of the last complete one. A signal that arrived during the run
+    (``interrupt.check``) stops it here, before anything is written.
     """
+    interrupt.check()
     if path:
         tmp = f"{path}.tmp"
         try:
@@ -221,12 +225,30 @@ def write_json(path: str | None, doc: dict, *, quiet: bool = False) -> None:
             print(f"wrote {path}")
 
 
+def partial_path(path: str) -> str:
+    """Where a run keeps its results so far: beside ``path``, which keeps the last complete
+    document until this run's own replaces it."""
+    return f"{path}.partial"
+
+
 def partial_writer(path: str | None, head: dict) -> Callable[[dict], None]:
-    """``save(partial)``: rewrites ``path`` with ``head``, the results so far and
+    """``save(partial)``: rewrites ``partial_path(path)`` with ``head``, the results so far and
     ``"complete": false``, so a run stopped midway (interrupted, a crash, a timeout) keeps what
-    it measured. The finished run rewrites it with ``"complete": true``."""
+    it measured, and an earlier complete document at ``path`` stays as it was. The finished run
+    writes ``path`` with ``"complete": true`` (`write_complete`), which removes the partial
+    file."""
 
     def save(partial: dict) -> None:
-        write_json(path, {**head, **partial, "complete": False}, quiet=True)
+        interrupt.check()  # after each measurement, with or without --json
+        if path:
+            write_json(partial_path(path), {**head, **partial, "complete": False}, quiet=True)
 
     return save
+
+
+def write_complete(path: str | None, doc: dict) -> None:
+    """`write_json` of a finished run's document, then its results-so-far file removed."""
+    write_json(path, doc)
+    if path:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial_path(path))

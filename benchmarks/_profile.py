@@ -25,6 +25,7 @@ import argparse
 import math
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -176,13 +177,17 @@ def main(argv: list[str] | None = None) -> None:
         _print_reductions()
         return
     (shape,) = _cli.check_shapes(p, [args.shape], _harness.available_mib(), name="shape")
+    if min(shape) < 2:  # (N, C) arrays are told apart by their size: (N,) labels when C = 1
+        p.error(f"--shape must be NxC with N >= 2 and C >= 2, got {args.shape}")
     if args.dump:
         try:
             os.makedirs(args.dump, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=args.dump, prefix=".write-check-"):
+                pass  # as the HLO texts will be written, after compiling
         except OSError as err:
             p.error(f"--dump must be a directory it can write, got {args.dump} ({err.strerror})")
     _print_passes(shape, args.setting, args.variants, args.dump, args.targets)
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run_main(main, "python -m benchmarks._profile", "what was printed is what was measured")

@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
     args = p.parse_args(argv)
     ((n, c),) = _cli.check_shapes(p, [args.shape], None, name="shape")  # compiled, not run
+    if min(n, c) < 2:  # (N, C) arrays are told apart by their size: (N,) labels when C = 1
+        p.error(f"--shape must be NxC with N >= 2 and C >= 2, got {args.shape}")
     _cli.check_no_repeats(p, vars(args), "targets", "dtypes", "cases")
     if "float64" in args.dtypes and not args.x64:
         p.error("--dtypes float64 needs --x64 (without it JAX makes the inputs float32)")
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         jax.config.update("jax_platforms", "cpu")  # run on the host, compile for the targets
     absent = [f"{t}: {missing(t)}" for t in args.targets if missing(t)]
     if absent:
-        print("cannot compile for " + "; ".join(absent), file=sys.stderr)
+        print("error: cannot compile for " + "; ".join(absent), file=sys.stderr)
         return 2
     rows = []
     print(HEADER)
@@ -300,4 +302,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _cli.run_main(lambda: sys.exit(main()), "python -m benchmarks.compiled", "nothing was written")

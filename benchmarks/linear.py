@@ -92,20 +92,25 @@ def parse_args(argv: list[str] | None = None) -> Config:
     chosen = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items() if v is not None}
     _cli.check_counts(p, chosen, rows=1, features=1, classes=1, repeats=1, threads=1,
                       chunk_size=1, row_chunk_size=1, warmup=0)  # fmt: skip
-    _cli.check_output_file(p, chosen.get("json_path"))
+    _cli.check_output_file(p, chosen.get("json_path"), partial=True)
     _cli.check_threads(p, chosen)
     _cli.check_no_repeats(p, chosen, "classes", "dtypes", "variants")
     cfg = Config(**{**asdict(base), **chosen})
     available = h.available_mib()
-    for classes in cfg.classes:  # the unfused variants' float32 logits, the kernel
-        need = max(cfg.rows, cfg.features) * classes * 4 / 2**20
-        if available is not None and need > available:
-            p.error(
-                f"--rows/--features/--classes must fit in memory, got {cfg.rows} x "
-                f"{cfg.features} x {classes} (a {max(cfg.rows, cfg.features)} x {classes} "
-                f"float32 array alone takes {need / 1024:.1f} GiB, {available / 1024:.1f} GiB "
-                "available): lower them"
-            )
+    for classes in cfg.classes:  # the hidden states; the unfused logits, the kernel
+        sides = {"rows x features": (cfg.rows, cfg.features)}
+        sides[f"{max(cfg.rows, cfg.features)} x {classes}"] = (
+            max(cfg.rows, cfg.features),
+            classes,
+        )
+        for what, (a, b) in sides.items():
+            need = a * b * 4 / 2**20
+            if available is not None and need > available:
+                p.error(
+                    f"--rows/--features/--classes must fit in memory, got {cfg.rows} x "
+                    f"{cfg.features} x {classes} (a {what} float32 array alone takes "
+                    f"{need / 1024:.1f} GiB, {available / 1024:.1f} GiB available): lower them"
+                )
     return cfg
 
 
@@ -272,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         ratio = "n/a" if t["ratio"] is None else f"{t['ratio']:.2f}"
         state = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         print(f"C={t['classes']} {t['dtype']}: {t['target']}: {ratio} ({state})")
-    h.write_json(cfg.json_path, doc)
+    h.write_complete(cfg.json_path, doc)
     runs = [r for variants in out["results"].values() for r in variants.values()]
     failed = sum(not r.get("ok") for r in runs)
     if failed:

@@ -154,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if "variants" in chosen:
         chosen["target_variants"] = chosen["variants"]
     _cli.check_counts(p, chosen, repeats=1, rounds=1, threads=1, warmup=0)
-    _cli.check_output_file(p, chosen.get("json_path"))
+    _cli.check_output_file(p, chosen.get("json_path"), partial=True)
     _cli.check_threads(p, chosen)
     if "shapes" in chosen:
         chosen["shapes"] = _cli.check_shapes(p, chosen["shapes"], h.available_mib())
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         + _report.markdown(out["summary"], list(shown))
     )
     print_report(out, machine, shown)
-    h.write_json(cfg.json_path, doc)
+    h.write_complete(cfg.json_path, doc)
     failed = failures(out)
     if failed:
         print(

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import statistics
 import sys
 import time
@@ -56,6 +55,7 @@ from benchmarks._cli import check_counts, check_output_file, flag
 from benchmarks._harness import write_json
 from training import Config as TrainingConfig
 from training import ConfigError, Dataset, TrainingError  # jax loads in run(), not for --help
+from training import _interrupt as interrupt
 
 PROG = "python -m benchmarks.train_epoch"
 DEFAULTS_FLOOR = "matmul_floor_xla_defaults"  # the floor compiled with XLA's default options
@@ -73,7 +73,7 @@ class Config:
     strict_checksums: bool = False
     repeats: int = 10
     torch_repeats: int = 3
-    torch_threads: tuple[int, ...] = tuple(sorted({1, os.cpu_count() or 1}))
+    torch_threads: tuple[int, ...] = tuple(sorted({1, _cli.usable_cpus() or 1}))
     batch_size: int = 64
     json: str | None = None
 
@@ -89,6 +89,7 @@ def _time_interleaved(epochs: dict, rounds: int) -> dict[str, list[float]]:
     seconds = {name: [] for name in epochs}
     for i in tqdm(range(1, rounds + 1), desc="rounds", leave=False, disable=None):
         for name, run_epoch in epochs.items():
+            interrupt.check()  # a signal Python dropped (a gc callback) stops the run here
             start = time.perf_counter()
             run_epoch(i)
             seconds[name].append(time.perf_counter() - start)
@@ -279,7 +280,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         type=int,
         nargs="+",
         default=list(Config.torch_threads),
-        help="torch.set_num_threads settings to run (default: 1 and the CPU count); the ratios "
+        help="torch.set_num_threads settings to run (default: 1 and the CPUs this process may "
+        "use); the ratios "
         "use the fastest",
     )
     parser.add_argument("--batch-size", type=int, default=Config.batch_size)
@@ -287,6 +289,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     args = vars(parser.parse_args(argv))
     args["torch_threads"] = tuple(args["torch_threads"])
     check_counts(parser, args, repeats=1, torch_repeats=1, torch_threads=1, batch_size=1)
+    _cli.check_no_repeats(parser, args, "torch_threads")
+    for threads in args["torch_threads"]:
+        _cli.check_threads(parser, {"threads": threads}, name="torch_threads")
     check_output_file(parser, args["json"])
     return Config(**args)
 

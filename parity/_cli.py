@@ -18,8 +18,10 @@ from typing import NoReturn
 from parity._cases import Case, build_matrix
 from parity._linear_cases import LinearCase
 from parity._usage import UsageError, check_out_dir, load_impl
+from training import _interrupt as interrupt
 
 DEFAULT_IMPL = "jaxce.loss:cross_entropy"
+SEED_MAX = 2**32 - 1  # each case's seed is derived from it modulo 2**32
 OUT_HELP = (
     "directory for report.json, report.md, report.html (default %(default)s); created if "
     "missing; an earlier report there is replaced, any other non-empty directory is refused"
@@ -60,7 +62,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def _integer(minimum: int) -> Callable[[str], int]:
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -68,9 +70,13 @@ def _integer(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be an integer; got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}; got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer from {minimum} to {maximum}; got {value}"
+            )
         return value
 
-    parse.__name__ = f"integer >= {minimum}"
+    parse.__name__ = f"integer >= {minimum}" if maximum is None else f"integer <= {maximum}"
     return parse
 
 
@@ -102,7 +108,10 @@ def parse_loss(argv: list[str]) -> LossConfig:
         help="a representative subset (~140 cases, 20 of them fused linear)",
     )
     p.add_argument(
-        "--seed", type=_integer(0), default=0, help="seed of all inputs, >= 0 (default 0)"
+        "--seed",
+        type=_integer(0, SEED_MAX),
+        default=0,
+        help=f"seed of all inputs, 0 to {SEED_MAX} (default 0)",
     )
     p.add_argument(
         "--impl",
@@ -177,8 +186,17 @@ def select_cases(config: LossConfig) -> tuple[LossConfig, list[Case]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatches to loss parity or, with a leading ``train``, training parity."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """Dispatches to loss parity or, with a leading ``train``, training parity.
+
+    Ctrl-C and SIGTERM end the run with one line and exit status 130, even one that lands where
+    Python drops the KeyboardInterrupt (a garbage-collection callback): the reports' write
+    checks for a signal first (``interrupt.check``), so such a run never ends as if complete.
+    """
+    with interrupt.handling():
+        return _main(sys.argv[1:] if argv is None else list(argv))
+
+
+def _main(argv: list[str]) -> int:
     try:
         # The runners (torch, jax, matplotlib) are imported once the command line is checked:
         # --help and a bad flag answer at once.

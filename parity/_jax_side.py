@@ -93,6 +93,8 @@ def checked_call(fn: Callable, *args, **kwargs):
         return fn(*args, **kwargs)
     except SystemExit as err:
         raise Misbehaved(f"called sys.exit({err.code!r})") from None
+    except GeneratorExit:
+        raise Misbehaved("raised GeneratorExit") from None
     except jax.errors.JAXTypeError as err:  # e.g. np.asarray of a traced array
         raise Misbehaved(
             f"cannot be traced: the runner calls it under jax.jit ({type(err).__name__})"
@@ -104,7 +106,7 @@ def _check_loss(out, x, axis: int, reduction: str):
     examples with reduction="none", else a scalar."""
     if not isinstance(out, jax.Array):
         raise Misbehaved(f"returned a {type(out).__name__}, not a JAX array")
-    want = tuple(np.delete(x.shape, axis % x.ndim)) if reduction == "none" else ()
+    want = tuple(int(d) for d in np.delete(x.shape, axis % x.ndim)) if reduction == "none" else ()
     if out.shape != want:
         raise Misbehaved(f"returned shape {out.shape} for reduction={reduction!r}, expected {want}")
     if out.dtype != x.dtype:

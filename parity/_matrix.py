@@ -26,6 +26,7 @@ from parity._reference import cross_entropy as reference_cross_entropy
 from parity._reference import linear_cross_entropy as reference_linear_cross_entropy
 from parity._report import build_payload, markdown, report_json, write_reports
 from parity._torch_side import run_torch, run_torch_linear
+from training import _interrupt as interrupt
 
 GROUP_SIZE = 24  # signatures (options, shapes, dtype) per compiled program
 
@@ -174,6 +175,7 @@ def run_matrix(
         total=len(cases), desc="loss parity", unit="case", disable=not progress, dynamic_ncols=True
     ) as bar:
         for positions in groups(cases):
+            interrupt.check()  # a signal Python dropped (a gc callback) stops the run here
             for i, outcome in zip(
                 positions, runner.run([cases[i] for i in positions]), strict=True
             ):

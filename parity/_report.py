@@ -19,6 +19,7 @@ from parity._compare import INTENTIONAL as INTENTIONAL_STATUS
 from parity._intentional import INTENTIONAL
 from parity._linear_cases import CLASS_CHUNK, LINEAR_DTYPES, ROW_CHUNK
 from parity._tolerances import DTYPES, RULE, TOLERANCES
+from training import _interrupt as interrupt
 
 PAIRS = ("impl_vs_torch", "impl_vs_reference", "torch_vs_reference", "optax_vs_reference")
 LINEAR_PATHS = ("reference", "chunked")
@@ -187,7 +188,9 @@ def report_json(payload: dict) -> str:
 def write_reports(out: Path, texts: dict[str, str]) -> None:
     """Writes ``texts`` (file name -> text) into ``out`` as one set: every file to a temporary
     name first, then each renamed over its earlier version, so a write that fails (a full disk)
-    leaves the earlier reports as they were and no temporary file behind."""
+    leaves the earlier reports as they were and no temporary file behind. A signal that
+    arrived during the run (``interrupt.check``) stops it here, before any is replaced."""
+    interrupt.check()
     for name in texts:  # what a rename could not replace: refused before any is replaced
         target = out / name
         if target.is_symlink() or (target.exists() and not target.is_file()):

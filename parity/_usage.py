@@ -74,7 +74,17 @@ def _check_contents(path: Path, kind: str, flag: str) -> None:
             f"{flag} {path} cannot be read ({err.strerror}); pass a directory you can write to."
         ) from None
     found = _report_kind(path / "report.json")
-    if not entries or found == kind:
+    if not entries:
+        return
+    if found == kind:
+        for name in ("report.json", "report.md", "report.html"):  # the reports it replaces
+            target = path / name
+            if target.is_symlink() or (target.exists() and not target.is_file()):
+                raise UsageError(
+                    f"{flag} {path} holds {name} that is not a regular file (a directory or "
+                    f"a link), which the new report would replace; remove it, or pass another "
+                    f"directory."
+                )
         return
     shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
     holds = f"a {found} report" if isinstance(found, str) else f"no {kind} report ({shown})"
@@ -114,7 +124,8 @@ def load_impl(spec: str, *, flag: str = "--impl") -> Callable:
                 "directory that holds it (the current directory is on the import path)."
             ) from None
         raise UsageError(_import_failed(flag, spec, module_name, err)) from None
-    except Exception as err:  # importing runs arbitrary code
+    except (Exception, SystemExit, GeneratorExit) as err:  # importing runs arbitrary code
+        # sys.exit() in the module (even sys.exit(0)) must not end the run as if it had passed
         raise UsageError(_import_failed(flag, spec, module_name, err)) from None
     fn = module
     for part in name.split("."):
@@ -134,7 +145,7 @@ def load_impl(spec: str, *, flag: str = "--impl") -> Callable:
     return fn
 
 
-def _import_failed(flag: str, spec: str, module_name: str, err: Exception) -> str:
+def _import_failed(flag: str, spec: str, module_name: str, err: BaseException) -> str:
     first = str(err).splitlines()[0] if str(err) else ""
     return (
         f"{flag} {spec!r}: importing {module_name} failed with {type(err).__name__}: {first}; "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import signal
 import sys
 import time
 import warnings
@@ -19,6 +20,7 @@ import pytest
 from benchmarks import _cli, _profile, linear, loss, train_epoch
 from benchmarks import _harness as h
 from tests.conftest import SHARED_DATA
+from tests.signals import signal_in_a_gc_callback
 from training import ChecksumWarning
 
 MNIST_MINI = SHARED_DATA / "mnist-mini"
@@ -237,7 +239,7 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys):
     assert exit.value.code == 130
     assert capsys.readouterr().err.strip() == (
         "python -m benchmarks.loss: interrupted; the measurements finished so far are printed "
-        "above and, with --json, in its file"
+        "above and, with --json FILE, in FILE.partial (an earlier FILE is kept)"
     )
 
 
@@ -262,6 +264,48 @@ def test_profile_refuses_a_dump_path_it_cannot_make_a_directory(capsys, tmp_path
     taken.write_text("")
     message = profile_usage_error(capsys, ["--shape", "8x10", "--dump", str(taken)])
     assert message == f"--dump must be a directory it can write, got {taken} (File exists)"
+
+
+@pytest.mark.parametrize("text", ["64x1", "1x4096"])
+def test_profile_refuses_a_shape_whose_arrays_it_could_not_tell_apart(capsys, text):
+    # it counted (N,) labels as logits when C = 1 ((C,) weights when N = 1): 11 reads, not 4
+    message = profile_usage_error(capsys, ["--shape", text])
+    assert message == f"--shape must be NxC with N >= 2 and C >= 2, got {text}"
+
+
+def test_profile_refuses_a_dump_directory_it_cannot_write_before_compiling(
+    capsys, tmp_path, monkeypatch
+):
+    # a directory it could make but not write to (/sys/kernel as root) failed after compiling
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(_profile.tempfile, "NamedTemporaryFile", refused)
+    monkeypatch.setattr(_profile, "_print_passes", lambda *a: pytest.fail("compiled"))
+    message = profile_usage_error(capsys, ["--shape", "8x10", "--dump", str(tmp_path)])
+    assert message == f"--dump must be a directory it can write, got {tmp_path} (Permission denied)"
+
+
+def test_linear_refuses_hidden_states_beyond_memory(capsys, monkeypatch):
+    # only the logits and the kernel were counted: 37 GiB of hidden states ran into MemoryError
+    monkeypatch.setattr(linear.h, "available_mib", lambda: 1024.0)
+    argv = ["--rows", "100000", "--features", "100000", "--classes", "8"]
+    assert usage_error(capsys, "linear", argv) == (
+        "--rows/--features/--classes must fit in memory, got 100000 x 100000 x 8 (a rows x "
+        "features float32 array alone takes 37.3 GiB, 1.0 GiB available): lower them"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--torch-threads", "1", "1"], "--torch-threads lists 1 twice; name each once"),
+        (["--torch-threads", "4096"], "--torch-threads must be at most the"),
+    ],
+    ids=["twice", "beyond-the-cpus"],
+)
+def test_train_epoch_checks_torch_threads_as_the_others_check_threads(capsys, argv, message):
+    assert usage_error(capsys, "train_epoch", argv).startswith(message)
 
 
 def test_profile_makes_its_dump_directory_and_knows_the_variants(capsys, tmp_path):
@@ -342,6 +386,10 @@ def test_json_must_be_a_regular_file_or_a_new_path(capsys, tmp_path, module):
     assert "x.json.tmp, its temporary file, exists; remove it" in usage_error(
         capsys, module, ["--json", str(tmp_path / "x.json")]
     )
+    (tmp_path / "y.json.partial").mkdir()  # where the results so far are kept
+    assert f"got {tmp_path / 'y.json.partial'} (a directory)" in usage_error(
+        capsys, module, ["--json", str(tmp_path / "y.json")]
+    )
 
 
 @pytest.mark.parametrize(
@@ -370,3 +418,32 @@ def test_compiled_checks_its_flags_before_compiling(capsys, monkeypatch, argv, m
         .split(": error: ", 1)[1]
         .startswith(message)
     )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_dropped_in_a_gc_callback_still_ends_the_run(tmp_path, capsys, sig):
+    # A Ctrl-C that landed in JAX's gc callback was printed and dropped: the benchmark went on,
+    # wrote its JSON and exited 0.
+    path = tmp_path / "run.json"
+
+    def benchmark():
+        signal_in_a_gc_callback(sig)()  # returns: the KeyboardInterrupt there was dropped
+        h.write_json(str(path), {"complete": True})
+
+    with pytest.raises(SystemExit) as exit:
+        _cli.run_main(benchmark, "python -m benchmarks.train_epoch", "nothing was written")
+    assert exit.value.code == 130
+    assert capsys.readouterr().err.strip() == (
+        "python -m benchmarks.train_epoch: interrupted; nothing was written"
+    )
+    assert not path.exists()
+
+
+def test_compiled_refuses_a_shape_whose_arrays_it_could_not_tell_apart(capsys):
+    from benchmarks import compiled
+
+    with pytest.raises(SystemExit) as exit:
+        compiled.main(["--shape", "64x1"])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("error: --shape must be NxC with N >= 2 and C >= 2, got 64x1"), err

@@ -23,6 +23,7 @@ def tiny_run(tmp_path_factory) -> dict:
     argv = ["--shapes", "64x16", "--targets", "index", "--variants", *TINY_VARIANTS]
     argv += ["--repeats", "1", "--warmup", "1", "--rounds", "1", "--json", str(path)]
     bench.main(argv)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["loss.json"], "no .partial left"
     with open(path) as f:
         return json.load(f)
 
@@ -43,7 +44,8 @@ def test_json_top_level_schema(tiny_run):
 
 
 def test_an_interrupted_run_keeps_the_results_so_far(tmp_path, monkeypatch):
-    """The JSON is rewritten after every job: stopped at the third, it holds the first two."""
+    """The results so far are rewritten to FILE.partial after every job: stopped at the third,
+    it holds the first two, and the earlier complete FILE is kept as it was."""
     calls = []
 
     def child(spec, *, timeout_s):
@@ -58,7 +60,8 @@ def test_an_interrupted_run_keeps_the_results_so_far(tmp_path, monkeypatch):
     argv = ["--shapes", "64x16", "--targets", "index", "--variants", "jaxce", "bound_copy"]
     with pytest.raises(KeyboardInterrupt):
         bench.main([*argv, "--settings", "outside", "forward", "--json", str(path)])
-    doc = json.loads(path.read_text())
+    assert path.read_text() == '{"an": "earlier run"}'
+    doc = json.loads((tmp_path / "loss.json.partial").read_text())
     assert doc["complete"] is False and doc["config"]["shapes"] == [[64, 16]]
     assert [(r["setting"], r["variant"]) for r in doc["results"]] == [
         ("outside", "jaxce"),

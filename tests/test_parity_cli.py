@@ -11,6 +11,7 @@ import errno
 import gzip
 import json
 import os
+import signal
 import struct
 from pathlib import Path
 
@@ -22,6 +23,8 @@ import parity._train
 from parity._cli import main, parse_loss
 from parity._usage import UsageError, check_out_dir
 from tests.conftest import main_in_fresh_process
+from tests.signals import signal_in_a_gc_callback
+from training import _interrupt as interrupt
 
 
 def _idx(path: Path, magic: int, array: np.ndarray) -> None:
@@ -95,6 +98,10 @@ def _layout(tmp_path: Path, tiny: Path) -> dict[str, str]:
     (modules / "broken_impl.py").write_text("raise RuntimeError('boom at import')\n")
     (modules / "needs_dep.py").write_text("import jaxce_missing_dependency\n")
     (modules / "narrow_impl.py").write_text("def ce(logits, labels):\n    return logits\n")
+    (modules / "exit_impl.py").write_text("import sys\n\nsys.exit(0)\n")
+    html_dir = tmp_path / "report-html-is-a-dir"
+    (html_dir / "report.html").mkdir(parents=True)
+    (html_dir / "report.json").write_text(json.dumps({"kind": "loss-parity"}))
     loop = tmp_path / "loop-a"
     loop.symlink_to(tmp_path / "loop-b")
     (tmp_path / "loop-b").symlink_to(loop)
@@ -114,6 +121,7 @@ def _layout(tmp_path: Path, tiny: Path) -> dict[str, str]:
         "tiny": str(tiny),
         "out": str(tmp_path / "fresh-out"),
         "modules": str(modules),
+        "html_dir": str(html_dir),
     }
 
 
@@ -139,6 +147,12 @@ CASES = [
     ("impl-missing-dependency", ["--impl", "needs_dep:ce"], ["jaxce_missing_dependency"]),
     ("seed-negative", ["--seed", "-1"], ["--seed", "-1", ">= 0"]),
     ("seed-not-integer", ["--seed", "abc"], ["--seed", "'abc'", "integer"]),
+    # seeds 2**32 apart drew the same inputs
+    ("seed-beyond-2-32", ["--seed", "4294967296"], ["--seed", "4294967296", "0 to 4294967295"]),
+    # sys.exit(0) at import ended the run with exit status 0 and no report
+    ("impl-import-exits-0", ["--impl", "exit_impl:ce"], ["--impl", "SystemExit"]),
+    # refused only after the whole run, as a failed write
+    ("out-report-html-is-a-dir", ["--out", "{html_dir}"], ["report.html", "not a regular file"]),
     ("only-matches-nothing", ["--only", "grid/float8/*"], ["--only", "'grid/float8/*'"]),
     ("unknown-flag", ["--frobnicate"], ["unrecognized arguments: --frobnicate"]),
     ("train-steps-zero", ["train", "--steps", "0"], ["--steps", "got 0", ">= 1"]),
@@ -276,3 +290,24 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
         "error: interrupted; the reports are written at the end, so none was (any earlier ones "
         "in --out are kept)"
     ]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_dropped_in_a_gc_callback_still_ends_the_run(tmp_path, capsys, monkeypatch, sig):
+    # A Ctrl-C that landed in JAX's gc callback was printed and dropped: the run went on,
+    # replaced the earlier reports and exited 0.
+    from parity._report import write_reports
+
+    write_reports(tmp_path, {"report.json": json.dumps({"kind": "loss-parity"})})
+    earlier = (tmp_path / "report.json").read_text()
+
+    def run(config, impl_fn, cases):
+        signal_in_a_gc_callback(sig)()  # returns: the KeyboardInterrupt there was dropped
+        write_reports(config.out, {"report.json": "new"})
+        return 0
+
+    monkeypatch.setattr(parity._matrix, "run_loss_parity", run)
+    assert main(["--quick", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.startswith("error: interrupted; ")
+    assert (tmp_path / "report.json").read_text() == earlier
+    assert signal.getsignal(sig) is not interrupt._handler  # restored when main returns

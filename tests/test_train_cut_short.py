@@ -10,7 +10,6 @@ error Orbax wraps around it.
 from __future__ import annotations
 
 import errno
-import gc
 import itertools
 import json
 import os
@@ -25,6 +24,7 @@ import pytest
 import train as train_py
 import training._run
 from tests import test_train_cli as cli
+from tests.signals import signal_in_a_gc_callback
 from tests.test_train_cli import RESUME, TINY, _snapshot, error_line, run
 from training import _distributed, _idx, _interrupt, _rundir
 from training._checkpoint import RunCheckpoints
@@ -136,34 +136,12 @@ def test_ctrl_c_before_any_checkpoint_says_start_again(tiny, tmp_path, capsys, m
     assert not out.exists()
 
 
-def _signal_in_a_gc_callback(sig: int):
-    """An interruption that lands inside a garbage-collection callback (JAX registers one),
-    where a raised KeyboardInterrupt is printed and dropped."""
-
-    def interrupt():
-        def callback(phase, info):
-            if phase == "start" and not fired:
-                fired.append(sig)
-                signal.raise_signal(sig)  # its Python handler runs at the next bytecodes, here
-                sum(range(100))
-
-        fired = []
-
-        gc.callbacks.append(callback)
-        try:
-            gc.collect()
-        finally:
-            gc.callbacks.remove(callback)
-
-    return interrupt
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_inside_a_gc_callback_is_kept_for_the_next_check(sig, monkeypatch):
     dropped = []
     monkeypatch.setattr("sys.unraisablehook", dropped.append)
     with _interrupt.handling():
-        _signal_in_a_gc_callback(sig)()  # returns: raising there would be dropped
+        signal_in_a_gc_callback(sig)()  # returns: raising there would be dropped
         with pytest.raises(KeyboardInterrupt):
             _interrupt.check()
     assert dropped == []
@@ -174,7 +152,7 @@ def test_a_signal_inside_a_gc_callback_is_kept_for_the_next_check(sig, monkeypat
 def test_a_signal_inside_a_gc_callback_still_ends_the_run(tiny, tmp_path, capsys, monkeypatch, sig):
     # It was printed as "Exception ignored" and the run finished with exit status 0.
     out = tmp_path / "run"
-    _interrupt_at_epoch(monkeypatch, 1, _signal_in_a_gc_callback(sig))
+    _interrupt_at_epoch(monkeypatch, 1, signal_in_a_gc_callback(sig))
     status, _, err = run(["--data-dir", tiny, "--out", out, *RESUME], capsys)
     assert status == 130 and "Traceback" not in err and "Exception ignored" not in err
     assert error_line(err).startswith(f"interrupted; run directory {out}: its committed")
