@@ -82,7 +82,8 @@ def reduced(static, mean, hidden, kernel, bias, labels, weight, keep, sample_wei
     ct = compute_dtype(static, hidden, kernel, bias, labels)
     losses, _ = sweep(static, hidden, kernel, bias, labels, weight, keep)
     total = jnp.sum(losses if sample_weight is None else losses * sample_weight.astype(ct))
-    return total / _divisor(static, mean, labels, weight, keep, sample_weight, divisor, ct)
+    div = _divisor(static, mean, labels, weight, keep, sample_weight, divisor, ct)
+    return total / div * rm.nan_at_zero(div)  # a mean over no weight is NaN, as differentiated
 
 
 def _reduced_fwd(static, mean, *args):

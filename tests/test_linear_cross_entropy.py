@@ -287,6 +287,34 @@ def test_mean_over_zero_class_weights_is_nan_with_nan_gradients(rows):
         assert_close(got[1][name], expected[1][name], dtype="float32", quantity="grad")
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(weight=jnp.array([0.0, 1.0, 1.0]), label_smoothing=0.1),
+        dict(sample_weight=jnp.array([1.0, -1.0])),
+        dict(divisor=jnp.float32(0)),  # traced (a concrete 0 is refused)
+    ],
+    ids=["zero-label-weights-smoothed", "sample-weights-summing-to-0", "divisor-0"],
+)
+def test_an_undifferentiated_mean_over_no_weight_is_nan_as_a_differentiated_one(options):
+    # the value alone divided plainly (+-inf where the total is not 0); under value_and_grad NaN
+    h = jnp.array([[1.0, 0.5], [-0.3, 2.0]])
+    k = jnp.array([[1.0, -1.0, 0.5], [0.2, 0.3, -0.4]])
+    y = jnp.array([0, 0])
+    arrays = {n: v for n, v in options.items() if isinstance(v, jax.Array)}
+    static = {n: v for n, v in options.items() if n not in arrays}
+
+    def value(h, arrays):
+        return loss.linear_cross_entropy(h, k, y, **arrays, **static)
+
+    def torch_layout(h, arrays):
+        return loss.torch_linear_cross_entropy(h, k.T, y, **arrays, **static)
+
+    assert np.isnan(jax.jit(value)(h, arrays))
+    assert np.isnan(jax.jit(torch_layout)(h, arrays))
+    assert np.isnan(jax.jit(jax.value_and_grad(value))(h, arrays)[0])
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_low_precision_accumulates_in_float32(dtype):
     """Inputs in bf16/fp16: the loss equals the float32 computation on the same rounded values,
