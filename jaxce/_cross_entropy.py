@@ -193,7 +193,8 @@ def _cross_entropy(
     # added in float32, and rounded once
     weight = None if weight is None else rm.widened(weight)
     if soft:
-        rows_fn = soft_rows if use_custom_vjp else _plain(soft_forward, ct)
+        plain = functools.partial(soft_forward, plain=True)
+        rows_fn = soft_rows if use_custom_vjp else _plain(plain, ct)
         row_weight = keep.astype(ct)
         if num_classes == 0:  # as torch: per-example losses 0, the mean NaN
             rows, row_weight = jnp.zeros(batch_shape, ct), jnp.zeros(batch_shape, ct)

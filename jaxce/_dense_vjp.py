@@ -126,19 +126,25 @@ def _soft_target(opts, logits, labels, weight, ct):
     return tt, wb, (tt if wb is None else tt * wb)
 
 
-def _soft_sums(opts: rm.Options, logits, q, ct, shared=False):
-    """``sum_c q_c (lse0 - s_c)`` per row, and the row terms ``(m, lse0, sum_c q_c)``."""
-    _, m, lse0 = _capped_stats(opts, logits, ct, shared)
-    q_sum = jnp.sum(q, axis=opts.axis, keepdims=True)
+def _soft_sums(opts: rm.Options, logits, q, ct, shared=False, plain=False):
+    """``sum_c q_c (lse0 - s_c)`` per row, and the row terms ``(m, lse0, sum_c q_c)``.
+
+    ``plain`` (differentiated by autodiff): ``sum_c q_c`` leaves out, by a select, the classes
+    of zero target at a -inf logit, so that their target's derivative is 0 as the custom VJP's
+    (not ``lse0``: ``0 * inf`` is taken as 0 in the value, and its derivative with it).
+    """
+    xs, m, lse0 = _capped_stats(opts, logits, ct, shared)
+    counted = jnp.where((q == 0) & (xs == -jnp.inf), 0, q) if plain else q
+    q_sum = jnp.sum(counted, axis=opts.axis, keepdims=True)
     # both terms >= 0 for q >= 0 (no cancellation)
     value = lse0 * q_sum - target_sum(q, _capped_again(opts, logits, ct), m, opts.axis)
     return value, (m, lse0, q_sum)
 
 
-def soft_forward(opts: rm.Options, logits, labels, weight, keep, shared=False):
+def soft_forward(opts: rm.Options, logits, labels, weight, keep, shared=False, plain=False):
     ct = rm.compute_dtype(logits.dtype, labels.dtype)
     _, _, q = _soft_target(opts, logits, labels, weight, ct)
-    loss, (m, lse0, q_sum) = _soft_sums(opts, logits, q, ct, shared)
+    loss, (m, lse0, q_sum) = _soft_sums(opts, logits, q, ct, shared, plain)
     if opts.z_loss:
         loss = loss + opts.z_loss * jnp.square(lse0 + m)
     loss = jnp.where(jnp.expand_dims(keep, opts.axis), loss, 0)

@@ -231,3 +231,25 @@ def test_gradients_are_finite_with_masked_classes_in_both_paths(custom_vjp):
     value, grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(logits, labels)
     assert np.isfinite(value)
     assert all(np.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"softcap": 3.0}, {"weight": jnp.array([1.0, 2.0, 0.5])}, {"z_loss": 0.01}],
+    ids=["plain", "softcap", "weight", "z-loss"],
+)
+def test_a_zero_target_at_a_masked_class_has_the_same_gradient_in_both_paths(options):
+    # plain autodiff gave the row's log-sum-exp (0.47 here), the custom VJP 0: a finite loss
+    # whose target gradient depended on custom_vjp
+    logits = jnp.array([[1.0, -jnp.inf, 0.5], [0.0, 2.0, -jnp.inf]])
+    labels = jnp.array([[0.5, 0.0, 0.5], [0.25, 0.75, 0.0]])
+    got = {}
+    for custom_vjp in (True, False):
+        f = lambda t, custom_vjp=custom_vjp: loss.cross_entropy(
+            logits, t, custom_vjp=custom_vjp, **options
+        )
+        got[custom_vjp] = jax.jit(jax.value_and_grad(f))(labels)
+    assert np.isfinite(got[True][0])
+    assert_close(got[False][0], got[True][0], dtype="float32", quantity="loss")
+    assert_close(got[False][1], got[True][1], dtype="float32", quantity="grad")
+    assert got[False][1][0, 1] == 0 and got[False][1][1, 2] == 0
