@@ -129,7 +129,9 @@ def linear_cross_entropy(
         with a reduction other than "mean" or not a scalar, ``num_classes`` outside [0, C],
         chunk sizes < 1, a symbolic (``jax.export``) dimension in hidden or the kernel, or,
         for concrete arrays, non-finite class or sample weights, a divisor not finite and
-        > 0, or class indices outside [0, C) that are not ``ignore_index``.
+        > 0, or class indices outside [0, C) that are not ``ignore_index``. A traced divisor
+        of 0 (or weights that sum to 0) gives a NaN mean, with NaN gradients, as torch's mean
+        over no weight.
 
     Numerics:
       Logits are accumulated in float32 (float64 for float64 inputs) through

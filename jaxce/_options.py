@@ -11,12 +11,25 @@ from __future__ import annotations
 import math
 import numbers
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 
 def _interval(low: float, high: float | None, low_open: bool) -> str:
     return f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
+
+
+def static_fix(value, fix: str) -> str:
+    """``fix`` for a static option given the wrong type; for a traced value (an argument of a
+    jitted function) the fix that works there: ``float(x)`` of a tracer fails."""
+    if isinstance(value, jax.core.Tracer):
+        return (
+            "It is static, but traced here (an argument of a function under jax.jit or another "
+            "transformation): pass it as a static argument (jax.jit(f, static_argnames=...)) "
+            "or close over a Python value."
+        )
+    return fix
 
 
 def real_option(value, name: str, *, low: float, high=None, low_open=False, meaning="") -> float:
@@ -29,10 +42,13 @@ def real_option(value, name: str, *, low: float, high=None, low_open=False, mean
     interval = _interval(low, high, low_open)
     meaning = f" ({meaning})" if meaning else ""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        fix = (
+            f"It is a static hyperparameter: pass a number{meaning}, e.g. float(x), not an "
+            "array or a bool."
+        )
         raise TypeError(
             f"{name} must be a Python float in {interval}; got {value!r} of type "
-            f"{type(value).__name__}. It is a static hyperparameter: pass a number{meaning}, "
-            f"e.g. float(x), not an array or a bool."
+            f"{type(value).__name__}. {static_fix(value, fix)}"
         )
     try:
         number = float(value)

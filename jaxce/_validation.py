@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxce._options import static_fix
+
 REDUCTIONS = ("none", "mean", "sum")
 Reduction = Literal["none", "mean", "sum"]
 _NUMERIC_KINDS = "biufc"  # numpy dtype kinds: bool, signed, unsigned, floating, complex
@@ -96,7 +98,8 @@ def check_ignore_index(ignore_index, labels=None, labels_name: str = "labels") -
 def check_flag(value, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(
-            f"{name} must be True or False; got {value!r} of type {type(value).__name__}."
+            f"{name} must be True or False; got {value!r} of type {type(value).__name__}. "
+            + static_fix(value, "Pass a Python bool.")
         )
     return bool(value)
 
@@ -104,7 +107,8 @@ def check_flag(value, name: str) -> bool:
 def check_int(value, name: str, fix: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(
-            f"{name} must be a Python int; got {value!r} of type {type(value).__name__}. {fix}"
+            f"{name} must be a Python int; got {value!r} of type {type(value).__name__}. "
+            + static_fix(value, fix)
         )
     return int(value)
 

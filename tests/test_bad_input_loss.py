@@ -199,7 +199,10 @@ ERRORS = {
     # --- cross_entropy under transformations: static errors at trace time
     "ce-jit-reduction": (lambda: jax.jit(lambda x, y: loss.cross_entropy(x, y, reduction="avg"))(L(), Y()), ValueError, ["reduction", "'avg'"]),
     "ce-jit-smoothing": (lambda: jax.jit(lambda x, y: loss.cross_entropy(x, y, label_smoothing=2.0))(L(), Y()), ValueError, ["label_smoothing", "2.0"]),
-    "ce-jit-traced-option": (lambda: jax.jit(lambda x, y, e: loss.cross_entropy(x, y, label_smoothing=e))(L(), Y(), 0.1), TypeError, ["label_smoothing", "static"]),
+    "ce-jit-traced-option": (lambda: jax.jit(lambda x, y, e: loss.cross_entropy(x, y, label_smoothing=e))(L(), Y(), 0.1), TypeError, ["label_smoothing", "static_argnames"]),
+    # the fix named float(x) / int(x), which fail on a traced value
+    "ce-jit-traced-ignore-index": (lambda: jax.jit(lambda x, y, i: loss.cross_entropy(x, y, ignore_index=i))(L(), Y(), 1), TypeError, ["ignore_index", "static_argnames"]),
+    "ce-jit-traced-check-labels": (lambda: jax.jit(lambda x, y, c: loss.cross_entropy(x, y, check_labels=c))(L(), Y(), True), TypeError, ["check_labels", "static_argnames"]),
     "ce-vmap-weight": (lambda: jax.vmap(lambda x, y: loss.cross_entropy(x, y, weight=jnp.ones(4)))(L(), Y()), ValueError, ["weight", "(3,)", "(4,)"]),
     "ce-grad-axis": (lambda: jax.grad(lambda x: loss.cross_entropy(x, Y(), axis=3))(L()), ValueError, ["axis=3"]),
     "ce-grad-int-logits": (lambda: jax.grad(lambda x: ce(logits=x.astype(jnp.int32)))(L()), TypeError, ["logits", "int32"]),
