@@ -123,7 +123,12 @@ def _fail(error: TrainingError, status: int) -> NoReturn:
 
     if jax.distributed.is_initialized():
         # Not jax.distributed's exit barrier, which waits minutes for processes that may be
-        # waiting for this one; the coordination service tells them that it is gone.
+        # waiting for this one: `leave` waits (seconds) only for those that stop too (an error
+        # every process raises together), so that process 0's exit does not take the
+        # coordination service from under them; the others learn that it is gone.
+        from training._distributed import leave
+
+        leave()
         os._exit(status)
     raise SystemExit(status)
 

@@ -8,6 +8,7 @@ end within the deadline with one line naming the coordinator, never jax's C++ ab
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.server
 import os
 import socket
@@ -21,6 +22,7 @@ import jax
 import pytest
 
 import train
+from tests.conftest import SHARED_DATA
 from training import ConfigError, LaunchError, _launch
 from training._launch import Launch, detect_launcher, join, resolve_launch, tpu_vm_workers
 
@@ -420,3 +422,32 @@ def test_busy_coordinator_port_is_an_error_not_a_crash(tmp_path):
         .splitlines()[-1]
         .startswith(f"train.py: error: process 0 cannot listen on port {port} for the coordinator")
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("flags_1", "named"),
+    [(("--seed", "1"), "--seed is 1 here but 0"), (("--epochs", "2"), "--epochs is 2 here but 1")],
+    ids=["seed", "epochs"],
+)
+def test_processes_started_with_other_settings_all_stop_before_any_work(tmp_path, flags_1, named):
+    # another --seed trained a mix of two models recorded as process 0's; another --epochs
+    # left both processes waiting in a collective until killed
+    port = _closed_port()
+    out = str(tmp_path / "run")
+    common = ("--data-dir", str(SHARED_DATA / "mnist-mini"), "--epochs", "1")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_join_as, 0, out, port, *common)
+        second = pool.submit(_join_as, 1, out, port, *common, *flags_1)
+        (proc_0, _), (proc_1, _) = first.result(), second.result()
+    logs = proc_0.stderr[-2000:] + proc_1.stderr[-2000:]
+    assert proc_0.returncode == proc_1.returncode == 2, logs
+    assert proc_1.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: process 1: {named} on process 0; run the same command, on the same "
+        "data, on every process"
+    )
+    assert proc_0.stderr.strip().splitlines()[-1] == (
+        "train.py: error: another process was started with other settings or data than this one "
+        "(see its error); run the same command, on the same data, on every process"
+    )
+    assert "epoch 1" not in proc_0.stdout + proc_1.stdout  # before any training

@@ -242,3 +242,39 @@ def on_primary(fn: Callable[[], Any]) -> Any:
     if "error" in received:
         raise getattr(_errors, received["error"])(received["template"], **received["values"])
     return received["result"]
+
+
+def check_same_everywhere(values: dict[str, Any], *, error: type = ConfigError) -> None:
+    """Raises ``error`` on every process if any process's ``values`` differ from process 0's.
+
+    Every process must run the same command: with another ``--seed`` or ``--lr`` a process
+    trained its own model under process 0's name (metrics.json recorded process 0's settings),
+    and with another ``--epochs`` the processes waited for each other in a collective until
+    they were killed. ``values`` (JSON-able, keyed by setting, or ``"data"``) are compared
+    with process 0's; the process that differs names the settings, the others point to it.
+    """
+    if jax.process_count() == 1:
+        return
+    primary = json.loads(broadcast_str(json.dumps(values, sort_keys=True)))
+    differ = sorted(k for k in values if values[k] != primary.get(k))
+    if not any_process(bool(differ)):
+        return
+    if not differ:
+        raise error(
+            "another process was started with other settings or data than this one (see its "
+            "error); run the same command, on the same data, on every process"
+        )
+    shown = {f"got_{i}": values[k] for i, k in enumerate(differ)}
+    shown.update({f"want_{i}": primary[k] for i, k in enumerate(differ)})
+    parts = [
+        ("the data" if k == "data" else f"{{@{k}}}") + f" is {{got_{i}}} here but {{want_{i}}} "
+        "on process 0"
+        for i, k in enumerate(differ)
+    ]
+    raise error(
+        "process {index}: "
+        + "; ".join(parts)
+        + "; run the same command, on the same data, on every process",
+        index=jax.process_index(),
+        **shown,
+    )

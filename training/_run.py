@@ -27,8 +27,14 @@ from training import _interrupt as interrupt
 from training._checkpoint import has_committed
 from training._config import Config
 from training._dataset import DATASETS, Dataset
-from training._distributed import any_process, barrier, is_primary, on_primary
-from training._errors import Interrupted, LaunchError, WriteError, write_failure
+from training._distributed import (
+    any_process,
+    barrier,
+    check_same_everywhere,
+    is_primary,
+    on_primary,
+)
+from training._errors import DataError, Interrupted, LaunchError, WriteError, write_failure
 from training._idx import ChecksumWarning, load_idx_dir
 from training._launch import join, resolve_launch
 from training._loop import DeviceData, Trainer, TrainState, put_dataset
@@ -45,6 +51,12 @@ from training._rundir import RunDir
 from training._tfds import load_tfds
 
 Log = Callable[[str], None]
+
+
+# settings each process may have its own of (every other must be the same on every process):
+# its index, where its copy of the data lies (the data's content is compared), how long it
+# waits to join, and whether its checksum warnings are errors
+PER_PROCESS = ("process_id", "data_dir", "coordinator_timeout", "strict_checksums")
 
 
 def train(
@@ -76,6 +88,7 @@ def train(
     join(launch, timeout_s=config.coordinator_timeout, log=log, on_timeout=on_join_timeout)
     if jax.process_count() > 1:  # a signal stops all processes together (training._interrupt)
         interrupt.coordinate(any_process)
+    check_same_everywhere({k: v for k, v in config.as_dict().items() if k not in PER_PROCESS})
     log = log if is_primary() else _quiet
     with open_run_dir(config, log=log) as (out, start):
         try:
@@ -96,6 +109,7 @@ def train(
 def _steps(config: Config, out: Path, start: Callable[[], None], *, log: Log, name) -> dict:
     """The steps of a run in its opened directory ``out`` (see `train`)."""
     dataset = load_data(config, log=log, name=name)
+    check_same_everywhere({"data": dataset.fingerprint()}, error=DataError)
     interrupt.check()
     trainer = make_trainer(config, dataset)
     # Named once the data has loaded and fits the settings: a run refused for its data removes
