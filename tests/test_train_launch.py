@@ -12,6 +12,7 @@ import concurrent.futures
 import http.server
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 import train
@@ -451,3 +453,31 @@ def test_processes_started_with_other_settings_all_stop_before_any_work(tmp_path
         "(see its error); run the same command, on the same data, on every process"
     )
     assert "epoch 1" not in proc_0.stdout + proc_1.stdout  # before any training
+
+
+@pytest.mark.slow
+def test_processes_given_other_data_all_stop_before_any_work(tmp_path):
+    port = _closed_port()
+    dirs = []
+    for seed in (0, 1):  # the same layout and sizes, other pixels
+        root = tmp_path / f"data-{seed}"
+        root.mkdir()
+        rng = np.random.default_rng(seed)
+        for split, n in (("train", 10), ("t10k", 4)):
+            _idx(root / f"{split}-images-idx3-ubyte", 2051, rng.integers(0, 256, (n, 28, 28)))
+            _idx(root / f"{split}-labels-idx1-ubyte", 2049, rng.integers(0, 10, n))
+        dirs.append(str(root))
+    out = str(tmp_path / "run")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(_join_as, i, out, port, "--data-dir", dirs[i]) for i in (0, 1)]
+        (proc_0, _), (proc_1, _) = (run.result() for run in runs)
+    logs = proc_0.stderr[-2000:] + proc_1.stderr[-2000:]
+    assert proc_0.returncode == proc_1.returncode == 1, logs
+    last = proc_1.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: error: process 1: the data is ") and "on process 0" in last
+    assert "another process was started with other settings or data" in proc_0.stderr
+
+
+def _idx(path: Path, magic: int, array: np.ndarray) -> None:
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
