@@ -97,18 +97,22 @@ def parse_args(argv: list[str] | None = None) -> Config:
         parser.error(err.render(flag))
 
 
+MAX_CPU_DEVICES = 1024  # JAX_NUM_CPU_DEVICES: more is a slip, not a mesh a CPU runs
+
+
 def _check_environment(parser: argparse.ArgumentParser) -> None:
     """The environment settings of JAX the README names, checked before JAX reads them."""
     devices = os.environ.get("JAX_NUM_CPU_DEVICES")
     if devices is not None and devices.strip() != "-1":  # JAX's -1: its default
         try:
-            ok = int(devices) >= 1
+            ok = 1 <= int(devices) <= MAX_CPU_DEVICES
         except ValueError:
             ok = False
-        if not ok:
+        if not ok:  # beyond 2**31 JAX fails with a traceback; 10,000 take it a minute to make
             parser.error(
-                f"JAX_NUM_CPU_DEVICES must be a positive integer (the number of CPU devices), "
-                f"got {devices!r}; set it to one, or unset it for one device"
+                f"JAX_NUM_CPU_DEVICES must be an integer from 1 to {MAX_CPU_DEVICES} (the "
+                f"number of CPU devices), got {devices!r}; set it to one, or unset it for one "
+                "device"
             )
 
 

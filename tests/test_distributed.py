@@ -51,6 +51,13 @@ def test_batch_size_that_does_not_divide_is_an_error(batch, devices, processes, 
     assert f"--batch-size {batch} does not split evenly" in flags
 
 
+def test_the_sizes_a_batch_size_error_suggests_fit_the_training_split():
+    # 8001 on 2 devices suggested 8002, which the split of 8000 examples then refused
+    with pytest.raises(ValueError) as error:
+        check_batch_size(8001, num_devices=2, num_train=8000)
+    assert error.value.render(str).endswith("e.g. batch_size 8000.")
+
+
 @pytest.mark.parametrize(
     ("batch", "devices", "num_train", "largest"),
     [(65, 1, 64, 64), (8, 4, 5, 8), (12, 4, 5, 8), (4, 4, 1, 4)],

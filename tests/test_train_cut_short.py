@@ -244,15 +244,16 @@ def test_data_dir_that_cannot_be_searched(tiny, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-2", "", " "])  # JAX refuses "" too
+# JAX refuses "" too; 2**31 made JAX fail with a traceback, 10,000 took it a minute
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "", " ", "1025", "2147483648"])
 def test_a_bad_jax_num_cpu_devices_is_a_usage_error(value, capsys, monkeypatch):
     monkeypatch.setenv("JAX_NUM_CPU_DEVICES", value)
     monkeypatch.setattr(train_py, "train", lambda *a, **k: pytest.fail("the run started"))
     status, _, err = run([], capsys)
     assert status == 2
     assert error_line(err) == (
-        f"JAX_NUM_CPU_DEVICES must be a positive integer (the number of CPU devices), got "
-        f"{value!r}; set it to one, or unset it for one device"
+        f"JAX_NUM_CPU_DEVICES must be an integer from 1 to 1024 (the number of CPU devices), "
+        f"got {value!r}; set it to one, or unset it for one device"
     )
 
 

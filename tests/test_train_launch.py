@@ -339,7 +339,8 @@ def test_busy_coordinator_port_is_named_before_jax_starts(calls):
     assert calls == []
     assert error.value.render(train.flag) == (
         f"process 0 cannot listen on port {port} for the coordinator 127.0.0.1:{port} (Address "
-        "already in use); choose a free port in --coordinator-address"
+        "already in use); choose a free port in --coordinator-address, or, if process 0 of this "
+        "run is already running, give this process another --process-id"
     )
 
 

@@ -78,10 +78,13 @@ def check_batch_size(
       BatchSizeError: ``batch_size`` is not a positive multiple of ``num_devices`` (the message
         names the two nearest valid sizes), or is larger than the training split.
     """
+    largest = None if num_train is None else -(-num_train // num_devices) * num_devices
     if batch_size < 1 or batch_size % num_devices:
         lower = max(num_devices, batch_size // num_devices * num_devices)
         upper = (batch_size // num_devices + 1) * num_devices
         sizes = sorted({lower, upper})  # one size when the batch is below the device count
+        if largest is not None:  # not a size refused next for exceeding the training split
+            sizes = [size for size in sizes if size <= largest] or [largest]
         raise BatchSizeError(
             "{@batch_size} {got} does not split evenly over {devices} devices{hosts}: the global "
             "batch is divided equally between devices. Use a multiple of {devices}, e.g. "
@@ -91,7 +94,6 @@ def check_batch_size(
             devices=num_devices,
             hosts=f" on {num_processes} processes" if num_processes > 1 else "",
         )
-    largest = None if num_train is None else -(-num_train // num_devices) * num_devices
     if largest is not None and batch_size > largest:
         raise BatchSizeError(
             "{@batch_size} {got} is larger than the training split ({n} examples): every step "

@@ -424,7 +424,8 @@ def _check_port_free(address: str) -> None:
     except OSError as err:
         raise LaunchError(
             "process 0 cannot listen on port {port} for the coordinator {address} ({reason}); "
-            "choose a free port in {@coordinator_address}",
+            "choose a free port in {@coordinator_address}, or, if process 0 of this run is "
+            "already running, give this process another {@process_id}",
             port=port,
             address=address,
             reason=err.strerror or err,
