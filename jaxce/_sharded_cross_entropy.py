@@ -164,7 +164,9 @@ def sharded_cross_entropy(
         rows, w_y = jnp.where(keep, jnp.nan, 0).astype(ct), jnp.zeros(keep.shape, ct)
     else:
         with _validation.reverse_mode_only("sharded_cross_entropy", fix):
-            rows, w_y = sharded_rows((opts, mesh_axis, total, count), flat, index, weight, keep)
+            # under jit, as the other losses' kernels: jax.jvp of a bare custom VJP inside
+            # shard_map fails inside JAX ("unhashable type") instead of naming the fix
+            rows, w_y = _jitted_rows((opts, mesh_axis, total, count), flat, index, weight, keep)
     row_weight = jnp.where(keep, w_y, 0)
     return rm.reduce_rows(rows.reshape(labels.shape), row_weight, reduction, logits.dtype)
 
@@ -242,3 +244,4 @@ def _sharded_rows_bwd(static, res, cotangents):
 
 
 sharded_rows.defvjp(_sharded_rows_fwd, _sharded_rows_bwd)
+_jitted_rows = jax.jit(sharded_rows, static_argnums=0)

@@ -66,6 +66,15 @@ def sce(logits=None, labels=None, *, in_specs=None, **kw):
     return jax.jit(fn)(x, y)
 
 
+def _sce_jvp():
+    mesh = jax.make_mesh((1,), ("model",), (AxisType.Auto,))
+    fn = jax.shard_map(
+        lambda x: loss.sharded_cross_entropy(x, Y(), mesh_axis="model"),
+        mesh=mesh, in_specs=(P(None, "model"),), out_specs=P(),
+    )  # fmt: skip
+    return jax.jvp(fn, (L(),), (L(),))
+
+
 def _x64(call):
     """``call()`` with float64 enabled (float32 logits: the loss still computes in float32)."""
     with jax.enable_x64(True):
@@ -267,6 +276,8 @@ ERRORS = {
     "sce-mesh-axis-unknown": (lambda: sce(mesh_axis="data"), ValueError, ["shard_map", "'data'"]),
     "sce-outside-shard-map": (lambda: loss.sharded_cross_entropy(L(), Y(), mesh_axis="model"), ValueError, ["inside jax.shard_map", "cross_entropy"]),
     "sce-replicated-logits": (lambda: sce(in_specs=(P(), P())), ValueError, ["logits_shard", "vary", "check_vma"]),
+    # eager jvp of the shard_map: "unhashable type: 'Unhashable'" from inside JAX
+    "sce-jvp": (lambda: _sce_jvp(), TypeError, ["forward-mode", "custom VJP"]),
     "sce-probabilities": (lambda: sce(labels=PR(), in_specs=(P(None, "model"), P(None, "model"))), TypeError, ["class indices", "probabilities"]),
     "sce-logits-int": (lambda: sce(logits=jnp.ones((4, 3), jnp.int32)), TypeError, ["logits", "int32"]),
     "sce-labels-shape": (lambda: sce(labels=jnp.array([0, 1])), ValueError, ["labels", "(4,)", "(2,)"]),
