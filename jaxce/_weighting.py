@@ -141,7 +141,12 @@ def mean_divisor(
     )  # fmt: skip
     ignore_index = _validation.check_ignore_index(ignore_index, labels)
     if soft:
-        if labels.ndim == 0 or not -labels.ndim <= axis < labels.ndim:
+        if labels.ndim == 0:
+            raise ValueError(
+                "probability labels need a class axis; got a scalar. Pass one row of class "
+                "probabilities per example (e.g. shape (N, C)), or class indices."
+            )
+        if not -labels.ndim <= axis < labels.ndim:
             raise ValueError(
                 f"axis={axis} is out of range for probability labels of shape {labels.shape}; "
                 f"use an axis in [{-labels.ndim}, {labels.ndim})."

@@ -105,6 +105,8 @@ ERRORS = {
     "md-weight-2d": (lambda: loss.mean_divisor(Y(), weight=jnp.ones((5, 1))), ValueError, ["weight", "(C,)", "(5, 1)"]),
     "md-label-out-of-range": (lambda: loss.mean_divisor(jnp.array([0, 7]), weight=jnp.ones(5)), ValueError, ["labels", "[0, 5)", "got 7"]),
     "md-probs-axis": (lambda: loss.mean_divisor(PR(), axis=2), ValueError, ["axis=2", "(4, 5)"]),
+    # said "use an axis in [0, 0)"
+    "md-probs-scalar": (lambda: loss.mean_divisor(jnp.float32(1.0)), ValueError, ["class axis", "scalar"]),
     "md-where-shape": (lambda: loss.mean_divisor(Y(), where=jnp.ones(3, bool)), ValueError, ["where", "(3,)"]),
     "md-sample-weight-shape": (lambda: loss.mean_divisor(Y(), sample_weight=jnp.ones(5)), ValueError, ["sample_weight", "(4,)", "(5,)"]),
     # --- the NNX module
