@@ -62,6 +62,14 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+def _path(text: str) -> Path:
+    """A path flag's value; an empty one is refused (``Path("")`` would be the current
+    directory, and the message would name ``.``)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must name a directory; got {text!r}")
+    return Path(text)
+
+
 def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -101,7 +109,7 @@ def parse_loss(argv: list[str]) -> LossConfig:
         "torch.nn.functional.linear_cross_entropy (its reference and chunked paths), in the "
         "same reports (run `python -m parity train --help` for training parity).",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/parity"), metavar="DIR", help=OUT_HELP)
+    p.add_argument("--out", type=_path, default=Path("runs/parity"), metavar="DIR", help=OUT_HELP)
     p.add_argument(
         "--quick",
         action="store_true",
@@ -139,13 +147,13 @@ def parse_train(argv: list[str]) -> TrainConfig:
     )
     p.add_argument(
         "--data-dir",
-        type=Path,
+        type=_path,
         default=Path("../shared/data/mnist-mini"),
         metavar="DIR",
         help="an MNIST IDX directory (default %(default)s)",
     )
     p.add_argument(
-        "--out", type=Path, default=Path("runs/parity-train"), metavar="DIR", help=OUT_HELP
+        "--out", type=_path, default=Path("runs/parity-train"), metavar="DIR", help=OUT_HELP
     )
     p.add_argument("--steps", type=_integer(1), default=500, help="Adam steps (default 500)")
     p.add_argument("--batch-size", type=_integer(1), default=128, help="(default 128)")

@@ -134,6 +134,8 @@ CASES = [
     ("out-holds-a-training-report", ["--out", "{train_report}"], ["a training-parity report"]),
     ("out-holds-corrupt-report", ["--out", "{corrupt}"], ["--out", "{corrupt}", "non-empty"]),
     ("out-missing-value", ["--out"], ["--out", "expected one argument"]),
+    ("out-empty", ["--out", ""], ["--out", "must name a directory", "''"]),  # was named "."
+    ("train-data-empty-string", ["train", "--data-dir", ""], ["--data-dir", "''"]),
     ("impl-no-colon", ["--impl", "jaxce.loss"], ["--impl", "'jaxce.loss'", "MODULE:FUNCTION"]),
     ("impl-no-module", ["--impl", ":cross_entropy"], ["--impl", "MODULE:FUNCTION"]),
     ("impl-no-function", ["--impl", "jaxce.loss:"], ["--impl", "MODULE:FUNCTION"]),
