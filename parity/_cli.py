@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    missing: list[Path] = []  # the --out directories this run creates, innermost first
     try:
         # The runners (torch, jax, matplotlib) are imported once the command line is checked:
         # --help and a bad flag answer at once.
@@ -214,25 +215,29 @@ def _main(argv: list[str]) -> int:
             check_out_dir(config.out, kind="training-parity")
             from parity._train import load_setup, run_training_parity
 
-            try:
-                setup = load_setup(config)  # checks --data-dir and the data
-            except UsageError:
-                for created in missing:  # leave no empty --out behind (innermost first)
-                    with contextlib.suppress(OSError):
-                        created.rmdir()
-                raise
+            setup = load_setup(config)  # checks --data-dir and the data
             return run_training_parity(config, setup)
         config = parse_loss(argv)
         config, cases = select_cases(config)
         impl_fn = load_impl(config.impl)  # imports the implementation's module (and jax)
+        missing = [p for p in (config.out, *config.out.parents) if not p.exists()]
         check_out_dir(config.out, kind="loss-parity")  # creates --out: after every other check
         from parity._matrix import run_loss_parity
 
         return run_loss_parity(config, impl_fn, cases)
-    except UsageError as err:
+    except (UsageError, OSError, KeyboardInterrupt) as err:
+        for created in missing:  # a run that wrote nothing leaves no empty --out behind
+            with contextlib.suppress(OSError):
+                created.rmdir()  # only an empty one
+        return _failed(err)
+
+
+def _failed(err: BaseException) -> int:
+    """The one error line for what ended the run, and its exit status."""
+    if isinstance(err, UsageError):
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:  # a report that cannot be written: a full disk, a failing filesystem
+    if isinstance(err, OSError):  # a report that cannot be written: a full disk, a failing fs
         where = f"{err.filename}: " if err.filename else ""
         print(
             f"error: {where}{err.strerror or err}; the reports were not written (any earlier "
@@ -240,10 +245,9 @@ def _main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
-    except KeyboardInterrupt:
-        print(
-            "error: interrupted; the reports are written at the end, so none was (any earlier "
-            "ones in --out are kept)",
-            file=sys.stderr,
-        )
-        return 130
+    print(
+        "error: interrupted; the reports are written at the end, so none was (any earlier "
+        "ones in --out are kept)",
+        file=sys.stderr,
+    )
+    return 130

@@ -313,3 +313,14 @@ def test_a_signal_dropped_in_a_gc_callback_still_ends_the_run(tmp_path, capsys, 
     assert capsys.readouterr().err.startswith("error: interrupted; ")
     assert (tmp_path / "report.json").read_text() == earlier
     assert signal.getsignal(sig) is not interrupt._handler  # restored when main returns
+
+
+def test_an_interrupted_first_run_leaves_no_empty_out_directory(tmp_path, capsys, monkeypatch):
+    # the --out it had just made stayed behind, empty
+    def interrupted(config, impl_fn, cases):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(parity._matrix, "run_loss_parity", interrupted)
+    assert main(["--quick", "--out", str(tmp_path / "new" / "out")]) == 130
+    assert capsys.readouterr().err.startswith("error: interrupted; ")
+    assert list(tmp_path.iterdir()) == []
