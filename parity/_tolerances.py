@@ -228,7 +228,9 @@ def compare(actual, expected, *, dtype, quantity: str, unit: float = 0.0) -> dic
         nonfinite_mismatch=int(mismatch.sum()),
         scale=scale,
     )
-    if mismatch.any():
+    if mismatch.any() and np.ndim(a) == 0:  # a scalar: its values say more than positions
+        stats["nonfinite"] = {"actual": str(float(a)), "expected": str(float(b))}
+    elif mismatch.any():
         stats["nonfinite"] = {
             "actual": np.argwhere(~np.isfinite(a)).tolist()[:5],
             "expected": np.argwhere(~np.isfinite(b)).tolist()[:5],
@@ -252,6 +254,8 @@ def describe(stats: dict) -> str:
         return f"{where}: shapes differ ({stats['shape_mismatch']})"
     if stats["nonfinite_mismatch"]:
         nf = stats["nonfinite"]
+        if "first_mismatch" not in nf:  # a scalar
+            return f"{where}: {nf['actual']}, expected {nf['expected']} (NaN and inf must match)"
         return (
             f"{where}: NaN/inf at {stats['nonfinite_mismatch']} different positions (first at "
             f"{nf['first_mismatch']}); non-finite actual at {nf['actual']}, expected at "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -94,6 +95,14 @@ def test_compare_requires_nan_and_inf_at_the_same_positions():
     assert not compare(a, np.array([1.0, np.nan, -np.inf]), dtype="float32", quantity="loss")["ok"]
     assert not compare(a, np.array([1.0, np.nan, 3.0]), dtype="float32", quantity="loss")["ok"]
     assert not compare(np.ones(2), np.ones(3), dtype="float32", quantity="loss")["ok"]
+
+
+def test_a_scalar_nan_mismatch_is_described_by_its_values():
+    # it said "non-finite actual at [[]]"
+    stats = compare(np.float32(np.nan), np.float32(1.5), dtype="float32", quantity="loss")
+    assert not stats["ok"]
+    assert describe(stats) == "loss (float32): nan, expected 1.5 (NaN and inf must match)"
+    assert json.dumps(stats, allow_nan=False)  # the report's JSON takes it as it is
 
 
 def test_compare_is_the_one_rule():
