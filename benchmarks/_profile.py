@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 
 from benchmarks import _cli, _harness
+from benchmarks.loss import ONLY_IN
 
 # benchmarks._jax_variants.NAMES (that module imports jax, which --help does not need;
 # tests/test_benchmark_cli.py checks they agree)
@@ -177,6 +178,14 @@ def main(argv: list[str] | None = None) -> None:
         _print_reductions()
         return
     (shape,) = _cli.check_shapes(p, [args.shape], _harness.available_mib(), name="shape")
+    _cli.check_no_repeats(p, vars(args), "variants")
+    for variant in args.variants:  # as benchmarks.loss: each bound belongs to its settings
+        runs_in = ONLY_IN.get(variant, (args.setting,))
+        if args.setting not in runs_in:
+            p.error(
+                f"--variants {variant} runs only in --setting {' or '.join(runs_in)}, got "
+                f"--setting {args.setting}; drop the variant or choose one of those settings"
+            )
     if min(shape) < 2:  # (N, C) arrays are told apart by their size: (N,) labels when C = 1
         p.error(f"--shape must be NxC with N >= 2 and C >= 2, got {args.shape}")
     if args.dump:

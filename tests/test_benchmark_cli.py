@@ -447,3 +447,19 @@ def test_compiled_refuses_a_shape_whose_arrays_it_could_not_tell_apart(capsys):
     assert exit.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.endswith("error: --shape must be NxC with N >= 2 and C >= 2, got 64x1"), err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--variants", "jaxce", "jaxce"], "--variants lists jaxce twice; name each once"),
+        (
+            ["--setting", "forward", "--variants", "bound_copy"],
+            "--variants bound_copy runs only in --setting outside or in_step, got --setting "
+            "forward; drop the variant or choose one of those settings",
+        ),
+    ],
+    ids=["variant-twice", "bound-of-another-setting"],
+)
+def test_profile_refuses_what_benchmarks_loss_refuses(capsys, argv, message):
+    assert profile_usage_error(capsys, ["--shape", "8x10", *argv]) == message
