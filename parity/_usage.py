@@ -115,6 +115,11 @@ def load_impl(spec: str, *, flag: str = "--impl") -> Callable:
             f"{flag} {spec!r} is not MODULE:FUNCTION; pass e.g. {flag} jaxce.loss:cross_entropy "
             "or mypkg.losses:my_ce."
         )
+    if module_name.startswith("."):  # import_module needs a package to resolve it against
+        raise UsageError(
+            f"{flag} {spec!r} names a relative module; pass its full dotted name, e.g. "
+            f"{flag} jaxce.loss:cross_entropy."
+        )
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:

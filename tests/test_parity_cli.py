@@ -140,6 +140,8 @@ CASES = [
     ("impl-no-module", ["--impl", ":cross_entropy"], ["--impl", "MODULE:FUNCTION"]),
     ("impl-no-function", ["--impl", "jaxce.loss:"], ["--impl", "MODULE:FUNCTION"]),
     ("impl-two-colons", ["--impl", "a:b:c"], ["--impl", "'a:b:c'", "MODULE:FUNCTION"]),
+    # it suggested running `python -c 'import .loss'`
+    ("impl-relative-module", ["--impl", ".loss:ce"], ["--impl", "'.loss:ce'", "full dotted name"]),
     ("impl-module-missing", ["--impl", "nosuch_pkg.losses:ce"], ["--impl", "'nosuch_pkg'"]),
     ("impl-name-missing", ["--impl", "jaxce.loss:nope"], ["--impl", "has no attribute 'nope'"]),
     ("impl-not-callable", ["--impl", "jaxce:__version__"], ["--impl", "is a str"]),
