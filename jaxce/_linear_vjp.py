@@ -83,7 +83,7 @@ def reduced(static, mean, hidden, kernel, bias, labels, weight, keep, sample_wei
     losses, _ = sweep(static, hidden, kernel, bias, labels, weight, keep)
     total = jnp.sum(losses if sample_weight is None else losses * sample_weight.astype(ct))
     div = _divisor(static, mean, labels, weight, keep, sample_weight, divisor, ct)
-    return total / div * rm.nan_at_zero(div)  # a mean over no weight is NaN, as differentiated
+    return rm.divide(total, div)  # a mean over no weight is NaN, as differentiated
 
 
 def _reduced_fwd(static, mean, *args):
