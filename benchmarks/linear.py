@@ -97,13 +97,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     _cli.check_no_repeats(p, chosen, "classes", "dtypes", "variants")
     cfg = Config(**{**asdict(base), **chosen})
     available = h.available_mib()
+    big = max(cfg.rows, cfg.features)
     for classes in cfg.classes:  # the hidden states; the unfused logits, the kernel
-        sides = {"rows x features": (cfg.rows, cfg.features)}
-        sides[f"{max(cfg.rows, cfg.features)} x {classes}"] = (
-            max(cfg.rows, cfg.features),
-            classes,
-        )
-        for what, (a, b) in sides.items():
+        arrays = (("rows x features", cfg.rows, cfg.features), (f"{big} x {classes}", big, classes))
+        for what, a, b in arrays:
             need = a * b * 4 / 2**20
             if available is not None and need > available:
                 p.error(
