@@ -31,14 +31,34 @@ from jaxce._reductions import (
 from jaxce._vma import sum_to_type
 
 
-def _index_terms(opts, logits, m, lse0, index, weight, ct) -> rm.RowTerms:
-    y = jnp.expand_dims(index, opts.axis)
-    in_range = y >= 0
-    y = jnp.where(in_range, y, 0)
-    onehot = lax.broadcasted_iota(jnp.int32, logits.shape, opts.axis) == y
-    s_y = rm.softcap(opts, jnp.take_along_axis(logits, y, axis=opts.axis), ct) - m
+def _rows(v, axis: int):
+    """``v`` without its size-1 class axis (a Python scalar as it is).
+
+    The forward's per-row arithmetic runs on these: XLA:CPU fuses it into the reduction that
+    made ``lse0``, and on shapes that keep the class axis at size 1 that fused kernel ran at
+    about half speed (65536x10 float32, the index loss's forward: 0.65 ms, 0.46 without it;
+    optax's 0.43).
+    """
+    return jnp.squeeze(v, axis) if jnp.ndim(v) else v
+
+
+def _label_terms(opts, logits, m, lse0, index, weight, ct) -> rm.RowTerms:
+    """The row terms of a forward pass, in the batch shape, without a one-hot."""
+    in_range = index >= 0
+    y = jnp.where(in_range, index, 0)
+    picked = jnp.take_along_axis(logits, jnp.expand_dims(y, opts.axis), axis=opts.axis)
+    s_y = _rows(rm.softcap(opts, picked, ct), opts.axis) - _rows(m, opts.axis)
     w_y = rm.label_weight(weight, y, in_range, ct)
-    return rm.RowTerms(in_range, onehot, w_y, lse0 - s_y)
+    return rm.RowTerms(in_range, None, w_y, _rows(lse0, opts.axis) - s_y)
+
+
+def _index_terms(opts, logits, m, lse0, index, weight, ct) -> rm.RowTerms:
+    """The row terms of a backward pass: the class axis kept at size 1, with the one-hot."""
+    t = _label_terms(opts, logits, m, lse0, index, weight, ct)
+    kept = lambda v: jnp.expand_dims(v, opts.axis) if jnp.ndim(v) else v
+    y = jnp.expand_dims(jnp.where(t.in_range, index, 0), opts.axis)
+    onehot = lax.broadcasted_iota(jnp.int32, logits.shape, opts.axis) == y
+    return rm.RowTerms(kept(t.in_range), onehot, kept(t.w_y), kept(t.nll))
 
 
 def _capped_stats(opts: rm.Options, logits, ct, shared=False):
@@ -62,19 +82,20 @@ def index_forward(opts: rm.Options, logits, index, weight, keep, shared=False):
     ct = rm.compute_dtype(logits.dtype)
     eps, num_classes = opts.label_smoothing, logits.shape[opts.axis]
     xs, m, lse0 = _capped_stats(opts, logits, ct, shared)
-    t = _index_terms(opts, logits, m, lse0, index, weight, ct)
+    t = _label_terms(opts, logits, m, lse0, index, weight, ct)
+    m_r, lse0_r = _rows(m, opts.axis), _rows(lse0, opts.axis)
     smooth = None
     if eps:
         xs = _capped_again(opts, logits, ct)
         if weight is None:  # sum_c (lse0 - s_c), summed without an (N, C) temporary on CPU
-            smooth = num_classes * lse0 - shifted_sum(xs, m, opts.axis)
+            smooth = num_classes * lse0_r - shifted_sum(xs, m, opts.axis)
         else:  # W lse0 - sum_c w_c s_c (0 where w_c = 0): a sum independent of lse0
             wb = rm.class_vector(weight.astype(ct), opts.axis, xs.ndim)
             ws = jnp.where(wb == 0, 0, wb * (xs - m))
-            smooth = jnp.sum(wb) * lse0 - jnp.sum(ws, axis=opts.axis, keepdims=True)
-    keep = jnp.expand_dims(keep, opts.axis)
-    loss = rm.row_loss(opts, num_classes, t, m, lse0, smooth, keep, weighted=weight is not None)
-    return jnp.squeeze(loss, opts.axis), (m, lse0)
+            smooth = jnp.sum(wb) * lse0_r - jnp.sum(ws, axis=opts.axis)
+    weighted = weight is not None
+    loss = rm.row_loss(opts, num_classes, t, m_r, lse0_r, smooth, keep, weighted=weighted)
+    return loss, (m, lse0)
 
 
 def index_value(opts: rm.Options, logits, index, weight, keep):
@@ -127,7 +148,8 @@ def _soft_target(opts, logits, labels, weight, ct):
 
 
 def _soft_sums(opts: rm.Options, logits, q, ct, shared=False, plain=False):
-    """``sum_c q_c (lse0 - s_c)`` per row, and the row terms ``(m, lse0, sum_c q_c)``.
+    """``sum_c q_c (lse0 - s_c)`` per row, and the row terms ``(m, lse0, sum_c q_c)``: the sums
+    in the batch shape (see ``_rows``), ``m`` and ``lse0`` with the class axis kept.
 
     ``plain`` (differentiated by autodiff): ``sum_c q_c`` leaves out, by a select, the classes
     of zero target at a -inf logit, so that their target's derivative is 0 as the custom VJP's
@@ -135,9 +157,10 @@ def _soft_sums(opts: rm.Options, logits, q, ct, shared=False, plain=False):
     """
     xs, m, lse0 = _capped_stats(opts, logits, ct, shared)
     counted = jnp.where((q == 0) & (xs == -jnp.inf), 0, q) if plain else q
-    q_sum = jnp.sum(counted, axis=opts.axis, keepdims=True)
+    q_sum = jnp.sum(counted, axis=opts.axis)
     # both terms >= 0 for q >= 0 (no cancellation)
-    value = lse0 * q_sum - target_sum(q, _capped_again(opts, logits, ct), m, opts.axis)
+    target = target_sum(q, _capped_again(opts, logits, ct), m, opts.axis)
+    value = _rows(lse0, opts.axis) * q_sum - _rows(target, opts.axis)
     return value, (m, lse0, q_sum)
 
 
@@ -146,9 +169,8 @@ def soft_forward(opts: rm.Options, logits, labels, weight, keep, shared=False, p
     _, _, q = _soft_target(opts, logits, labels, weight, ct)
     loss, (m, lse0, q_sum) = _soft_sums(opts, logits, q, ct, shared, plain)
     if opts.z_loss:
-        loss = loss + opts.z_loss * jnp.square(lse0 + m)
-    loss = jnp.where(jnp.expand_dims(keep, opts.axis), loss, 0)
-    return jnp.squeeze(loss, opts.axis), (m, lse0, q_sum)
+        loss = loss + opts.z_loss * jnp.square(_rows(lse0, opts.axis) + _rows(m, opts.axis))
+    return jnp.where(keep, loss, 0), (m, lse0, jnp.expand_dims(q_sum, opts.axis))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -170,7 +192,7 @@ def soft_value(opts: rm.Options, logits, labels, weight, keep):
         cap=lambda logits: rm.softcap(opts, logits, ct),
         default=lambda q, logits: _soft_sums(opts, logits, q, ct)[0],
     )
-    return jnp.squeeze(jnp.where(jnp.expand_dims(keep, opts.axis), loss, 0), opts.axis)
+    return jnp.where(keep, loss, 0)
 
 
 def _soft_rows_fwd(opts, logits, labels, weight, keep):

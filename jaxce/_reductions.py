@@ -148,17 +148,17 @@ def softmax(s: jax.Array, lse0: jax.Array, axis: int) -> jax.Array:
 
 
 def shifted_sum(xs: jax.Array, m: jax.Array, axis: int) -> jax.Array:
-    """``sum(xs - m)`` along ``axis`` (kept at size 1), ``m`` a row term of ``row_stats``."""
+    """``sum(xs - m)`` along ``axis`` (reduced away), ``m`` a row term of ``row_stats``."""
     return _by_backend(
         functools.partial(_xla_cpu.shifted_sum, axis=axis),
-        lambda xs, m: jnp.sum(xs - m, axis=axis, keepdims=True),
+        lambda xs, m: jnp.sum(xs - m, axis=axis),
         xs,
         m,
     )
 
 
 def target_value(q: jax.Array, logits: jax.Array, axis: int, *, cap, default) -> jax.Array:
-    """``sum_c q_c (lse0 - s_c)`` per row (kept at size 1) of the capped logits ``cap(logits)``
+    """``sum_c q_c (lse0 - s_c)`` per row (the class axis reduced away) of ``cap(logits)``
     for targets ``q``, with 0 where ``q_c`` is 0 and the logit -inf: a loss value alone.
 
     ``default(q, logits)`` computes it from the row statistics (off CPU, and on CPU where
