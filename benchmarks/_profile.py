@@ -163,20 +163,45 @@ def _print_passes(
         print(f"  total: {total_r} reads + {total_w} writes of (N, C); {total_e} exp passes")
 
 
+_DEFAULTS = {
+    "shape": "4096x32768",
+    "setting": "in_step",
+    "variants": ["jaxce", "optax", "bound_copy"],
+    "targets": "index",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks._profile", description=__doc__)
-    p.add_argument("--shape", default="4096x32768", metavar="NxC")
-    p.add_argument("--setting", default="in_step", choices=("outside", "in_step", "forward"))
+    p.add_argument("--shape", metavar="NxC", help=f"default: {_DEFAULTS['shape']}")
     p.add_argument(
-        "--variants", nargs="+", default=["jaxce", "optax", "bound_copy"], choices=VARIANTS
+        "--setting",
+        choices=("outside", "in_step", "forward"),
+        help=f"default: {_DEFAULTS['setting']}",
     )
-    p.add_argument("--targets", default="index", choices=("index", "smoothed", "probs"))
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        help=f"default: {' '.join(_DEFAULTS['variants'])}",
+    )
+    p.add_argument(
+        "--targets", choices=("index", "smoothed", "probs"), help=f"default: {_DEFAULTS['targets']}"
+    )
     p.add_argument("--dump", metavar="DIR", help="write each optimized HLO text here")
-    p.add_argument("--reductions", action="store_true", help="time row reductions instead")
+    p.add_argument(
+        "--reductions", action="store_true", help="time row reductions instead (its own sizes)"
+    )
     args = p.parse_args(argv)
+    given = [f"--{name}" for name in (*_DEFAULTS, "dump") if getattr(args, name) is not None]
     if args.reductions:
+        if given:  # they would be ignored: the table has its own sizes
+            p.error(f"--reductions times fixed row lengths and takes no {', '.join(given)}")
         _print_reductions()
         return
+    for name, value in _DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     (shape,) = _cli.check_shapes(p, [args.shape], _harness.available_mib(), name="shape")
     _cli.check_no_repeats(p, vars(args), "variants")
     for variant in args.variants:  # as benchmarks.loss: each bound belongs to its settings

@@ -259,6 +259,21 @@ def test_profile_refuses_a_bad_shape(capsys, text):
     assert message == f"--shape must be NxC with N >= 1 and C >= 1, e.g. 4096x32768, got {text}"
 
 
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--shape", "0x5"], "--shape"),
+        (["--setting", "forward", "--dump", "d"], "--setting, --dump"),
+        (["--variants", "optax", "--targets", "probs"], "--variants, --targets"),
+    ],
+    ids=["shape", "setting-dump", "variants-targets"],
+)
+def test_profile_reductions_refuses_the_flags_it_would_ignore(capsys, monkeypatch, extra, named):
+    monkeypatch.setattr(_profile, "_print_reductions", lambda: pytest.fail("timed"))
+    message = profile_usage_error(capsys, ["--reductions", *extra])
+    assert message == f"--reductions times fixed row lengths and takes no {named}"
+
+
 def test_profile_refuses_a_dump_path_it_cannot_make_a_directory(capsys, tmp_path):
     taken = tmp_path / "file"
     taken.write_text("")
