@@ -13,6 +13,7 @@ from parity._report import (
     case_errors,
     dtype_rows,
     fmt,
+    git_text,
     is_linear,
     linear_rows,
     scope,
@@ -62,8 +63,7 @@ def loss_html(payload: dict) -> str:
         f"<p>{esc(scope(s, cfg))}, seed "
         f"{cfg['seed']}, {payload['elapsed_s']} s. jax {esc(env['jax'])} on "
         f"{esc(env['jax_device'])}, torch {esc(env['torch'])}, numpy {esc(env['numpy'])}, optax "
-        f"{esc(env['optax'])}; CPU {esc(env['cpu'])}; git <code>{esc(str(env['git_commit']))}"
-        f"</code>{' (dirty)' if env['git_dirty'] else ''}.</p>",
+        f"{esc(env['optax'])}; CPU {esc(env['cpu'])}; git <code>{esc(git_text(env))}</code>.</p>",
         "<p>Errors are max |err| / max |truth| per case (normwise relative); <i>impl</i> is the "
         "implementation under test, <i>ref</i> the float64 reference rounded to the dtype.</p>",
         "<h2>Per dtype (worst case; intentional differences excluded)</h2>",

@@ -51,6 +51,13 @@ LINEAR_NOTES = (
 )
 
 
+def git_text(env: dict) -> str:
+    """The commit a report was made at, for people: its hash (and "(dirty)"), or why none."""
+    if env["git_commit"] is None:
+        return "(not a git checkout)"
+    return f"{env['git_commit']}{' (dirty)' if env['git_dirty'] else ''}"
+
+
 def jsonable(obj):
     """Replaces non-finite floats by the strings "inf", "-inf", "nan" (strict JSON)."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -291,7 +298,7 @@ def markdown(payload: dict) -> str:
         f"**{s['line']}** ({scope(s, cfg)}, seed {cfg['seed']}, {payload['elapsed_s']} s)",
         "",
         f"jax {env['jax']} ({env['jax_device']}), torch {env['torch']}, numpy {env['numpy']}, "
-        f"optax {env['optax']}; git {env['git_commit']}{' (dirty)' if env['git_dirty'] else ''}",
+        f"optax {env['optax']}; git {git_text(env)}",
         "",
         "Errors are max |err| / max |truth| over the case (normwise relative), the worst case "
         "per dtype, intentional differences excluded (they have their own table). *impl* is the "

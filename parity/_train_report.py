@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from parity._html import img, page, table
 from parity._plots import place, to_png_base64
-from parity._report import report_json
+from parity._report import git_text, report_json
 from parity._report import write_reports as write_report_files
 
 DERIVATION = (
@@ -104,7 +104,7 @@ def _facts(payload: dict) -> list[tuple[str, str]]:
             f"{env['jax_device']} / torch cpu ({env['torch_num_threads']} thread); "
             f"CPU {env['cpu']}",
         ),
-        ("git", f"{env['git_commit']}{' (dirty)' if env['git_dirty'] else ''}"),
+        ("git", git_text(env)),
         (
             "seconds jax / torch / torch64 / jax optax.adam / torch64 own ReLU",
             " / ".join(f"{t:.1f}" for t in s["seconds"].values()),

@@ -16,8 +16,10 @@ import pytest
 
 from parity._cases import build_matrix
 from parity._compare import LINEAR_QUANTITIES
+from parity._html import loss_html
 from parity._intentional import INTENTIONAL
 from parity._linear_cases import build_linear
+from parity._report import markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,6 +144,15 @@ def test_markdown_and_self_contained_html(quick_run):
     assert summary["line"] in page and heading in page
     assert page.count("src='data:image/png;base64,") == 2
     assert not re.search(r"(src|href)=['\"]?https?:", page), "no external resources"
+
+
+@pytest.mark.slow
+def test_a_report_made_outside_a_git_checkout_says_so(quick_run):
+    _, out = quick_run
+    payload = json.loads((out / "report.json").read_text())
+    payload["environment"].update(git_commit=None, git_dirty=None)
+    assert "; git (not a git checkout)" in markdown(payload)  # it read "git None"
+    assert "git <code>(not a git checkout)</code>" in loss_html(payload)
 
 
 @pytest.mark.slow
