@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -270,6 +271,13 @@ def created_run(output: str) -> Path:
     return Path(line.removeprefix("run directory ").split(";")[0])
 
 
+def readme_metrics_fields() -> set[str]:
+    """The top-level ``metrics.json`` fields the README lists (its names in backquotes)."""
+    text = " ".join((ROOT / "README.md").read_text().split())
+    listed = text.split("`metrics.json` (", 1)[1].split(") and `curves.png`", 1)[0]
+    return set(re.findall(r"`(\w+)`", listed))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not MNIST_MINI.is_dir(), reason="needs ../shared/data/mnist-mini")
 def test_readme_offline_command_from_the_repository_root(in_repo_root, capsys):
@@ -293,6 +301,7 @@ def test_readme_offline_command_from_the_repository_root(in_repo_root, capsys):
         assert metrics["config"]["hidden"] == [128]
         assert metrics["config"]["out"] == str(out)
         assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert set(metrics) == readme_metrics_fields()
         assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
             "step_00000125",
             "step_00000125.commit.json",
