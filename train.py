@@ -111,8 +111,8 @@ def _check_environment(parser: argparse.ArgumentParser) -> None:
         if not ok:  # beyond 2**31 JAX fails with a traceback; 10,000 take it a minute to make
             parser.error(
                 f"JAX_NUM_CPU_DEVICES must be an integer from 1 to {MAX_CPU_DEVICES} (the "
-                f"number of CPU devices), got {devices!r}; set it to one, or unset it for one "
-                "device"
+                f"number of CPU devices) or -1, got {devices!r}; set it to one, or unset it "
+                "(or set -1) for one device"
             )
 
 

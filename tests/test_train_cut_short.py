@@ -252,8 +252,8 @@ def test_a_bad_jax_num_cpu_devices_is_a_usage_error(value, capsys, monkeypatch):
     status, _, err = run([], capsys)
     assert status == 2
     assert error_line(err) == (
-        f"JAX_NUM_CPU_DEVICES must be an integer from 1 to 1024 (the number of CPU devices), "
-        f"got {value!r}; set it to one, or unset it for one device"
+        f"JAX_NUM_CPU_DEVICES must be an integer from 1 to 1024 (the number of CPU devices) "
+        f"or -1, got {value!r}; set it to one, or unset it (or set -1) for one device"
     )
 
 
