@@ -36,7 +36,7 @@ $(STAMP): $(SETUP_DEPS)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	# torch==2.13.0 first: on these machines it is a CPU build on local disk; the extras'
-	# torch>=2.4 range is then satisfied and nothing larger is downloaded.
+	# torch>=2.13 range is then satisfied and nothing larger is downloaded.
 	$(PIP) torch==2.13.0
 	$(PY) -m pip uninstall -qq -y $(OTHER_JAX_PACKAGES)
 	$(PIP) -e ".[train,parity,dev,$(JAX)]"
