@@ -131,7 +131,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     argv = sys.argv[1:] if argv is None else argv
     doc = __doc__.split("\n")[0]
     p = argparse.ArgumentParser(prog="python -m benchmarks.loss", description=doc, epilog=EPILOG)
-    p.add_argument("--quick", action="store_true", help="2 small shapes, 6 variants, <1 minute")
+    p.add_argument(
+        "--quick", action="store_true", help="2 small shapes, 6 variants, about a minute on 2 cores"
+    )
     p.add_argument("--json", dest="json_path", metavar="FILE", help="write everything here")
     p.add_argument("--shapes", nargs="+", metavar="NxC")
     p.add_argument("--settings", nargs="+", choices=SETTINGS)
@@ -231,15 +233,28 @@ def print_report(out: dict, machine: dict, variants: tuple[str, ...]) -> None:
     print("Machine: " + _machine.summary_line(machine) + "\n")
     print(_report.markdown(out["summary"], list(variants)))
     print("\ncall_extra memory (MiB):\n" + _report.memory_markdown(out["summary"], list(variants)))
-    for t in out["targets"]:
-        value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
-        status = {True: "MET ", False: "MISS", None: "n/a "}[t["met"]]
-        print(
-            f"{status} {t['targets']:>8} {t['shape']:>12} "
-            f"{t['setting']:>8} {t['target']}: {value} (limit {t['threshold']:.2f})"
-        )
+    for line in target_lines(out["targets"]):
+        print(line)
     for line in failures(out):
         print(line)
+
+
+def target_lines(targets: list[dict]) -> list[str]:
+    """One line per judged target check (MET or MISS) and one for all those not judged."""
+    lines = [
+        f"{'MET ' if t['met'] else 'MISS'} {t['targets']:>8} {t['shape']:>12} "
+        f"{t['setting']:>8} {t['target']}: {t['value']:.2f} (limit {t['threshold']:.2f})"
+        for t in targets
+        if t["met"] is not None
+    ]
+    unjudged = [t for t in targets if t["met"] is None]
+    if unjudged:  # one line, not one per cell: usually variants left out by choice
+        names = ", ".join(dict.fromkeys(t["target"] for t in unjudged))
+        lines.append(
+            f"not judged: {len(unjudged)} target checks whose variants were not run or failed "
+            f"({names}); the JSON lists them with met null"
+        )
+    return lines
 
 
 def failures(out: dict) -> list[str]:

@@ -201,6 +201,25 @@ def test_bad_shape_is_rejected():
     assert exit.value.code == 2
 
 
+def test_target_lines_judge_each_measured_check_and_count_the_rest_in_one_line():
+    cell = ("index", "8192x1000", "in_step")
+    targets = [
+        _report._target(cell, "jaxce time <= optax (IQR ties)", 0.9, 1.1, low=True),
+        _report._target(cell, "jaxce >= 2x faster than torch eager", 1.5, 2.0),
+        _report._target(cell, "jaxce >= 2x faster than torch eager", None, 2.0),
+        _report._target(cell, "jaxce time <= jnp_autodiff (IQR ties)", None, 1.1, low=True),
+        _report._target(cell, "jaxce >= 2x faster than torch eager", None, 2.0),
+    ]
+    assert bench.target_lines(targets) == [
+        "MET     index    8192x1000  in_step jaxce time <= optax (IQR ties): 0.90 (limit 1.10)",
+        "MISS    index    8192x1000  in_step jaxce >= 2x faster than torch eager: 1.50 "
+        "(limit 2.00)",
+        "not judged: 3 target checks whose variants were not run or failed (jaxce >= 2x faster "
+        "than torch eager, jaxce time <= jnp_autodiff (IQR ties)); the JSON lists them with met "
+        "null",
+    ]
+
+
 def test_quick_config_is_small():
     cfg = bench.parse_args(["--quick"])
     assert cfg.rounds == 1 and cfg.repeats <= 3
