@@ -36,12 +36,16 @@ def check_mesh_axis(mesh_axis, logits) -> int:
             f"({err}). Outside shard_map, use cross_entropy."
         ) from None
     if not_varying(logits, names):
+        why = (
+            f" With check_vma=False, JAX splits the loss's cotangent over the {size} devices "
+            f"and the gradient would come out {size} times too small."
+            if size > 1
+            else ""
+        )
         raise ValueError(
             f"logits_shard must vary over mesh_axis={mesh_axis!r} (its class axis split "
             f"over it, e.g. in_specs=P(None, {mesh_axis!r})), and jax.shard_map must keep "
-            f"check_vma=True (the default); got a value of type {jax.typeof(logits)}. With "
-            f"check_vma=False, JAX splits the loss's cotangent over the {size} devices and "
-            f"the gradient would come out {size} times too small."
+            f"check_vma=True (the default); got a value of type {jax.typeof(logits)}.{why}"
         )
     return size
 
@@ -57,6 +61,25 @@ def check_varying_weight(weight, mesh_axis) -> None:
             f"device. Shard the class weights like the logits' class axis "
             f"(in_specs=P({mesh_axis!r})), or, for a vector made inside the function that is "
             f"meant per shard, mark it with jax.lax.pcast(weight, {mesh_axis!r}, to='varying')."
+        )
+
+
+def check_rows_follow_labels(logits, labels, mesh_axis) -> None:
+    """A ValueError if the logits vary over a mesh axis that neither ``mesh_axis`` names nor
+    the labels vary over: split over it, the class axis would be cut in pieces the loss
+    never joins (each group of devices taking its classes for the whole vocabulary), a wrong
+    loss, silently. Rows split over a data axis vary there with their labels."""
+    if not isinstance(labels, jax.Array):
+        return
+    extra = varying_axes(logits) - set(names_of(mesh_axis)) - varying_axes(labels)
+    if extra:
+        raise ValueError(
+            f"logits_shard varies over mesh axes {sorted(extra)} that neither mesh_axis="
+            f"{mesh_axis!r} names nor the labels vary over; got logits of type "
+            f"{jax.typeof(logits)} and labels of type {jax.typeof(labels)}. If the class axis "
+            f"is split over them too, name every axis it is split over in mesh_axis, in the "
+            f'order of the logits\' in_specs entry (e.g. mesh_axis=("data", "model") for '
+            f'P(None, ("data", "model"))); if the rows are, split the labels over them too.'
         )
 
 

@@ -155,6 +155,7 @@ def sharded_cross_entropy(
     where = _validation.check_where(where, spec.batch_shape)
     _mesh_axis.check_replicated(labels, "labels", mesh_axis)
     _mesh_axis.check_replicated(where, "where", mesh_axis)
+    _mesh_axis.check_rows_follow_labels(logits, labels, mesh_axis)
     labels, ignore_index = _labels.prepare(labels, count, ignore_index, check_traced=False)
     index, ignored = _labels.normalize(labels.reshape(-1), count, ignore_index)
     keep = ~ignored if where is None else ~ignored & where.reshape(-1)

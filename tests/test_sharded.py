@@ -561,6 +561,48 @@ def test_logits_must_vary_over_the_mesh_axis(logits_spec, check_vma):
         fn(jnp.zeros((3, 4)), jnp.array([0, 1, 2]))
 
 
+def test_a_size_one_mesh_axis_does_not_blame_the_gradient():
+    fn = jax.shard_map(
+        lambda x, y: loss.sharded_cross_entropy(x, y, mesh_axis="model"),
+        mesh=_one_device_mesh(), in_specs=(P(), P()), out_specs=P(),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="check_vma=True") as info:
+        fn(jnp.zeros((3, 4)), jnp.array([0, 1, 2]))
+    assert "too small" not in str(info.value)  # it said "1 times too small"
+
+
+def _two_axis_mesh():
+    return jax.make_mesh((1, 1), ("data", "model"), (AxisType.Auto,) * 2)
+
+
+def test_classes_split_over_an_axis_mesh_axis_leaves_out_are_refused():
+    """Split over ("data", "model") with mesh_axis="model", each data group took its classes
+    for the whole vocabulary: a wrong loss without an error (on 2 x 2 devices)."""
+    fn = jax.shard_map(
+        lambda x, y: loss.sharded_cross_entropy(x, y, mesh_axis="model"),
+        mesh=_two_axis_mesh(), in_specs=(P(None, ("data", "model")), P()), out_specs=P(),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"varies over mesh axes \['data'\] that neither"):
+        fn(jnp.zeros((3, 4)), jnp.array([0, 1, 2]))
+
+
+@pytest.mark.parametrize(
+    "mesh_axis, specs",
+    [
+        pytest.param(("data", "model"), (P(None, ("data", "model")), P()), id="classes-over-both"),
+        pytest.param("model", (P("data", "model"), P("data")), id="rows-over-data"),
+    ],
+)
+def test_logits_may_vary_over_other_axes_with_the_labels_or_mesh_axis(mesh_axis, specs):
+    x, y = jnp.asarray(seeded_rng("two-axes").normal(size=(4, 6)), jnp.float32), jnp.arange(4)
+    fn = jax.shard_map(
+        lambda x, y: loss.sharded_cross_entropy(x, y, mesh_axis=mesh_axis, reduction="none"),
+        mesh=_two_axis_mesh(), in_specs=specs, out_specs=specs[1],
+    )  # fmt: skip
+    want = loss.cross_entropy(x, y, reduction="none")
+    assert_close(fn(x, y), want, dtype="float32", quantity="loss")
+
+
 @pytest.mark.parametrize("name", ["labels", "where"])
 def test_labels_and_mask_must_be_the_same_over_the_mesh_axis(name):
     """Labels split like the classes would pair each device's classes with other rows."""
