@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 
@@ -44,6 +45,27 @@ def _positive_int(value, name: str, *, allow_zero=False) -> int:
     if number < (0 if allow_zero else 1):
         raise ValueError(f"{name} must be >= {0 if allow_zero else 1}; got {number}.")
     return number
+
+
+def _initializer(value, name: str, fan_in: int):
+    """``value``, an initialiser ``init(key, shape, dtype)``; None: torch's ``nn.Linear`` one."""
+    if value is None:
+        return torch_linear_init(fan_in)
+    fix = f"Pass {name}=None (torch's nn.Linear init) or a callable init(key, shape, dtype)"
+    if not callable(value):
+        raise TypeError(f"{name} must be a callable init(key, shape, dtype); got {value!r}. {fix}.")
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):  # no signature to read (some builtins): called as it is
+        return value
+    try:
+        signature.bind(None, (), None)
+    except TypeError as err:
+        raise TypeError(
+            f"{name} must take (key, shape, dtype), as jax.nn.initializers do; got {value!r} "
+            f"({err}). {fix}."
+        ) from None
+    return value
 
 
 def _float_dtype(value, name: str, *, optional: bool = False):
@@ -157,8 +179,8 @@ class LinearCrossEntropyLoss(nnx.Module):
             math.prod(self.out_features, start=self.num_classes),
             use_bias=_validation.check_flag(bias, "bias"),
             param_dtype=param_dtype,
-            kernel_init=kernel_init or torch_linear_init(fan_in),
-            bias_init=bias_init or torch_linear_init(fan_in),
+            kernel_init=_initializer(kernel_init, "kernel_init", fan_in),
+            bias_init=_initializer(bias_init, "bias_init", fan_in),
             rngs=rngs,
         )
 

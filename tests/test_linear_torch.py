@@ -247,3 +247,12 @@ def test_core_package_does_not_import_flax():
     code = "import sys, jaxce; print('flax' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_nnx_module_uses_the_initialisers_it_is_given():
+    head = LinearCrossEntropyLoss(
+        3, 5, bias=True, kernel_init=jax.nn.initializers.zeros,
+        bias_init=jax.nn.initializers.ones, rngs=nnx.Rngs(0),
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(head.linear.kernel[...]), np.zeros((3, 5)))
+    np.testing.assert_array_equal(np.asarray(head.linear.bias[...]), np.ones(5))
