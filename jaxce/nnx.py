@@ -109,8 +109,9 @@ class LinearCrossEntropyLoss(nnx.Module):
       ignore_index: as torch's: None means -100 for class indices and must be None for
         probability targets.
       z_loss, softcap, chunk_size, row_chunk_size: jaxce's, as in ``linear_cross_entropy``.
-      kernel_init, bias_init: initialisers; the default is torch's ``nn.Linear`` one
-        (uniform on +-1/sqrt(in_features)); the draws differ from torch's.
+      kernel_init, bias_init: initialisers ``init(key, shape, dtype)``, as
+        ``jax.nn.initializers``; None (the default) is torch's ``nn.Linear`` one (uniform on
+        +-1/sqrt(in_features)); the draws differ from torch's.
       rngs: the ``nnx.Rngs`` for the initialisers.
 
     Example:
